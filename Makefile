@@ -1,0 +1,77 @@
+# RLHF pipeline: `make setup`, then one target per stage. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_SYS ?= python3
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+# CPU machines get the CPU build of torch (no multi-GB CUDA download). GPU users pick theirs, e.g.
+#   make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH_SPEC ?= torch==2.13.0
+
+RUN    ?= default   # outputs go to runs/$(RUN)/<stage>/
+NPROC  ?= 1         # processes (GPUs) on this machine
+ZERO   ?= 0         # DeepSpeed ZeRO stage: 0 (off), 2 or 3
+RESUME ?= 0         # 1: continue from the latest checkpoint of this run
+ARGS   ?=           # extra config overrides, e.g. ARGS="--num_train_epochs 1 --report_to none"
+SFT_CONFIG ?= configs/sft.yaml
+
+RUN    := $(strip $(RUN))
+NPROC  := $(strip $(NPROC))
+ZERO   := $(strip $(ZERO))
+RESUME := $(strip $(RESUME))
+
+ifeq ($(ZERO),0)
+  ifeq ($(NPROC),1)
+    ACCEL_CONFIG ?= configs/accelerate/single.yaml
+  else
+    ACCEL_CONFIG ?= configs/accelerate/ddp.yaml
+  endif
+else
+  ACCEL_CONFIG ?= configs/accelerate/zero$(ZERO).yaml
+endif
+LAUNCH := $(VENV)/bin/accelerate launch --config_file $(ACCEL_CONFIG) --num_processes $(NPROC)
+STAGE_ARGS := --run $(RUN) $(if $(filter 1,$(RESUME)),--resume true) $(ARGS)
+
+export HF_HUB_DISABLE_TELEMETRY := 1
+export GRADIO_ANALYTICS_ENABLED := False
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: help setup data base-model sft test test-slow test-all lint format clean
+
+help:  ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@echo "  variables: RUN=$(RUN) NPROC=$(NPROC) ZERO=$(ZERO) RESUME=$(RESUME) ARGS=..."
+
+setup: $(VENV)/.installed  ## create .venv and install the project (CPU torch unless TORCH_SPEC says otherwise)
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install $(TORCH_SPEC)
+	$(PY) -m pip install -e ".[dev]"
+	touch $@
+
+data: setup  ## write the demo data set into runs/_data/
+	$(PY) -c "from pipeline.demo_data import ensure_demo_data; print(ensure_demo_data())"
+
+base-model: setup  ## build the embedded tiny base model into runs/_models/
+	$(PY) -m pipeline.base_model --preset tiny-llama
+
+sft: setup  ## stage 1: supervised fine-tuning (configs/sft.yaml)
+	$(LAUNCH) -m pipeline.sft --config $(SFT_CONFIG) $(STAGE_ARGS)
+
+test: setup  ## the test suite (CPU, tiny models, a few minutes)
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: setup  ## the long end-to-end tests only
+	$(PY) -m pytest -q -m slow
+
+lint: setup  ## ruff lint and format check
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format: setup  ## ruff format and autofix
+	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
+
+clean:  ## remove runs/ (all outputs and caches); keeps .venv
+	rm -rf runs wandb

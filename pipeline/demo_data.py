@@ -1,0 +1,943 @@
+"""The demo data set: a support-mail assistant for a small pottery shop, and the gold rubric for its house style.
+
+Juniper & Co. is an invented four-person ceramics studio. Its team wants an assistant that drafts replies to
+customer e-mails in the team's own HOUSE STYLE:
+
+1. the first line is ``Hi <first name>,`` (the first name from the e-mail's ``From:`` line, nothing else);
+2. exactly one short apology sentence when the customer reports a problem (damaged, late or wrong item, a discount
+   code that failed), and none at all for questions, requests or praise;
+3. the concrete next step for the case (replacement, tracking link, return label, refund, care instructions, ...);
+4. short: 35 to 80 words in all;
+5. it ends with exactly the house sign-off, ``Warmly,`` / ``The Juniper & Co. team``;
+6. none of the corporate phrases the team dislikes (``valued customer``, ``we regret to inform you``, ...).
+
+Everything is generated from templates and a seed; nothing is downloaded. The SFT splits deliberately mix the
+house style (30%) with eight other styles that each break some of the rules, so supervised fine-tuning alone
+learns the content but not reliably the style: teaching the style is left to the preference stages.
+``house_style_score`` is the gold rubric those stages are measured against.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import re
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+DEMO_VERSION = "demo-v1"
+SPLIT_SIZES = {"sft_train": 1800, "sft_eval": 200, "prompts": 500, "eval_prompts": 100}
+SFT_SPLITS = ("sft_train", "sft_eval")
+
+SHOP = "Juniper & Co."
+HOUSE_SIGN_OFF = "Warmly,\nThe Juniper & Co. team"
+MIN_WORDS, MAX_WORDS = 35, 80
+
+# Lower-case; matched case-insensitively on whitespace-normalised text.
+CORPORATE_PHRASES = (
+    "we regret to inform you",
+    "valued customer",
+    "dear sir or madam",
+    "any inconvenience this may have caused",
+    "please do not hesitate to contact us",
+    "we value your business",
+    "your satisfaction is our top priority",
+    "as per our policy",
+    "kindly be advised",
+    "at your earliest convenience",
+    "thank you for your patience and understanding",
+)
+
+# ---------------------------------------------------------------------------------------------------------------
+# Names and catalogue
+# ---------------------------------------------------------------------------------------------------------------
+
+FEMALE_NAMES = tuple(
+    """
+    Aaliyah Abigail Ada Adaeze Adriana Aisha Alba Alejandra Alice Alina Amara Amelia Amina Ana Anaya Andrea Anika
+    Anna Aria Ayesha Ayumi Beatriz Bella Bianca Brooke Camila Carmen Caroline Catalina Chiara Chioma Chloe Clara
+    Daniela Daphne Delia Diana Eliza Elena Elif Ella Eloise Emilia Emma Erin Esme Esther Eva Farah Fatima Fiona
+    Freya Gabriela Grace Greta Hana Hannah Harper Hazel Helena Imani Ingrid Irene Isabel Isla Ivy Jade Jasmine
+    Julia Juliet Kavya Keiko Laila Lara Layla Leah Leila Lena Lerato Lila Lily Lina Lucia Lucy Luisa Lydia Mabel
+    Madeline Marisol Maya Mei Mia Mila Mina Miriam Nadia Naomi Ngozi Nia Nina Noor Nora Olga Olivia Paloma
+    Penelope Priya Rachel Rania Renata Rosa Rose Ruby Sadie Sakura Sara Selin Sienna Sofia Sophie Stella Tara
+    Thandiwe Thea Valentina Vera Violet Wanjiru Ximena Yara Yasmin Yuna Zainab Zara Zoe
+    """.split()
+)
+MALE_NAMES = tuple(
+    """
+    Aarav Aaron Adam Adrian Ahmed Alejandro Alexander Ali Amir Andre Angelo Angus Anton Arjun Arnav Arthur Ben
+    Benjamin Bruno Caleb Callum Carlos Cheng Chidi Christian Ciaran Cyrus Daniel Dario David Declan Dev Diego Dmitri
+    Duc Eduardo Eitan Elias Emeka Emil Enzo Ethan Farid Felix Finn Florian Gabriel Gareth George Hamza Hans Harry
+    Haruto Hassan Henry Hiroshi Hugo Ibrahim Idris Isaac Ishaan Ivan Jack Jacob Jakob James Javier Joao Jonas Jorge
+    Joseph Julian Jun Kabir Kai Karim Kenji Kofi Kwame Lars Leo Liam Lorenzo Luca Lucas Luis Malik Marco Mateo
+    Matteo Max Mehmet Miguel Milan Minh Mohammed Nathan Nikhil Nils Noah Oliver Omar Oscar Oskar Owen Pablo Patrick
+    Pedro Pieter Rafael Rahul Ravi Reza Rhys Rohan Ryan Samuel Santiago Seamus Sebastian Simon Sipho Stefan Sven
+    Takeshi Tariq Theo Thomas Tiago Tobias Tunde Umar Victor Vikram Wei William Xavier Yosef Yusuf Zain
+    """.split()
+)
+NEUTRAL_NAMES = tuple(
+    """
+    Alex Ari Ashley Avery Bailey Blake Cameron Casey Charlie Dakota Drew Eden Emerson Finley Frankie Harley Hayden
+    Jamie Jesse Jordan Jules Kendall Lane Logan Marley Morgan Noa Parker Peyton Quinn Reese Remy Riley River Robin
+    Rowan Sam Sasha Skyler
+    """.split()
+)
+LAST_NAMES = tuple(
+    """
+    Abara Adams Adeyemi Andersson Baker Bell Bennett Berg Bernard Boateng Brooks Brown Byrne Campbell Carter
+    Castillo Chen Choi Clarke Cohen Costa Demir Dlamini Dubois Evans Eze Farouk Fernandes Flores Foster Fraser
+    Garcia Georgiou Grant Green Gupta Haddad Hall Hayes Herrera Holm Horvath Huang Hughes Hussain Iyer Jensen
+    Johnson Kamau Kaya Kelly Khan Kim King Kowalski Kumar Larsen Lee Levi Li Lindqvist Liu Lopez MacLeod Mansour
+    Martinez Mensah Mitchell Mizrahi Mokoena Morales Moreau Muller Murphy Murray Nagy Nasser Ndlovu Nelson Nguyen
+    Nielsen Novak Okafor Ortiz Otieno Ozturk Papadopoulos Park Patel Pereira Petrov Phillips Popescu Price Ramirez
+    Reddy Reed Rivera Roberts Romero Rossi Santos Sato Scott Shah Sharma Silva Singh Smith Sorensen Stewart Suzuki
+    Szabo Takahashi Tanaka Taylor Thomas Torres Turner Virtanen Walsh Wang Ward Watanabe Wilson Wood Wright Yilmaz
+    Young Zhang
+    """.split()
+)
+# The formal style addresses customers as "Ms./Mr. <last name>"; names without a clear title get the full name.
+TITLES = {**dict.fromkeys(FEMALE_NAMES, "Ms."), **dict.fromkeys(MALE_NAMES, "Mr."), **dict.fromkeys(NEUTRAL_NAMES)}
+FIRST_NAMES = FEMALE_NAMES + MALE_NAMES + NEUTRAL_NAMES
+
+MAKERS = ("Maren", "Odile", "Joss", "Tamsin")
+GLAZES = ("sage", "oatmeal", "midnight blue", "speckled white", "terracotta", "celadon", "charcoal", "honey", "blush")
+PIECES = (
+    "mug", "tea bowl", "ramen bowl", "pasta bowl", "salad bowl", "berry bowl", "serving platter", "dinner plate set",
+    "side plate", "bud vase", "stoneware vase", "planter", "teapot", "pitcher", "butter dish", "olive dish",
+    "espresso cup set", "tumbler", "oil bottle", "spoon rest", "candle holder", "soap dish", "ring dish", "fruit bowl",
+)  # fmt: skip
+DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday")
+WAITS = ("two weeks", "three weeks", "ten days", "almost a month")
+RESTOCKS = ("in early March", "in about two weeks", "at the end of the month", "next Friday", "in mid-April")
+CODES = ("SPRING10", "WELCOME15", "KILN20", "JUNIPER10", "GLAZE15", "HELLO10", "FIRSTPOT", "MUDDY5")
+STREETS = (
+    "Alder Lane", "Mill Road", "Harbor Street", "Kiln Court", "Orchard Way", "Station Road", "Willow Drive",
+    "Church Lane", "Park Avenue", "Bramble Row", "Quarry Hill", "Elm Grove", "Rose Terrace", "Meadow View",
+)  # fmt: skip
+TOWNS = (
+    "Portland", "Asheville", "Boulder", "Madison", "Burlington", "Santa Fe", "Austin", "Savannah", "Ithaca", "Eugene",
+    "Duluth", "Taos", "Missoula", "Providence", "Bend",
+)  # fmt: skip
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scenarios
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One kind of customer e-mail: how customers write it and what every reply to it must contain."""
+
+    name: str
+    problem: bool  # the customer reports something that went wrong: the house style apologises once
+    cue: str  # regex recognising the scenario in a subject line (tried in SCENARIOS order)
+    next_step: str  # regex the reply must match: the concrete next step
+    subjects: tuple[str, ...]
+    bodies: tuple[str, ...]
+    apologies: tuple[str, ...]  # one-sentence apologies, empty unless `problem`
+    steps: tuple[str, ...]  # the next step as the house writes it; each matches `next_step`
+    terse: tuple[str, ...]  # the next step as a one-liner; each matches `next_step`
+    extras: tuple[str, ...]  # a friendly closing sentence
+
+
+SCENARIOS = (
+    Scenario(
+        name="damaged",
+        problem=True,
+        cue=r"\b(broken|damaged|cracked|chipped)\b",
+        next_step=r"\breplacement\b",
+        subjects=(
+            "Broken {item}",
+            "Order #{order} arrived damaged",
+            "{Item} arrived cracked",
+            "Chipped {item} in my order",
+        ),
+        bodies=(
+            "My order #{order} arrived today but the {item} was cracked right down the side. The box looked fine "
+            "from the outside. What can we do?",
+            "I just unpacked the {item} from order #{order} and it has a big chip on the rim. Could you help?",
+            "Unfortunately the {item} I ordered (#{order}) arrived in pieces. I have photos if you need them.",
+            "The {item} in order #{order} came with a crack in the glaze. It was meant to be a birthday present.",
+        ),
+        apologies=(
+            "I'm so sorry your {item} arrived broken.",
+            "I'm sorry the {item} didn't survive the trip.",
+            "Sorry to hear about your {item}, that's not the welcome we wanted for it.",
+        ),
+        steps=(
+            "A replacement {item} is on its way to you by tracked post on {day}, and there's no need to send the "
+            "broken one back to us.",
+            "I've packed a replacement {item} with extra padding and it ships on {day}. Please keep or recycle the "
+            "damaged one, whichever is easier.",
+            "We'll send a replacement {item} on {day}, wrapped twice this time. A quick photo of the damage would "
+            "help with our courier claim.",
+        ),
+        terse=(
+            "Replacement {item} ships {day}, no need to return the broken one.",
+            "Replacement on its way {day}, keep the damaged one.",
+        ),
+        extras=(
+            "I hope the new one arrives in one piece and brightens your kitchen.",
+            "Let me know when it lands safely, and thank you for telling us so quickly.",
+        ),
+    ),
+    Scenario(
+        name="late_delivery",
+        problem=True,
+        cue=r"still not here|where is my order|late delivery|still waiting",
+        next_step=r"\btracking\b",
+        subjects=(
+            "Order #{order} still not here",
+            "Where is my order?",
+            "Late delivery for order #{order}",
+            "Still waiting for my {item}",
+        ),
+        bodies=(
+            "I ordered a {item} (#{order}) {wait} ago and it still hasn't arrived. Could you check on it?",
+            "My order #{order} was supposed to arrive last week but nothing has shown up yet. Is it lost?",
+            "Just checking on order #{order}. The {item} is a gift and I'm still waiting for it.",
+            "It's been {wait} since I placed order #{order} and there is no sign of the parcel.",
+        ),
+        apologies=(
+            "I'm sorry your order is taking so long.",
+            "Sorry for the wait on order #{order}.",
+            "I'm sorry your {item} hasn't reached you yet.",
+        ),
+        steps=(
+            "Here is the tracking link: juniperco.example/track/{order}. The courier shows it at your local depot, "
+            "so it should reach you by {day}.",
+            "Your parcel left our studio last week and is with the courier now. You can follow it with this "
+            "tracking link: juniperco.example/track/{order}.",
+            "I've checked with the courier and the parcel is moving again. The tracking link is "
+            "juniperco.example/track/{order}, and it should be with you by {day}.",
+        ),
+        terse=(
+            "Tracking: juniperco.example/track/{order}, due {day}.",
+            "It's with the courier, tracking: juniperco.example/track/{order}.",
+        ),
+        extras=(
+            "If it hasn't arrived by then, reply here and I'll send a new one straight away.",
+            "Thanks for bearing with us while it finds its way to you.",
+        ),
+    ),
+    Scenario(
+        name="wrong_item",
+        problem=True,
+        cue=r"wrong item|isn't what i ordered|mix-up",
+        next_step=r"\breturn label\b",
+        subjects=(
+            "Wrong item in order #{order}",
+            "I got the wrong item",
+            "This isn't what I ordered",
+            "Mix-up with order #{order}",
+        ),
+        bodies=(
+            "I ordered a {item} but the box had a {other} in it. Order #{order}.",
+            "Order #{order} arrived today, but it's a {other}, not the {item} I ordered.",
+            "I think there was a mix-up: I received a {other} rather than my {item} (order #{order}).",
+            "Opened my parcel and found a {other}. I ordered the {item}. Order number {order}.",
+        ),
+        apologies=(
+            "I'm sorry we sent the wrong piece.",
+            "Sorry about the mix-up with your order.",
+            "I'm sorry a {other} turned up in place of your {item}.",
+        ),
+        steps=(
+            "I've e-mailed you a prepaid return label for the {other}, and your {item} ships on {day} by tracked "
+            "post, so you should have it within the week.",
+            "Your {item} goes out on {day}. I've also sent a prepaid return label, so you can drop the {other} at "
+            "any post office when it suits you.",
+            "The right {item} is packed and ships on {day}. Use the prepaid return label in your inbox to send the "
+            "{other} back to us at no cost.",
+        ),
+        terse=(
+            "Return label sent, correct {item} ships {day}.",
+            "Right {item} ships {day}; return label in your inbox.",
+        ),
+        extras=(
+            "Enjoy your {item} when it arrives, and thank you for telling us.",
+            "Thanks for letting us know so we could put it right quickly.",
+        ),
+    ),
+    Scenario(
+        name="discount_code",
+        problem=True,
+        cue=r"\bcode\b|\b(discount|promo)\b",
+        next_step=r"\brefunded the difference\b",
+        subjects=(
+            "Discount code not working",
+            "Problem with code {code}",
+            "Code {code} didn't apply",
+            "Promo code error on order #{order}",
+        ),
+        bodies=(
+            "I tried to use {code} at checkout but it said the code was invalid. I went ahead and paid full price "
+            "for order #{order}.",
+            "The code {code} from your newsletter didn't work on my order #{order}. Can you still apply it?",
+            "My discount code {code} was rejected at checkout. Order #{order}, for a {item}.",
+            "Checkout wouldn't accept {code}. I placed order #{order} anyway - could you help?",
+        ),
+        apologies=(
+            "I'm sorry the code didn't work at checkout.",
+            "Sorry about the trouble with {code}.",
+            "I'm sorry our checkout turned down your code.",
+        ),
+        steps=(
+            "I've applied {code} to order #{order} by hand and refunded the difference of ${diff} to your card. It "
+            "should show on your statement within a few days.",
+            "I've refunded the difference of ${diff} on order #{order}, so you've paid the discounted price after "
+            "all. The code works again now if you'd like to use it.",
+            "Our checkout had a glitch with that code this week. I've refunded the difference of ${diff} for order "
+            "#{order}, so you still get the full discount.",
+        ),
+        terse=(
+            "Refunded the difference (${diff}) for {code}.",
+            "Applied {code} and refunded the difference of ${diff}.",
+        ),
+        extras=(
+            "Thanks for flagging it, as it helped us fix the glitch for everyone.",
+            "Thank you for shopping with us, and enjoy your {item}.",
+        ),
+    ),
+    Scenario(
+        name="cancel_order",
+        problem=False,
+        cue=r"\bcancel",
+        next_step=r"\bcancell?ed\b",
+        subjects=(
+            "Cancel order #{order}",
+            "Please cancel my order",
+            "Cancellation request",
+            "Can I cancel order #{order}?",
+        ),
+        bodies=(
+            "I placed order #{order} this morning by mistake. Could you cancel it please?",
+            "I'd like to cancel order #{order} for the {item}. I picked the wrong size.",
+            "Please cancel my order #{order}. I found something else for the gift.",
+            "Is it still possible to cancel order #{order}? I don't think it has shipped yet.",
+        ),
+        apologies=(),
+        steps=(
+            "I've cancelled order #{order} and refunded the full ${amount} to your card. It should show up within "
+            "three to five working days.",
+            "Order #{order} is now cancelled, and the full ${amount} is on its way back to your card. Banks usually "
+            "take three to five working days.",
+            "No problem, I've cancelled order #{order} before it shipped. Your refund of ${amount} has been issued "
+            "and should appear within a few days.",
+        ),
+        terse=("Order #{order} cancelled, refund of ${amount} issued.", "Cancelled, ${amount} refunded to your card."),
+        extras=(
+            "Thanks for letting us know in good time, and we hope to see you again.",
+            "If you change your mind, the {item} will still be waiting in the shop.",
+        ),
+    ),
+    Scenario(
+        name="change_address",
+        problem=False,
+        cue=r"\baddress\b|i've moved",
+        next_step=r"\bupdated the (delivery|shipping) address\b",
+        subjects=(
+            "Change of address for order #{order}",
+            "New delivery address",
+            "Address change for order #{order}",
+            "I've moved",
+        ),
+        bodies=(
+            "I just realised order #{order} is going to my old apartment. Could you send it to {address} please?",
+            "I've moved since placing order #{order}. My new address is {address}.",
+            "Please update the delivery address on order #{order} to {address}. Thanks!",
+            "Is it too late to change the address for order #{order}? It should go to {address}.",
+        ),
+        apologies=(),
+        steps=(
+            "I've updated the delivery address on order #{order} to {address}. It hasn't shipped yet, so it will go "
+            "straight to your new place.",
+            "No trouble at all. I've updated the shipping address on order #{order} to {address}, and the parcel "
+            "leaves our studio on {day}.",
+            "Done: I've updated the delivery address for order #{order} to {address}. You'll get a tracking e-mail "
+            "from the courier once it ships.",
+        ),
+        terse=("Updated the delivery address to {address}.", "Done, updated the shipping address on #{order}."),
+        extras=(
+            "Good luck with the move, and I hope the new place feels like home soon.",
+            "Let me know if anything else about the order needs changing.",
+        ),
+    ),
+    Scenario(
+        name="refund_request",
+        problem=False,
+        cue=r"\brefund\b|\breturn",
+        next_step=r"\brefund(ed)?\b",
+        subjects=("Refund for order #{order}", "Returning my {item}", "Can I get a refund?", "Return request"),
+        bodies=(
+            "The {item} is lovely but it doesn't suit my kitchen after all. Could I send it back? Order #{order}.",
+            "I bought a {item} as a gift (#{order}) but they already have one. How do I send it back?",
+            "I'd like to return the {item} from order #{order}. It's unused and still in the box.",
+            "I changed my mind about the {item} (order #{order}). Is it possible to get my money back?",
+        ),
+        apologies=(),
+        steps=(
+            "Of course. I've e-mailed you our studio address; once the {item} reaches us, I'll refund the full "
+            "${amount} to your card within two days.",
+            "No problem at all. Send the {item} back in its original box and I'll refund the ${amount} to your card "
+            "as soon as it arrives.",
+            "That's fine. Pop the {item} in the post to our studio within 30 days and we'll refund the ${amount} on "
+            "the day it lands.",
+        ),
+        terse=("Send it back and we'll refund ${amount}.", "Refund of ${amount} once the {item} is back with us."),
+        extras=(
+            "Thanks for giving our pottery a try, and I hope we find you the right piece next time.",
+            "If you'd prefer an exchange, just reply and let me know which piece.",
+        ),
+    ),
+    Scenario(
+        name="care_question",
+        problem=False,
+        cue=r"dishwasher|microwave|caring|washing",
+        next_step=r"\bhand[- ]?wash",
+        subjects=(
+            "Is the {item} dishwasher safe?",
+            "Caring for my {item}",
+            "Question about washing my {item}",
+            "Can the {item} go in the microwave?",
+        ),
+        bodies=(
+            "I just received my {item} and love it. Can it go in the dishwasher, or should I wash it by hand?",
+            "Is the {item} safe in the microwave and oven? I don't want to ruin the glaze.",
+            "What's the best way to clean the {item}? There are some tea stains inside already.",
+            "Before I use my new {item}, is there anything I should know about looking after it?",
+        ),
+        apologies=(),
+        steps=(
+            "Your {item} is dishwasher and microwave safe, but we recommend you hand-wash it with a soft sponge to "
+            "keep the glaze bright. Please avoid moving it straight from the fridge into a hot oven.",
+            "The {item} can go in the dishwasher and the microwave, though a quick hand-wash in warm soapy water keeps "
+            "the glaze glossy for longer. A paste of baking soda lifts any stains gently.",
+            "Please hand-wash your {item} with mild soap and a soft cloth. It is microwave safe, but sudden changes "
+            "in temperature can crack stoneware, so let it warm up slowly.",
+        ),
+        terse=(
+            "Dishwasher safe, but hand-wash to keep the glaze bright.",
+            "Hand-wash it with mild soap; microwave is fine.",
+        ),
+        extras=(
+            "Enjoy your {item}, and thank you for taking such good care of it.",
+            "I hope it brings you joy for many years to come.",
+        ),
+    ),
+    Scenario(
+        name="stock_question",
+        problem=False,
+        cue=r"in stock|sold out|available|restock",
+        next_step=r"\brestock list\b",
+        subjects=(
+            "Is the {item} back in stock?",
+            "{Item} sold out",
+            "When will the {item} be available again?",
+            "Restock question",
+        ),
+        bodies=(
+            "I've had my eye on the {item} but it says sold out. Will you be making more?",
+            "Any idea when the {item} will be available again? I'd like to order two.",
+            "Is the {item} coming back? I missed it last time.",
+            "I wanted to buy the {item} as a wedding gift but it's out of stock. Are more coming?",
+        ),
+        apologies=(),
+        steps=(
+            "The {item} will be back in stock {restock}, when {maker} fires the next batch. I've added you to the "
+            "restock list, so you'll get an e-mail the day it goes live.",
+            "Good news: {maker} is making more of the {item} right now, ready {restock}. You're on the restock list "
+            "and will hear from us before anyone else.",
+            "We expect the {item} back {restock}. I've put your name on the restock list, and you'll get an e-mail "
+            "as soon as it's ready to order.",
+        ),
+        terse=("Back {restock}; you're on the restock list.", "Added you to the restock list, due {restock}."),
+        extras=(
+            "Thank you for your interest in our work, it means a lot to a small studio.",
+            "In the meantime, the {other} is in stock now if you'd like something similar.",
+        ),
+    ),
+    Scenario(
+        name="praise",
+        problem=False,
+        cue=r"thank|love|beautiful",
+        next_step=r"\bpassed your (note|message|kind words) on to\b",
+        subjects=("Thank you!", "Love my {item}", "Just wanted to say thanks", "Beautiful work"),
+        bodies=(
+            "My {item} arrived yesterday and it's even more beautiful in person. Thank you for making something so "
+            "lovely.",
+            "Just wanted to say the {item} is perfect. I use it every morning.",
+            "The {item} was a gift for my mum and she adores it. Please pass on my thanks to whoever made it.",
+            "I've ordered from lots of small shops and yours has the nicest packaging I've seen. The {item} is "
+            "gorgeous.",
+        ),
+        apologies=(),
+        steps=(
+            "Thank you so much for writing. I've passed your note on to {maker}, who made your {item}, and it has "
+            "made the whole studio smile.",
+            "What a lovely message to find this morning. I've passed your note on to {maker}, who threw your {item} "
+            "on the wheel back in the spring.",
+            "Thank you for the kind words. I've passed your message on to {maker}, who made your {item}; it really "
+            "made their week.",
+        ),
+        terse=("Thanks! Passed your note on to {maker}.", "Thank you, passed your note on to {maker}!"),
+        extras=(
+            "Enjoy your {item}, and we hope to see you again soon.",
+            "We'd love to see a photo of it in its new home if you ever fancy sharing one.",
+        ),
+    ),
+)
+SCENARIO_BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}
+
+INSTRUCTIONS = (
+    "Draft a reply to this customer e-mail.",
+    "Please draft a reply to the e-mail below.",
+    "Write a reply to this customer for me.",
+)
+EMAIL_OPENERS = ("", "Hi,\n\n", "Hello,\n\n", "Hi there,\n\n", "Hello Juniper & Co.,\n\n", "Hi Juniper team,\n\n")
+EMAIL_CLOSERS = (
+    "",
+    "\n\nThanks,\n{first}",
+    "\n\nBest,\n{first} {last}",
+    "\n\nThank you!\n{first}",
+    "\n\nCheers,\n{first}",
+    "\n\n{first} {last}",
+)
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reply styles: the house style and eight others, each breaking some of the rules
+# ---------------------------------------------------------------------------------------------------------------
+
+# Share of each style in the SFT splits. The house style is a minority on purpose (see the module docstring).
+STYLE_MIX = {
+    "house": 0.30,
+    "formal": 0.10,
+    "terse": 0.09,
+    "rambling": 0.09,
+    "over_apologetic": 0.09,
+    "corporate": 0.09,
+    "no_greeting": 0.08,
+    "full_name": 0.08,
+    "missing_signoff": 0.08,
+}
+
+FORMAL_APOLOGY = "Please accept our apologies for this."
+FORMAL_CLOSERS = (
+    "Should you have any further questions, please reply to this e-mail.",
+    "Please do not hesitate to contact us if you need anything further.",
+    "We trust this resolves the matter.",
+)
+FORMAL_SIGN_OFFS = (
+    "Kind regards,\nCustomer Support",
+    "Yours sincerely,\nCustomer Service Team",
+    "Best regards,\nJuniper & Co. Support",
+)
+CORPORATE_OPENERS = (
+    "Thank you for contacting us, we value your business.",
+    "As a valued customer, your satisfaction is our top priority.",
+    "Thank you for your e-mail, which has been handled as per our policy.",
+)
+CORPORATE_APOLOGY = "We apologise for any inconvenience this may have caused."
+CORPORATE_CLOSERS = (
+    "Please do not hesitate to contact us should you require further assistance.",
+    "Kindly be advised that replies may take up to two business days.",
+    "Thank you for your patience and understanding.",
+)
+EXTRA_APOLOGIES = (
+    "We're really sorry for all the trouble.",
+    "I can't apologise enough.",
+    "Sorry again for the hassle.",
+    "Please accept my sincere apologies.",
+    "I'm so sorry for the slow reply.",
+    "Apologies if our website wasn't clear.",
+)
+NEAR_MISS_SIGN_OFFS = (
+    "",
+    "Best,\nJuniper",
+    "Cheers!",
+    "Warm regards,\nThe Juniper & Co. team",
+    "Warmly,\nJuniper & Co.",
+    "Thanks,\nCustomer Support",
+)
+# Chatter for the rambling style: nothing in it apologises, promises a next step or sounds corporate.
+FILLERS = (
+    "Things have been busy here at the studio since the spring fair, and the kiln has hardly had a day off.",
+    "Our little team is only four people, so every order still gets packed by hand at the big table by the window.",
+    "We have been trying out a new speckled glaze this month and, honestly, we keep changing our minds about it.",
+    "The weather has been grey all week, which is strangely good for drying pots slowly and evenly.",
+    "Maren says hello, by the way; she is the one who answers most of these e-mails in a normal week.",
+    "I could talk about clay all day, as you can probably tell, so I will try to keep this reasonably short.",
+    "If you are ever nearby, our open studio day is on the first Saturday of the month and there is usually cake.",
+    "We also post photos of every kiln opening, which is always a slightly nerve-racking moment for everyone.",
+    "Each piece takes about three weeks from the wheel to the shelf, counting drying, two firings and glazing.",
+)
+
+
+@dataclass(frozen=True)
+class ReplyParts:
+    """The sentences one reply is built from, already filled in for one customer e-mail."""
+
+    first: str
+    last: str
+    title: str | None
+    reference: str  # "order #12345" or "your <item>", for the formal opening line
+    apology: str | None
+    step: str
+    terse: str
+    extra: str
+
+
+def _join(*paragraphs: str) -> str:
+    return "\n\n".join(p for p in paragraphs if p)
+
+
+def _sentences(*sentences: str | None) -> str:
+    return " ".join(s for s in sentences if s)
+
+
+def _house(parts: ReplyParts, rng: random.Random) -> str:
+    return _join(f"Hi {parts.first},", _sentences(parts.apology, parts.step, parts.extra), HOUSE_SIGN_OFF)
+
+
+def _formal(parts: ReplyParts, rng: random.Random) -> str:
+    greeting = f"Dear {parts.title} {parts.last}," if parts.title else f"Dear {parts.first} {parts.last},"
+    opening = f"Thank you for contacting {SHOP} regarding {parts.reference}."
+    apology = FORMAL_APOLOGY if parts.apology else None
+    body = _sentences(opening, apology, parts.step, rng.choice(FORMAL_CLOSERS))
+    return _join(greeting, body, rng.choice(FORMAL_SIGN_OFFS))
+
+
+def _terse(parts: ReplyParts, rng: random.Random) -> str:
+    return parts.terse
+
+
+def _rambling(parts: ReplyParts, rng: random.Random) -> str:
+    target, words, chatter = rng.randint(110, 150), len(_house(parts, rng).split()), []
+    for filler in rng.sample(FILLERS, len(FILLERS)):
+        if words >= target:
+            break
+        chatter.append(filler)
+        words += len(filler.split())
+    body = _join(_sentences(parts.apology, parts.step), " ".join(chatter), parts.extra)
+    return _join(f"Hi {parts.first},", body, HOUSE_SIGN_OFF)
+
+
+def _over_apologetic(parts: ReplyParts, rng: random.Random) -> str:
+    apologies = ([parts.apology] if parts.apology else []) + rng.sample(EXTRA_APOLOGIES, 2)
+    return _join(f"Hi {parts.first},", _sentences(*apologies[:-1], parts.step, apologies[-1]), HOUSE_SIGN_OFF)
+
+
+def _corporate(parts: ReplyParts, rng: random.Random) -> str:
+    apology = CORPORATE_APOLOGY if parts.apology else None
+    body = _sentences(rng.choice(CORPORATE_OPENERS), apology, parts.step, rng.choice(CORPORATE_CLOSERS))
+    return _join(f"Hi {parts.first},", body, HOUSE_SIGN_OFF)
+
+
+def _no_greeting(parts: ReplyParts, rng: random.Random) -> str:
+    return _join(_sentences(parts.apology, parts.step, parts.extra), HOUSE_SIGN_OFF)
+
+
+def _full_name(parts: ReplyParts, rng: random.Random) -> str:
+    return _join(f"Hi {parts.first} {parts.last},", _sentences(parts.apology, parts.step, parts.extra), HOUSE_SIGN_OFF)
+
+
+def _missing_signoff(parts: ReplyParts, rng: random.Random) -> str:
+    return _join(
+        f"Hi {parts.first},", _sentences(parts.apology, parts.step, parts.extra), rng.choice(NEAR_MISS_SIGN_OFFS)
+    )
+
+
+STYLE_WRITERS = {
+    "house": _house,
+    "formal": _formal,
+    "terse": _terse,
+    "rambling": _rambling,
+    "over_apologetic": _over_apologetic,
+    "corporate": _corporate,
+    "no_greeting": _no_greeting,
+    "full_name": _full_name,
+    "missing_signoff": _missing_signoff,
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# Generation
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _slots(rng: random.Random) -> dict[str, str]:
+    """Random values for every template slot; each template uses the ones it names."""
+    item, other = rng.sample([f"{glaze} {piece}" for glaze in GLAZES for piece in PIECES], 2)
+    return {
+        "first": rng.choice(FIRST_NAMES),
+        "last": rng.choice(LAST_NAMES),
+        "item": item,
+        "Item": item[0].upper() + item[1:],
+        "other": other,
+        "order": str(rng.randint(10000, 99999)),
+        "maker": rng.choice(MAKERS),
+        "day": rng.choice(DAYS),
+        "wait": rng.choice(WAITS),
+        "restock": rng.choice(RESTOCKS),
+        "code": rng.choice(CODES),
+        "amount": str(rng.randint(24, 160)),
+        "diff": str(rng.randint(3, 24)),
+        "address": f"{rng.randint(2, 240)} {rng.choice(STREETS)}, {rng.choice(TOWNS)}",
+    }
+
+
+def _email(scenario: Scenario, slots: dict[str, str], rng: random.Random) -> str:
+    body = rng.choice(EMAIL_OPENERS) + rng.choice(scenario.bodies) + rng.choice(EMAIL_CLOSERS)
+    return (
+        f"{rng.choice(INSTRUCTIONS)}\n\n"
+        f"From: {slots['first']} {slots['last']}\n"
+        f"Subject: {rng.choice(scenario.subjects)}\n\n"
+        f"{body}"
+    ).format(**slots)
+
+
+def _reply_parts(scenario: Scenario, slots: dict[str, str], prompt: str, rng: random.Random) -> ReplyParts:
+    def fill(options: tuple[str, ...]) -> str:
+        return rng.choice(options).format(**slots)
+
+    return ReplyParts(
+        first=slots["first"],
+        last=slots["last"],
+        title=TITLES[slots["first"]],
+        reference=f"order #{slots['order']}" if slots["order"] in prompt else f"your {slots['item']}",
+        apology=fill(scenario.apologies) if scenario.problem else None,
+        step=fill(scenario.steps),
+        terse=fill(scenario.terse),
+        extra=fill(scenario.extras),
+    )
+
+
+def _balanced(labels: list[str], weights: list[float], n: int, rng: random.Random) -> list[str]:
+    """``n`` labels in the given proportions (largest-remainder rounding), in random order."""
+    exact = [w * n / sum(weights) for w in weights]
+    counts = [math.floor(x) for x in exact]
+    by_remainder = sorted(range(len(labels)), key=lambda i: exact[i] - counts[i], reverse=True)
+    for i in by_remainder[: n - sum(counts)]:
+        counts[i] += 1
+    out = [label for label, count in zip(labels, counts, strict=True) for _ in range(count)]
+    rng.shuffle(out)
+    return out
+
+
+def generate(seed: int = 0) -> dict[str, list[dict]]:
+    """The four splits. Every prompt is unique across all of them, so no split leaks into another."""
+    rng = random.Random(seed)
+    names = [s.name for s in SCENARIOS]
+    seen: set[str] = set()
+    splits: dict[str, list[dict]] = {}
+    for split, size in SPLIT_SIZES.items():
+        scenarios = _balanced(names, [1.0] * len(names), size, rng)
+        styles = _balanced(list(STYLE_MIX), list(STYLE_MIX.values()), size, rng) if split in SFT_SPLITS else None
+        rows = []
+        for i, name in enumerate(scenarios):
+            scenario = SCENARIO_BY_NAME[name]
+            while True:
+                slots = _slots(rng)
+                prompt = _email(scenario, slots, rng)
+                if prompt not in seen:
+                    seen.add(prompt)
+                    break
+            row = {"id": f"{split}-{i:05d}", "prompt": [{"role": "user", "content": prompt}], "scenario": name}
+            if styles is not None:
+                reply = STYLE_WRITERS[styles[i]](_reply_parts(scenario, slots, prompt, rng), rng)
+                row |= {"completion": [{"role": "assistant", "content": reply}], "style": styles[i]}
+            rows.append(row)
+        splits[split] = rows
+    return splits
+
+
+def write_demo_data(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
+    """Write ``<split>.jsonl`` for each split; the same seed gives byte-identical files."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for split, rows in generate(seed).items():
+        paths[split] = out_dir / f"{split}.jsonl"
+        lines = (json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n" for row in rows)
+        with open(paths[split], "w", encoding="utf-8", newline="\n") as fh:
+            fh.writelines(lines)
+    return paths
+
+
+def ensure_demo_data(runs_dir: str | Path = "runs", seed: int = 0) -> Path:
+    """The cached data directory ``runs_dir/_data/<DEMO_VERSION>-seed<seed>/``, built on first use.
+
+    It is written into a temporary sibling and renamed into place, so a crash never leaves a half-written cache and
+    two processes building it at once both end up with one complete copy.
+    """
+    target = Path(runs_dir) / "_data" / f"{DEMO_VERSION}-seed{seed}"
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        write_demo_data(tmp, seed)
+        os.rename(tmp, target)
+    except OSError:
+        if not target.is_dir():  # not a lost race with another process: a real failure
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def corpus_texts(seed: int = 0) -> list[str]:
+    """Every user and assistant text of all splits, in order: the tokenizer's training corpus."""
+    return [
+        message["content"]
+        for rows in generate(seed).values()
+        for row in rows
+        for message in row["prompt"] + row.get("completion", [])
+    ]
+
+
+def style_share(rows: list[dict], style: str = "house") -> float:
+    return sum(row.get("style") == style for row in rows) / len(rows) if rows else 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The gold rubric
+# ---------------------------------------------------------------------------------------------------------------
+
+RUBRIC_WEIGHTS = {
+    "greeting": 0.20,
+    "apology": 0.15,
+    "next_step": 0.20,
+    "length": 0.15,
+    "sign_off": 0.15,
+    "no_corporate": 0.15,
+}
+# Credit for what a reply leaves out (apologies, corporate phrases, length) only counts once the reply does at least
+# one thing a reply to this e-mail must do; otherwise empty or garbage output would collect it for free.
+GATED_CHECKS = ("apology", "length", "no_corporate")
+
+_APOLOGY = re.compile(r"\b(sorry|apologi[sz]e[sd]?|apologies|apology)\b", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def _lines(text: str) -> list[str]:
+    return [line.strip() for line in text.replace("\r\n", "\n").split("\n") if line.strip()]
+
+
+def customer_first_name(prompt: str) -> str | None:
+    """The first word after ``From:`` in the e-mail, or None when there is no From line."""
+    match = re.search(r"^\s*From:\s*([A-Za-z][A-Za-z'-]*)", prompt, re.MULTILINE)
+    return match.group(1) if match else None
+
+
+def detect_scenario(prompt: str) -> Scenario | None:
+    """The scenario of a customer e-mail, from its subject line (or, failing that, its whole text)."""
+    subject = re.search(r"^\s*Subject:(.*)$", prompt, re.MULTILINE)
+    for text in ([subject.group(1)] if subject else []) + [prompt]:
+        for scenario in SCENARIOS:
+            if re.search(scenario.cue, text, re.IGNORECASE):
+                return scenario
+    return None
+
+
+def count_apologies(response: str) -> int:
+    return sum(bool(_APOLOGY.search(s)) for s in _SENTENCE_END.split(response))
+
+
+def check_greeting(response: str, first_name: str | None) -> float:
+    """1 if the first line is exactly ``Hi <first name>,``; any single name if the e-mail gave none."""
+    lines = _lines(response)
+    if not lines:
+        return 0.0
+    if first_name is None:
+        return float(re.fullmatch(r"Hi [A-Za-z][A-Za-z'-]*,", lines[0]) is not None)
+    return float(lines[0] == f"Hi {first_name},")
+
+
+def check_apology(response: str, scenario: Scenario | None) -> float:
+    """1 for exactly one apology when the customer reports a problem, none otherwise; at most one if unknown."""
+    n = count_apologies(response)
+    if scenario is None:
+        return float(n <= 1)
+    return float(n == 1) if scenario.problem else float(n == 0)
+
+
+def check_next_step(response: str, scenario: Scenario | None) -> float:
+    """1 if the reply names the scenario's concrete next step (any scenario's, if it is unknown)."""
+    patterns = [scenario.next_step] if scenario else [s.next_step for s in SCENARIOS]
+    return float(any(re.search(p, response, re.IGNORECASE) for p in patterns))
+
+
+def check_length(response: str) -> float:
+    """1 within 35-80 words; falls linearly to 0 at 0 words below, and at 160 words above."""
+    n = len(response.split())
+    if n < MIN_WORDS:
+        return n / MIN_WORDS
+    return max(0.0, 1.0 - (n - MAX_WORDS) / MAX_WORDS) if n > MAX_WORDS else 1.0
+
+
+def check_sign_off(response: str) -> float:
+    """1 if the reply ends with the house sign-off and uses it only once."""
+    text = "\n".join(_lines(response))
+    return float(text.endswith(HOUSE_SIGN_OFF) and text.count(HOUSE_SIGN_OFF) == 1)
+
+
+def check_no_corporate(response: str) -> float:
+    """1 without corporate phrases; each distinct one found costs half."""
+    text = " ".join(response.lower().split())
+    found = sum(phrase in text for phrase in CORPORATE_PHRASES)
+    return max(0.0, 1.0 - 0.5 * found)
+
+
+def rubric_breakdown(prompt: str, response: str) -> dict[str, float]:
+    """Each check's score in [0, 1], gated already; ``house_style_score`` is their sum weighted by RUBRIC_WEIGHTS."""
+    scenario = detect_scenario(prompt)
+    scores = {
+        "greeting": check_greeting(response, customer_first_name(prompt)),
+        "apology": check_apology(response, scenario),
+        "next_step": check_next_step(response, scenario),
+        "length": check_length(response),
+        "sign_off": check_sign_off(response),
+        "no_corporate": check_no_corporate(response),
+    }
+    if not max(scores["greeting"], scores["next_step"], scores["sign_off"]):
+        scores |= dict.fromkeys(GATED_CHECKS, 0.0)
+    return scores
+
+
+def house_style_score(prompt: str, response: str) -> float:
+    """The gold rubric: the weighted sum of ``rubric_breakdown``, in [0, 1] (1 = the house style in full)."""
+    breakdown = rubric_breakdown(prompt, response)
+    return min(1.0, math.fsum(RUBRIC_WEIGHTS[name] * score for name, score in breakdown.items()))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Write the demo data set as JSONL files.")
+    parser.add_argument("--out", required=True, help="Directory to write <split>.jsonl into.")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    paths = write_demo_data(args.out, args.seed)
+    for split, path in paths.items():
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        line = f"{split:>12}: {len(rows):5d} rows -> {path}"
+        if split in SFT_SPLITS:
+            counts = Counter(row["style"] for row in rows)
+            line += (
+                f"  (house style {style_share(rows):.0%}; styles: {', '.join(f'{s} {counts[s]}' for s in STYLE_MIX)})"
+            )
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Process-group set-up shared by the stages."""
+
+from __future__ import annotations
+
+import os
+
+
+def configure_cpu_deepspeed() -> bool:
+    """Give accelerate the gloo backend when DeepSpeed runs several processes on a machine without GPUs.
+
+    accelerate 1.15 finds no backend there, so it reports one process and makes every rank the main one (all of them
+    would write the outputs). DeepSpeed's CPU accelerator talks gloo, so we configure the state with it up front; the
+    caller then sets ``accelerator_config.use_configured_state`` so the Trainer keeps this state. Returns whether it
+    did so. On GPU machines it does nothing.
+    """
+    if (
+        os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true"
+        or int(os.environ.get("WORLD_SIZE", 1)) < 2
+    ):
+        return False
+    import torch
+
+    if torch.cuda.is_available():
+        return False
+    from accelerate import PartialState
+
+    PartialState(backend="gloo")
+    return True
+
+
+def release_zero3_init() -> None:
+    """Load models normally again after a ZeRO-3 run.
+
+    While a ZeRO-3 config is registered, every ``from_pretrained`` builds the model inside ``deepspeed.zero.Init``,
+    which partitions (and broadcasts) across all ranks; a later main-process-only load (merging LoRA, sampling) would
+    wait for ranks that have finished. The trained model is already gathered and saved by then.
+    """
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()

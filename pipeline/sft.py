@@ -1,0 +1,281 @@
+"""Stage 1, supervised fine-tuning: ``make sft`` (``accelerate launch -m pipeline.sft --config configs/sft.yaml``).
+
+Reads prompt/completion data (the demo set by default, or the user's files), fine-tunes the base model with TRL's
+``SFTTrainer`` (full or LoRA, loss on completions only), evaluates every ``eval_steps`` with early stopping on the
+eval loss, and writes into ``runs/<run>/sft/``: the model (``model/``, loads with ``AutoModelForCausalLM``),
+checkpoints, greedy samples on held-out prompts (``samples.jsonl``), ``config.yaml`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import PartialState
+from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback
+from transformers.trainer_utils import get_last_checkpoint
+from trl import SFTConfig, SFTTrainer, TrlParser
+
+from pipeline import runs
+from pipeline.base_model import resolve_model
+from pipeline.data import load_sft_dataset, read_table
+from pipeline.distributed import configure_cpu_deepspeed, release_zero3_init
+from pipeline.tracking import Tracker
+
+
+@dataclass
+class SFTStageConfig(SFTConfig):
+    """Everything ``SFTConfig`` (and so ``TrainingArguments``) takes, plus the stage's own settings below."""
+
+    run: str = field(default=runs.DEFAULT_RUN, metadata={"help": "Run name: outputs go to <runs_dir>/<run>/sft/."})
+    runs_dir: str = field(default="runs", metadata={"help": "Root folder of all runs."})
+    model_name_or_path: str = field(
+        default="embedded:tiny-llama",
+        metadata={"help": "Base model: 'embedded:tiny-llama' (built locally), a Hugging Face id, or a local path."},
+    )
+    dataset: str = field(
+        default="demo", metadata={"help": "'demo', or a jsonl/json/csv/parquet file or `datasets` folder."}
+    )
+    eval_dataset: str | None = field(
+        default=None, metadata={"help": "Eval file; default: the demo eval split, or eval_fraction of `dataset`."}
+    )
+    eval_fraction: float = field(default=0.05, metadata={"help": "Share of `dataset` held out when no eval file."})
+    dedupe: bool = field(default=False, metadata={"help": "Drop exact duplicate examples."})
+    scrub_pii: bool = field(default=False, metadata={"help": "Replace e-mail addresses and phone numbers."})
+    use_lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter instead of all weights."})
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: str = field(default="all-linear", metadata={"help": "'all-linear' or comma-separated names."})
+    merge_lora: bool = field(default=True, metadata={"help": "Save the base model with the adapter merged in."})
+    early_stopping_patience: int = field(
+        default=0, metadata={"help": "Stop after this many evaluations without a better eval loss (0: off)."}
+    )
+    num_samples: int = field(default=8, metadata={"help": "Greedy samples on held-out prompts saved at the end."})
+    sample_max_new_tokens: int = 160
+    resume: bool = field(default=False, metadata={"help": "Continue from the latest checkpoint of this run."})
+    # Defaults of the parent changed for this stage: small models on CPU train faster without checkpointing.
+    gradient_checkpointing: bool = False
+    report_to: str | None = field(
+        default="wandb", metadata={"help": "wandb (offline without a key), trackio or none."}
+    )
+    bf16: bool | None = field(default=None, metadata={"help": "Default: on when a GPU with bf16 support is present."})
+
+    def __post_init__(self):
+        if self.output_dir is None:
+            self.output_dir = str(runs.stage_dir(self.run, "sft", self.runs_dir) / "checkpoints")
+        if self.run_name is None:
+            self.run_name = f"{self.run}-sft"
+        if self.bf16 is None:
+            self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        if configure_cpu_deepspeed():
+            self.accelerator_config = {**(self.accelerator_config or {}), "use_configured_state": True}
+        super().__post_init__()
+        if self.early_stopping_patience and not (self.load_best_model_at_end and self.eval_strategy != "no"):
+            raise ValueError(
+                "early_stopping_patience needs evaluation to pick the best model: set eval_strategy: steps, "
+                "load_best_model_at_end: true (and save_steps a multiple of eval_steps), or early_stopping_patience: 0."
+            )
+        if not 0 < self.eval_fraction < 1:
+            raise ValueError(f"eval_fraction must be between 0 and 1, got {self.eval_fraction}.")
+        if self.use_lora and self.lora_r <= 0:
+            raise ValueError(f"lora_r must be positive, got {self.lora_r}.")
+
+
+def load_data(config: SFTStageConfig) -> tuple[Any, Any, list, dict[str, Any], dict[str, str]]:
+    """Train and eval datasets, held-out prompts for samples, data stats, and the input paths to record."""
+    if config.dataset == "demo":
+        from pipeline.demo_data import ensure_demo_data
+
+        demo = ensure_demo_data(config.runs_dir)
+        train_path, eval_path = demo / "sft_train.jsonl", demo / "sft_eval.jsonl"
+        sample_prompts = [row["prompt"] for row in read_table(demo / "eval_prompts.jsonl")[: config.num_samples]]
+    else:
+        train_path, eval_path, sample_prompts = Path(config.dataset), config.eval_dataset, None
+
+    train, train_stats = load_sft_dataset(train_path, dedupe=config.dedupe, scrub=config.scrub_pii)
+    stats = {"train": train_stats.as_dict()}
+    if eval_path is not None:
+        evaluation, eval_stats = load_sft_dataset(eval_path, dedupe=config.dedupe, scrub=config.scrub_pii)
+        stats["eval"] = eval_stats.as_dict()
+    else:
+        split = train.train_test_split(test_size=config.eval_fraction, seed=config.seed)
+        train, evaluation = split["train"], split["test"]
+    if sample_prompts is None:
+        sample_prompts = [
+            _prompt_of(row) for row in evaluation.select(range(min(config.num_samples, len(evaluation))))
+        ]
+    inputs = {"train_data": str(train_path)} | ({"eval_data": str(eval_path)} if eval_path else {})
+    return train, evaluation, sample_prompts, stats, inputs
+
+
+def _prompt_of(row: dict[str, Any]) -> str | list[dict[str, str]]:
+    """The prompt part of an example, to sample a completion for it."""
+    if "prompt" in row:
+        return row["prompt"]
+    if "messages" in row:
+        last_assistant = max(i for i, m in enumerate(row["messages"]) if m["role"] == "assistant")
+        return row["messages"][:last_assistant]
+    return row["text"].split("\n")[0]
+
+
+def generate_samples(model_dir: Path, prompts: list, max_new_tokens: int) -> list[dict[str, Any]]:
+    """Greedy completions from the saved model, loaded fresh with plain transformers."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    if torch.cuda.is_available():
+        model = model.cuda()
+    texts = [
+        tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) if isinstance(p, list) else p
+        for p in prompts
+    ]
+    samples = []
+    for start in range(0, len(texts), 8):
+        batch = tokenizer(texts[start : start + 8], return_tensors="pt", padding=True, add_special_tokens=False)
+        batch = batch.to(model.device)
+        with torch.no_grad():
+            out = model.generate(
+                **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
+        for i, ids in enumerate(out[:, batch["input_ids"].shape[1] :]):
+            prompt = prompts[start + i]
+            samples.append(
+                {
+                    "prompt": prompt[-1]["content"] if isinstance(prompt, list) else prompt,
+                    "completion": tokenizer.decode(ids, skip_special_tokens=True),
+                    "ended_with_eos": bool((ids == tokenizer.eos_token_id).any()),
+                }
+            )
+    return samples
+
+
+def main(config: SFTStageConfig) -> dict[str, Any]:
+    state = PartialState()
+    stage = runs.StageRun("sft", config.run, config.runs_dir)
+
+    # step 1. inputs: the base model (built on first use if embedded) and the data, on the main process first so
+    # several processes never build the same cache at once.
+    with state.main_process_first():
+        model_path = resolve_model(config.model_name_or_path, config.runs_dir, seed=config.seed)
+        train, evaluation, sample_prompts, data_stats, data_inputs = load_data(config)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.chat_template is None and "prompt" in train.column_names and isinstance(train[0]["prompt"], list):
+        raise ValueError(
+            f"{model_path} has no chat template, but the data is conversational. Use a chat model, "
+            "or give the data as plain prompt/completion text."
+        )
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+
+    peft_config = None
+    if config.use_lora:
+        from peft import LoraConfig
+
+        targets = config.lora_target_modules
+        peft_config = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            task_type="CAUSAL_LM",
+            target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
+        )
+
+    # step 2. train, evaluating every eval_steps (and at step 0 when eval_on_start, which gives the base model's loss).
+    tracker = Tracker(config.report_to, config.run, "sft", stage.dir, runs.config_dict(config), state.is_main_process)
+    callbacks = [EarlyStoppingCallback(config.early_stopping_patience)] if config.early_stopping_patience else []
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks,
+    )
+    checkpoint = None
+    if config.resume:
+        checkpoint = get_last_checkpoint(config.output_dir) if Path(config.output_dir).is_dir() else None
+        if checkpoint is None:
+            raise FileNotFoundError(
+                f"resume: no checkpoint in {config.output_dir}. Run without RESUME=1 to start anew."
+            )
+    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    final_eval = trainer.evaluate()
+
+    # step 3. save: every process takes part (ZeRO-3 gathers the shards); LoRA is merged on the main process.
+    model_dir = stage.dir / "model"
+    release_zero3_init()
+    if config.use_lora and config.merge_lora:
+        adapter_dir = stage.dir / "adapter"
+        trainer.save_model(str(adapter_dir))
+        if state.is_main_process:
+            _merge_adapter(model_path, adapter_dir, model_dir, tokenizer)
+    else:
+        trainer.save_model(str(model_dir))
+        if state.is_main_process:
+            tokenizer.save_pretrained(model_dir)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return {}
+
+    # step 4. greedy samples on held-out prompts, from the saved model as a later stage will load it.
+    samples = generate_samples(model_dir, sample_prompts, config.sample_max_new_tokens) if sample_prompts else []
+    with open(stage.dir / "samples.jsonl", "w") as fh:
+        fh.writelines(json.dumps(s) + "\n" for s in samples)
+    tracker.log_table("samples", ["prompt", "completion"], [[s["prompt"], s["completion"]] for s in samples])
+
+    history = trainer.state.log_history
+    eval_before = next((h["eval_loss"] for h in history if "eval_loss" in h and h.get("step") == 0), None)
+    metrics = {
+        "eval_loss_before": eval_before,
+        "eval_loss_after": final_eval["eval_loss"],
+        "train_loss": train_result.training_loss,
+        "train_samples_per_second": train_result.metrics.get("train_samples_per_second"),
+        "train_runtime_s": train_result.metrics.get("train_runtime"),
+        "global_step": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "num_train_examples": len(train),
+        "num_eval_examples": len(evaluation),
+        "samples_ended_with_eos": sum(s["ended_with_eos"] for s in samples),
+        "data": data_stats,
+    }
+    tracker.summary({k: v for k, v in metrics.items() if isinstance(v, int | float)})
+    summary = stage.finish(
+        config,
+        metrics=metrics,
+        inputs={"base_model": model_path, **data_inputs},
+        outputs={"model": model_dir, "checkpoints": config.output_dir, "samples": stage.dir / "samples.jsonl"},
+        extra={"tracking": {"wandb_run_dir": tracker.wandb_run_dir, "report_to": tracker.backends}},
+    )
+    for note in tracker.notes:
+        print(note)
+    tracker.finish()
+    print(summary_line(summary))
+    return summary
+
+
+def _merge_adapter(base_path: str, adapter_dir: Path, model_dir: Path, tokenizer) -> None:
+    from peft import PeftModel
+
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    merged.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    m = summary["metrics"]
+    before = f"{m['eval_loss_before']:.3f}" if m.get("eval_loss_before") is not None else "n/a"
+    return (
+        f"[{summary['stage']}] done in {runs.format_duration(summary['wall_time_s'])} | "
+        f"{m['train_samples_per_second'] or 0:.1f} samples/s | eval loss {before} -> {m['eval_loss_after']:.3f} | "
+        f"model: {summary['outputs']['model']}"
+    )
+
+
+if __name__ == "__main__":
+    (stage_config,) = TrlParser((SFTStageConfig,)).parse_args_and_config()
+    main(stage_config)

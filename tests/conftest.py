@@ -1,0 +1,56 @@
+"""Shared fixtures: an isolated runs/ folder, the micro embedded model, and a small slice of the demo data."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+# Nothing in the tests may reach a hub or a tracking server.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["WANDB_MODE"] = "offline"
+os.environ["WANDB_SILENT"] = "true"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ["TRL_EXPERIMENTAL_SILENCE"] = "1"
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def shared_runs(tmp_path_factory) -> Path:
+    """A runs/ folder shared by the session, holding the cached demo data and micro model (built once)."""
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="session")
+def demo_dir(shared_runs) -> Path:
+    from pipeline.demo_data import ensure_demo_data
+
+    return ensure_demo_data(shared_runs)
+
+
+@pytest.fixture(scope="session")
+def micro_model(shared_runs, demo_dir) -> str:
+    from pipeline.base_model import resolve_model
+
+    return resolve_model("embedded:micro-llama", shared_runs)
+
+
+@pytest.fixture(scope="session")
+def small_sft_data(tmp_path_factory, demo_dir) -> dict[str, Path]:
+    """64 training and 16 eval examples of the demo data: enough for a few optimiser steps."""
+    out = tmp_path_factory.mktemp("sft_data")
+    paths = {}
+    for split, n in (("sft_train", 64), ("sft_eval", 16)):
+        rows = (demo_dir / f"{split}.jsonl").read_text().splitlines()[:n]
+        paths[split] = out / f"{split}.jsonl"
+        paths[split].write_text("\n".join(rows) + "\n")
+    return paths
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

@@ -1,0 +1,63 @@
+"""Every shipped config parses: stage YAMLs through their TrlParser dataclass, accelerate YAMLs, DeepSpeed JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+STAGE_CONFIGS = {
+    "sft.yaml": "pipeline.sft:SFTStageConfig",
+    "sft_hub_example.yaml": "pipeline.sft:SFTStageConfig",
+}
+
+
+def load_class(spec: str):
+    import importlib
+
+    module, name = spec.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def test_every_stage_yaml_is_listed_here():
+    shipped = {p.name for p in (REPO / "configs").glob("*.yaml")}
+    assert shipped == set(STAGE_CONFIGS), "a new config in configs/ needs an entry in STAGE_CONFIGS"
+
+
+@pytest.mark.parametrize("name", sorted(STAGE_CONFIGS))
+def test_stage_yaml_parses(name, tmp_path, monkeypatch):
+    from trl import TrlParser
+
+    monkeypatch.chdir(tmp_path)  # output dirs derived from the config must not land in the repo
+    cls = load_class(STAGE_CONFIGS[name])
+    # bf16 configs are for GPUs; parsing them on a CPU machine is still checked, with bf16 off.
+    (config,) = TrlParser((cls,)).parse_args_and_config(["--config", str(REPO / "configs" / name), "--bf16", "false"])
+    raw = yaml.safe_load((REPO / "configs" / name).read_text())
+    for key, value in raw.items():
+        if key == "bf16":
+            continue
+        actual = getattr(config, key)  # a typo in a key fails here: the dataclass has no such field
+        # TrainingArguments turns some values into enums or lists; compare what they stand for.
+        assert value in (actual, getattr(actual, "value", None)) or actual == [value], key
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
+def test_accelerate_yaml_parses(path):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(path))
+    ds_file = (config.deepspeed_config or {}).get("deepspeed_config_file")
+    if ds_file:
+        assert (REPO / ds_file).exists(), f"{path.name} points at a missing {ds_file}"
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "deepspeed").glob("*.json")), ids=lambda p: p.name)
+def test_deepspeed_json_parses(path):
+    config = json.loads(path.read_text())
+    stage = config["zero_optimization"]["stage"]
+    assert path.stem == f"zero{stage}"
+    if stage == 3:
+        assert config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
