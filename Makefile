@@ -15,6 +15,7 @@ ZERO   ?= 0         # DeepSpeed ZeRO stage: 0 (off), 2 or 3
 RESUME ?= 0         # 1: continue from the latest checkpoint of this run
 ARGS   ?=           # extra config overrides, e.g. ARGS="--num_train_epochs 1 --report_to none"
 SFT_CONFIG ?= configs/sft.yaml
+CANDIDATES_CONFIG ?= configs/candidates.yaml
 
 RUN    := $(strip $(RUN))
 NPROC  := $(strip $(NPROC))
@@ -37,7 +38,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export GRADIO_ANALYTICS_ENABLED := False
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup data base-model sft test test-slow test-all lint format clean
+.PHONY: help setup data base-model sft candidates test test-slow test-all lint format clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -60,6 +61,9 @@ base-model: setup  ## build the embedded tiny base model into runs/_models/
 
 sft: setup  ## stage 1: supervised fine-tuning (configs/sft.yaml)
 	$(LAUNCH) -m pipeline.sft --config $(SFT_CONFIG) $(STAGE_ARGS)
+
+candidates: setup  ## stage 2a: the SFT model samples k candidates per prompt for labeling
+	$(LAUNCH) -m pipeline.candidates --config $(CANDIDATES_CONFIG) --run $(RUN) $(ARGS)
 
 test: setup  ## the test suite (CPU, tiny models, a few minutes)
 	$(PY) -m pytest -q -m "not slow"
