@@ -23,6 +23,7 @@ from pipeline import runs
 from pipeline.base_model import resolve_model
 from pipeline.data import load_sft_dataset, read_table
 from pipeline.distributed import configure_cpu_deepspeed, release_zero3_init
+from pipeline.models import lora_config, merge_adapter
 from pipeline.tracking import Tracker
 
 
@@ -171,15 +172,8 @@ def main(config: SFTStageConfig) -> dict[str, Any]:
 
     peft_config = None
     if config.use_lora:
-        from peft import LoraConfig
-
-        targets = config.lora_target_modules
-        peft_config = LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            task_type="CAUSAL_LM",
-            target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
+        peft_config = lora_config(
+            config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules, "CAUSAL_LM"
         )
 
     # step 2. train, evaluating every eval_steps (and at step 0 when eval_on_start, which gives the base model's loss).
@@ -211,7 +205,7 @@ def main(config: SFTStageConfig) -> dict[str, Any]:
         adapter_dir = stage.dir / "adapter"
         trainer.save_model(str(adapter_dir))
         if state.is_main_process:
-            _merge_adapter(model_path, adapter_dir, model_dir, tokenizer)
+            merge_adapter(model_path, adapter_dir, model_dir, tokenizer)
     else:
         trainer.save_model(str(model_dir))
         if state.is_main_process:
@@ -255,15 +249,6 @@ def main(config: SFTStageConfig) -> dict[str, Any]:
     tracker.finish()
     print(summary_line(summary))
     return summary
-
-
-def _merge_adapter(base_path: str, adapter_dir: Path, model_dir: Path, tokenizer) -> None:
-    from peft import PeftModel
-
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
-    merged.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
 
 
 def summary_line(summary: dict[str, Any]) -> str:

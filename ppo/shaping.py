@@ -1,0 +1,43 @@
+"""Reward shaping and the KL controller: small pure functions, checked by hand in tests/test_ppo_shaping.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def normalise_scores(scores: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """Reward-model scores in units of the training set's spread, so kl_coef means the same for every reward model."""
+    return (scores - mean) / max(std, 1e-6)
+
+
+def length_penalty(lengths: torch.Tensor, coef: float) -> torch.Tensor:
+    """What is subtracted from the score of a response of ``lengths`` tokens: ``coef`` per token."""
+    return coef * lengths.to(torch.float32)
+
+
+def response_lengths(responses: torch.Tensor, eos_token_id: int, pad_token_id: int) -> torch.Tensor:
+    """Tokens in each response up to and including the first EOS (all non-pad tokens when there is none)."""
+    is_eos = responses == eos_token_id
+    first_eos = is_eos.int().argmax(dim=1)
+    return torch.where(is_eos.any(dim=1), first_eos + 1, (responses != pad_token_id).sum(dim=1))
+
+
+@dataclass
+class AdaptiveKLController:
+    """The adaptive KL coefficient of Ziegler et al. (2019), "Fine-Tuning Language Models from Human Preferences".
+
+    After each step with measured KL ``kl``, the coefficient is multiplied by
+    ``1 + clip(kl / target - 1, -0.2, 0.2) * n_steps / horizon``: it grows while the policy drifts further from the
+    reference than the target, and shrinks while it stays closer.
+    """
+
+    value: float
+    target: float
+    horizon: float
+
+    def update(self, kl: float, n_steps: int = 1) -> float:
+        proportional_error = min(max(kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + proportional_error * n_steps / self.horizon
+        return self.value
