@@ -16,6 +16,8 @@ RESUME ?= 0         # 1: continue from the latest checkpoint of this run
 ARGS   ?=           # extra config overrides, e.g. ARGS="--num_train_epochs 1 --report_to none"
 SFT_CONFIG ?= configs/sft.yaml
 CANDIDATES_CONFIG ?= configs/candidates.yaml
+PPO_CONFIG ?= configs/ppo.yaml
+EVAL_CONFIG ?= configs/eval.yaml
 
 RUN    := $(strip $(RUN))
 NPROC  := $(strip $(NPROC))
@@ -38,7 +40,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export GRADIO_ANALYTICS_ENABLED := False
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup data base-model sft candidates test test-slow test-all lint format clean
+.PHONY: help setup data base-model sft candidates ppo eval test test-slow test-all lint format clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -64,6 +66,12 @@ sft: setup  ## stage 1: supervised fine-tuning (configs/sft.yaml)
 
 candidates: setup  ## stage 2a: the SFT model samples k candidates per prompt for labeling
 	$(LAUNCH) -m pipeline.candidates --config $(CANDIDATES_CONFIG) --run $(RUN) $(ARGS)
+
+ppo: setup  ## stage 4: PPO against the reward model (configs/ppo.yaml)
+	$(LAUNCH) -m ppo.train --config $(PPO_CONFIG) $(STAGE_ARGS)
+
+eval: setup  ## the SFT policy against the PPO policy on held-out prompts: summary, report.md, plots
+	$(PY) -m ppo.evaluate --config $(EVAL_CONFIG) --run $(RUN) $(ARGS)
 
 test: setup  ## the test suite (CPU, tiny models, a few minutes)
 	$(PY) -m pytest -q -m "not slow"

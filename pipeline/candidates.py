@@ -30,7 +30,9 @@ CANDIDATES = "candidates.jsonl"
 
 @dataclass
 class CandidatesConfig:
-    run: str = field(default=runs.DEFAULT_RUN, metadata={"help": "Run name: outputs go to <runs_dir>/<run>/candidates/."})
+    run: str = field(
+        default=runs.DEFAULT_RUN, metadata={"help": "Run name: outputs go to <runs_dir>/<run>/candidates/."}
+    )
     runs_dir: str = "runs"
     model_name_or_path: str | None = field(default=None, metadata={"help": "Default: the run's SFT model."})
     prompts: str = field(default="demo", metadata={"help": "'demo' (the demo prompt pool) or a file with 'prompt'."})
@@ -50,14 +52,19 @@ class CandidatesConfig:
             raise ValueError("temperature must be > 0 and top_p in (0, 1].")
 
 
-def load_prompts(config: CandidatesConfig) -> tuple[list[dict[str, Any]], Path]:
-    """Prompt rows ``{"prompt_id", "prompt": [messages]}`` and the file they came from."""
-    if config.prompts == "demo":
+def load_prompts(
+    source: str, runs_dir: str | Path = "runs", limit: int | None = None, demo_split: str = "prompts"
+) -> tuple[list[dict[str, Any]], Path]:
+    """Prompt rows ``{"prompt_id", "prompt": [messages]}`` and the file they came from.
+
+    ``source`` is a file with a ``prompt`` column (text or messages), or "demo" for the demo split ``demo_split``.
+    """
+    if source == "demo":
         from pipeline.demo_data import ensure_demo_data
 
-        path = ensure_demo_data(config.runs_dir) / "prompts.jsonl"
+        path = ensure_demo_data(runs_dir) / f"{demo_split}.jsonl"
     else:
-        path = Path(config.prompts)
+        path = Path(source)
     rows = []
     for i, row in enumerate(read_table(path), start=1):
         prompt = row.get("prompt")
@@ -67,7 +74,7 @@ def load_prompts(config: CandidatesConfig) -> tuple[list[dict[str, Any]], Path]:
             raise DataError(f"{path} row {i}: 'prompt' must be a non-empty string or a list of messages.")
         prompt_id = str(row.get("id") or row.get("prompt_id") or _content_id(prompt))
         rows.append({"prompt_id": prompt_id, "prompt": prompt})
-    return rows[: config.num_prompts], path
+    return rows[:limit], path
 
 
 def _content_id(prompt: list[dict[str, str]]) -> str:
@@ -151,7 +158,7 @@ def main(config: CandidatesConfig) -> dict[str, Any]:
     stage = runs.StageRun("candidates", config.run, config.runs_dir)
     model_path = str(runs.stage_output(config.run, "sft", config.runs_dir, config.model_name_or_path))
     with state.main_process_first():
-        rows, prompts_path = load_prompts(config)
+        rows, prompts_path = load_prompts(config.prompts, config.runs_dir, config.num_prompts)
     out_path = stage.dir / CANDIDATES
     done = read_done(out_path)
     todo = [row for row in rows if row["prompt_id"] not in done]

@@ -207,7 +207,7 @@ def main(config: PPOStageConfig) -> dict[str, Any]:
     stats_file = read_reward_stats(config, rm_path)
     tokenizer = AutoTokenizer.from_pretrained(sft_path, padding_side="left")
     with state.main_process_first():
-        rows, prompts_path = load_prompts(config)  # type: ignore[arg-type]
+        rows, prompts_path = load_prompts(config.prompts, config.runs_dir, config.num_prompts)
     train_rows, eval_rows = rows[config.eval_prompts :], rows[: config.eval_prompts]
     train_dataset, dropped = tokenize_prompts(train_rows, tokenizer, config.max_prompt_length)
     eval_dataset, _ = tokenize_prompts(eval_rows, tokenizer, config.max_prompt_length)

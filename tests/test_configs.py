@@ -15,6 +15,7 @@ STAGE_CONFIGS = {
     "sft_hub_example.yaml": "pipeline.sft:SFTStageConfig",
     "candidates.yaml": "pipeline.candidates:CandidatesConfig",
     "ppo.yaml": "ppo.train:PPOStageConfig",
+    "eval.yaml": "ppo.evaluate:EvalConfig",
 }
 
 

@@ -1,0 +1,259 @@
+"""Evaluation of the policy: ``make eval`` (``python -m ppo.evaluate --config configs/eval.yaml``).
+
+On the held-out evaluation prompts, the SFT policy and the PPO policy each sample a response per prompt. Reported
+for both: the reward model's mean score, the PPO policy's win rate against SFT by the reward model, the KL to the
+reference (the SFT model), estimated on the samples as the mean of sum_t [log pi(y_t) - log ref(y_t)], response
+length, EOS rate, and the gold rubric's score when one is set (the demo's house-style rubric by default). Writes
+``runs/<run>/eval/``: summary.json, report.md with PNG plots, samples.jsonl; and logs to W&B.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from trl import TrlParser
+
+from pipeline import runs
+from pipeline.candidates import load_prompts
+from pipeline.tracking import Tracker
+from ppo.shaping import response_lengths
+from ppo.train import load_rubric
+
+
+@dataclass
+class EvalConfig:
+    run: str = field(default=runs.DEFAULT_RUN, metadata={"help": "Run name: outputs go to <runs_dir>/<run>/eval/."})
+    runs_dir: str = "runs"
+    sft_model_path: str | None = field(default=None, metadata={"help": "Default: the run's SFT model (reference)."})
+    ppo_model_path: str | None = field(default=None, metadata={"help": "Default: the run's PPO model."})
+    reward_model_path: str | None = field(default=None, metadata={"help": "Default: the run's reward model."})
+    prompts: str = field(default="demo", metadata={"help": "'demo' (its held-out eval prompts) or a file."})
+    num_prompts: int | None = None
+    max_new_tokens: int = 128
+    # Sampling at temperature 1 draws from the policy's own distribution, which the KL estimate needs.
+    temperature: float = 1.0
+    batch_size: int = 16
+    max_kl: float = field(
+        default=20.0, metadata={"help": "Bound the PPO policy's KL to the reference must stay below."}
+    )
+    rubric: str | None = field(default=None, metadata={"help": "module:function; default: the demo rubric on demo."})
+    seed: int = 0
+    report_to: str | None = "wandb"
+
+
+def sequence_logprobs(model, sequences: torch.Tensor, context_length: int, pad_id: int) -> torch.Tensor:
+    """log p(response | prompt) under ``model`` for each left-padded prompt + right-padded response."""
+    attention = sequences != pad_id
+    positions = (attention.cumsum(1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits = model(input_ids=sequences.masked_fill(~attention, 0), attention_mask=attention,
+                       position_ids=positions).logits  # fmt: skip
+    logits = logits[:, context_length - 1 : -1].float()
+    targets = sequences[:, context_length:]
+    token_logps = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return (token_logps * attention[:, context_length:]).sum(dim=1)
+
+
+def win_rate(scores_a: list[float], scores_b: list[float]) -> float:
+    """Share of prompts where a's score beats b's; a tie counts half."""
+    wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores_a, scores_b, strict=True))
+    return wins / len(scores_a)
+
+
+def sample_policy(model, tokenizer, prompts: list[list[dict]], config: EvalConfig) -> tuple[list[torch.Tensor], int]:
+    """Batches of (prompt + response) token ids, and each batch's context length."""
+    out = []
+    for start in range(0, len(prompts), config.batch_size):
+        texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+                 for p in prompts[start : start + config.batch_size]]  # fmt: skip
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        torch.manual_seed(config.seed + start)
+        with torch.no_grad():
+            seqs = model.generate(**batch, do_sample=True, temperature=config.temperature, top_k=0, top_p=1.0,
+                                  max_new_tokens=config.max_new_tokens, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        # Everything after the first EOS becomes padding, as the reward model and the KL estimate must see it.
+        responses = seqs[:, batch["input_ids"].shape[1] :]
+        lengths = response_lengths(responses, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        keep = torch.arange(responses.shape[1], device=responses.device)[None, :] < lengths[:, None]
+        seqs[:, batch["input_ids"].shape[1] :] = responses.masked_fill(~keep, tokenizer.pad_token_id)
+        out.append((seqs, batch["input_ids"].shape[1]))
+    return out
+
+
+def reward_scores(reward_model, sequences: torch.Tensor, pad_id: int) -> list[float]:
+    attention = sequences != pad_id
+    with torch.no_grad():
+        logits = reward_model(input_ids=sequences.masked_fill(~attention, 0), attention_mask=attention).logits
+    return logits[:, 0].float().tolist()
+
+
+def evaluate_policy(name: str, model, ref, reward_model, tokenizer, prompt_rows, config, rubric) -> dict[str, Any]:
+    rows = []
+    for seqs, context in sample_policy(model, tokenizer, [r["prompt"] for r in prompt_rows], config):
+        logp = sequence_logprobs(model, seqs, context, tokenizer.pad_token_id)
+        ref_logp = sequence_logprobs(ref, seqs, context, tokenizer.pad_token_id)
+        scores = reward_scores(reward_model, seqs, tokenizer.pad_token_id)
+        responses = seqs[:, context:]
+        lengths = response_lengths(responses, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        for i in range(len(seqs)):
+            rows.append(
+                {
+                    "response": tokenizer.decode(responses[i], skip_special_tokens=True),
+                    "score": scores[i],
+                    "kl": (logp[i] - ref_logp[i]).item(),
+                    "length": int(lengths[i]),
+                    "eos": bool((responses[i] == tokenizer.eos_token_id).any()),
+                }
+            )
+    for row, prompt in zip(rows, prompt_rows, strict=True):
+        row["prompt_id"] = prompt["prompt_id"]
+        if rubric is not None:
+            row["gold"] = rubric(prompt["prompt"][-1]["content"], row["response"])
+    n = len(rows)
+    summary = {
+        "reward_mean": sum(r["score"] for r in rows) / n,
+        "kl_to_reference": sum(r["kl"] for r in rows) / n,
+        "response_length": sum(r["length"] for r in rows) / n,
+        "eos_rate": sum(r["eos"] for r in rows) / n,
+    }
+    if rubric is not None:
+        summary["gold_score"] = sum(r["gold"] for r in rows) / n
+    return {"name": name, "summary": summary, "rows": rows}
+
+
+def write_report(out_dir: Path, sft: dict, ppo: dict, metrics: dict, config: EvalConfig) -> Path:
+    """report.md with two PNG plots: reward-model score distributions, and the headline figures side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist([r["score"] for r in sft["rows"]], bins=20, alpha=0.6, label="SFT")
+    ax.hist([r["score"] for r in ppo["rows"]], bins=20, alpha=0.6, label="PPO")
+    ax.set_xlabel("reward-model score")
+    ax.set_ylabel("responses")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "reward_scores.png", dpi=120)
+    plt.close(fig)
+
+    keys = [k for k in ("reward_mean", "gold_score", "eos_rate") if k in sft["summary"]]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    width = 0.38
+    xs = range(len(keys))
+    ax.bar([x - width / 2 for x in xs], [sft["summary"][k] for k in keys], width, label="SFT")
+    ax.bar([x + width / 2 for x in xs], [ppo["summary"][k] for k in keys], width, label="PPO")
+    ax.set_xticks(list(xs), keys)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "sft_vs_ppo.png", dpi=120)
+    plt.close(fig)
+
+    lines = [
+        f"# Evaluation of run `{config.run}`",
+        "",
+        f"{metrics['num_prompts']} held-out prompts, one sample each at temperature {config.temperature}.",
+        "",
+        "| | SFT | PPO |",
+        "| --- | --- | --- |",
+    ]
+    for key in sft["summary"]:
+        lines.append(f"| {key} | {sft['summary'][key]:.4f} | {ppo['summary'][key]:.4f} |")
+    lines += [
+        "",
+        f"PPO wins against SFT by the reward model on **{metrics['win_rate_ppo_vs_sft']:.1%}** of prompts.",
+        f"KL of the PPO policy to the reference: {metrics['ppo']['kl_to_reference']:.3f} "
+        f"(bound {config.max_kl}: {'within' if metrics['kl_within_bound'] else 'EXCEEDED'}).",
+        "",
+        "![reward-model scores](reward_scores.png)",
+        "",
+        "![SFT vs PPO](sft_vs_ppo.png)",
+        "",
+        "## Samples",
+        "",
+    ]
+    for a, b in list(zip(sft["rows"], ppo["rows"], strict=True))[:5]:
+        lines += [
+            f"**{a['prompt_id']}**",
+            "",
+            "SFT:",
+            "```",
+            a["response"],
+            "```",
+            "PPO:",
+            "```",
+            b["response"],
+            "```",
+            "",
+        ]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def main(config: EvalConfig) -> dict[str, Any]:
+    stage = runs.StageRun("eval", config.run, config.runs_dir)
+    sft_path = runs.stage_output(config.run, "sft", config.runs_dir, config.sft_model_path)
+    ppo_path = runs.stage_output(config.run, "ppo", config.runs_dir, config.ppo_model_path)
+    rm_path = runs.stage_output(config.run, "rm", config.runs_dir, config.reward_model_path)
+    from reward.compat import check_tokenizers_match
+
+    check_tokenizers_match(sft_path, rm_path)
+    check_tokenizers_match(sft_path, ppo_path)
+    prompt_rows, prompts_path = load_prompts(config.prompts, config.runs_dir, config.num_prompts, "eval_prompts")
+    rubric = load_rubric(
+        config.rubric or ("pipeline.demo_data:house_style_score" if config.prompts == "demo" else None)
+    )
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = AutoTokenizer.from_pretrained(sft_path, padding_side="left")
+    ref = AutoModelForCausalLM.from_pretrained(sft_path).to(device).eval()
+    policy = AutoModelForCausalLM.from_pretrained(ppo_path).to(device).eval()
+    reward_model = AutoModelForSequenceClassification.from_pretrained(rm_path, num_labels=1).to(device).eval()
+
+    sft = evaluate_policy("sft", ref, ref, reward_model, tokenizer, prompt_rows, config, rubric)
+    ppo = evaluate_policy("ppo", policy, ref, reward_model, tokenizer, prompt_rows, config, rubric)
+    metrics = {
+        "num_prompts": len(prompt_rows),
+        "sft": sft["summary"],
+        "ppo": ppo["summary"],
+        "win_rate_ppo_vs_sft": win_rate([r["score"] for r in ppo["rows"]], [r["score"] for r in sft["rows"]]),
+        "kl_within_bound": ppo["summary"]["kl_to_reference"] < config.max_kl,
+    }
+    with open(stage.dir / "samples.jsonl", "w") as fh:
+        for a, b in zip(sft["rows"], ppo["rows"], strict=True):
+            fh.write(json.dumps({"prompt_id": a["prompt_id"], "sft": a, "ppo": b}) + "\n")
+    report = write_report(stage.dir, sft, ppo, metrics, config)
+
+    tracker = Tracker(config.report_to, config.run, "eval", stage.dir, runs.config_dict(config))
+    flat = {f"{name}/{k}": v for name in ("sft", "ppo") for k, v in metrics[name].items()}
+    tracker.log({**flat, "win_rate_ppo_vs_sft": metrics["win_rate_ppo_vs_sft"]})
+    tracker.log_table("samples", ["prompt_id", "sft", "sft_score", "ppo", "ppo_score"],
+                      [[a["prompt_id"], a["response"], a["score"], b["response"], b["score"]]
+                       for a, b in zip(sft["rows"], ppo["rows"], strict=True)][:32])  # fmt: skip
+    summary = stage.finish(
+        config, metrics=metrics,
+        inputs={"sft_model": sft_path, "ppo_model": ppo_path, "reward_model": rm_path, "prompts": prompts_path},
+        outputs={"report": report, "samples": stage.dir / "samples.jsonl"},
+    )  # fmt: skip
+    for note in tracker.notes:
+        print(note)
+    tracker.finish()
+    gold = f" | gold {sft['summary']['gold_score']:.3f} -> {ppo['summary']['gold_score']:.3f}" if rubric else ""
+    print(
+        f"[eval] done in {runs.format_duration(summary['wall_time_s'])} | reward {sft['summary']['reward_mean']:.3f} -> "
+        f"{ppo['summary']['reward_mean']:.3f} | win rate {metrics['win_rate_ppo_vs_sft']:.1%} | "
+        f"KL {ppo['summary']['kl_to_reference']:.3f}{gold} | report: {report}"
+    )
+    return summary
+
+
+if __name__ == "__main__":
+    (eval_config,) = TrlParser((EvalConfig,)).parse_args_and_config()
+    main(eval_config)
