@@ -1,0 +1,190 @@
+"""The labeling database: SQLAlchemy models, engines tuned so that no submitted label is lost, and migrations.
+
+SQLite (one file in the run directory) is the default; PostgreSQL is used through a ``postgresql://`` URL. The schema
+is created and upgraded by alembic (``labeling_ui/migrations``), run from Python by ``migrate``: users never need the
+alembic command. After changing a model, add a revision under ``migrations/versions`` (``alembic -c
+labeling_ui/alembic.ini revision --autogenerate -m ...``); ``tests/test_labeling_store.py`` fails while the models and
+the migrations disagree.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import zlib
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, MetaData, String, Text, UniqueConstraint, event
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+ROLES = ("labeler", "admin")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    # Named constraints: alembic's batch mode (how SQLite alters tables) can only drop or change a named constraint.
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class User(Base):
+    __tablename__ = "users"
+    __table_args__ = (sa.CheckConstraint("role IN ('labeler', 'admin')", name="role"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16))
+    active: Mapped[bool] = mapped_column(Boolean)
+    simulated: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Item(Base):
+    """One prompt with K candidate responses. ``id`` is a hash of the content, so re-importing adds nothing."""
+
+    __tablename__ = "items"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(unique=True)  # import order: the tie-break of the assignment
+    prompt_id: Mapped[str] = mapped_column(String(255), index=True)
+    prompt: Mapped[str] = mapped_column(Text)  # the last user message, as shown to labelers
+    prompt_messages: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    candidates: Mapped[list[dict[str, str]]] = mapped_column(JSON)  # [{"id": hash of the text, "text": ...}]
+    is_gold: Mapped[bool] = mapped_column(Boolean)
+    gold_ranking: Mapped[dict[str, int] | None] = mapped_column(JSON)  # {candidate_id: rank}, gold items only
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # model, generation settings, time
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Ranking(Base):
+    """One submitted ranking. Append-only: an edit adds a version and only ``is_current`` moves to it."""
+
+    __tablename__ = "rankings"
+    __table_args__ = (
+        UniqueConstraint("item_id", "user_id", "version"),
+        # At most one current ranking per (item, labeler), enforced by the database itself.
+        Index(
+            "uq_rankings_current",
+            "item_id",
+            "user_id",
+            unique=True,
+            sqlite_where=sa.text("is_current"),
+            postgresql_where=sa.text("is_current"),
+        ),
+        Index("ix_rankings_user_id", "user_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    submission_id: Mapped[str] = mapped_column(String(128), unique=True)  # client-sent: a retried submit is a no-op
+    item_id: Mapped[str] = mapped_column(ForeignKey("items.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    version: Mapped[int]
+    is_current: Mapped[bool] = mapped_column(Boolean)
+    ranks: Mapped[dict[str, int]] = mapped_column(JSON)  # {candidate_id: rank}, 1 = best, dense (1, 1, 2, ...)
+    none_acceptable: Mapped[bool] = mapped_column(Boolean)
+    flags: Mapped[dict[str, list[str]]] = mapped_column(JSON)  # {candidate_id: [flag, ...]}
+    comment: Mapped[str] = mapped_column(Text)
+    guidelines_version: Mapped[str] = mapped_column(String(64))
+    display_order: Mapped[list[str]] = mapped_column(JSON)  # candidate ids as the labeler saw them
+    seconds_spent: Mapped[float | None] = mapped_column(sa.Float)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Skip(Base):
+    __tablename__ = "skips"
+    __table_args__ = (UniqueConstraint("item_id", "user_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    submission_id: Mapped[str] = mapped_column(String(128), unique=True)
+    item_id: Mapped[str] = mapped_column(ForeignKey("items.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Assignment(Base):
+    """An item handed to a labeler by ``next_item``: a lease, so two labelers are not given the same last slot.
+
+    Not a label: rows are replaced freely. A lease counts towards the item's overlap until it is ranked, skipped or
+    expires (``assignment.LEASE``).
+    """
+
+    __tablename__ = "assignments"
+
+    item_id: Mapped[str] = mapped_column(ForeignKey("items.id"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    assigned_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+def default_db_url(run: str, runs_dir: str | Path = "runs") -> str:
+    """``sqlite:///<runs_dir>/<run>/labeling/labels.db``, creating the folder."""
+    folder = Path(runs_dir) / run / "labeling"
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'labels.db'}"
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # isolation_level=None stops pysqlite from issuing its own deferred BEGIN; `_sqlite_begin` issues BEGIN IMMEDIATE,
+    # which takes the write lock up front, so concurrent writers wait (busy_timeout) instead of failing with
+    # "database is locked" when a deferred read transaction tries to upgrade to a write.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=30000"):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+def _sqlite_begin(connection: sa.Connection) -> None:
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_engine(url: str) -> sa.Engine:
+    """An engine for ``url``: SQLite in WAL mode with full fsync, or PostgreSQL through psycopg 3."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = sa.create_engine(parsed, connect_args={"timeout": 30, "check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        return sa.create_engine(parsed.set(drivername="postgresql+psycopg"), pool_pre_ping=True)
+    raise ValueError(f"Unsupported database URL {parsed.render_as_string()}: use sqlite:///PATH or postgresql://...")
+
+
+def advisory_lock(connection: sa.Connection, name: str) -> None:
+    """Serialise a critical section across PostgreSQL sessions until the transaction ends.
+
+    SQLite needs nothing: every transaction there starts with BEGIN IMMEDIATE and so already holds the write lock.
+    """
+    if connection.dialect.name == "postgresql":
+        connection.execute(sa.select(sa.func.pg_advisory_xact_lock(zlib.crc32(name.encode()))))
+
+
+def migrate(url: str) -> None:
+    """Bring the database at ``url`` to the newest schema (alembic upgrade head). Idempotent."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    engine = make_engine(url)
+    try:
+        with engine.begin() as connection:
+            advisory_lock(connection, "labeling_ui.migrate")  # two processes starting at once
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    finally:
+        engine.dispose()
