@@ -83,8 +83,11 @@ class _Backbone(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask, **kwargs):
         start = _now()
-        # TRL left-pads every query to the rollout's context length, so the response is what follows it.
-        self.response_lengths = attention_mask[:, self.stats.context_length :].sum(dim=1)
+        # TRL left-pads every query to the rollout's context length, so the response is what follows it; it reads
+        # the reward at the token before the response's first pad (attention_mask is input_ids != pad).
+        ended = attention_mask[:, self.stats.context_length :] == 0
+        width = ended.shape[1]
+        self.response_lengths = torch.where(ended.any(dim=1), ended.int().argmax(dim=1), width)
         output = self.inner(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         if not self.stats.paused:
             self.stats.scoring_s += _now() - start
@@ -108,8 +111,10 @@ class ShapedRewardModel(torch.nn.Module):
     def score(self, hidden_states: torch.Tensor) -> torch.Tensor:
         raw = self.head(hidden_states)
         if not self.stats.paused:
-            # The score TRL picks is the one at the last response token; remember those raw values for logging.
-            self.stats.raw_scores += raw[:, -1, 0].detach().float().tolist()
+            # Remember the raw values at the position TRL reads the score from, for logging.
+            last = self.stats.context_length + self.backbone.response_lengths - 1
+            picked = raw[torch.arange(raw.shape[0], device=raw.device), last.to(raw.device), 0]
+            self.stats.raw_scores += picked.detach().float().tolist()
         shaped = normalise_scores(raw, self.mean, self.std)
         if self.length_penalty_coef:
             penalty = length_penalty(self.backbone.response_lengths, self.length_penalty_coef)
