@@ -155,6 +155,8 @@ def make_engine(url: str) -> sa.Engine:
     """An engine for ``url``: SQLite in WAL mode with full fsync, or PostgreSQL through psycopg 3."""
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(parsed, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)

@@ -1,0 +1,281 @@
+"""The pipeline's report: ``runs/<run>/report.md``, ``report.html`` and PNG plots, from the stages' own files.
+
+Everything comes from what the stages wrote (summary.json, the SFT trainer state, PPO's history.jsonl, the
+evaluation's samples), so the report can be rebuilt at any time: ``python -m pipeline report --run R``.
+Sections: the stages, SFT loss curves, reward model accuracy and calibration, PPO reward and KL over steps, the gold
+rubric against the reward model over PPO steps (reward over-optimisation shows as the two lines parting), the
+evaluation of every round, sample responses before and after, and where the W&B runs are.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from pipeline import runs
+
+SAMPLES_SHOWN = 3
+
+
+def _load_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return "-" if value is None else str(value)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(v).replace("|", "\\|") for v in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _plot(path: Path, draw) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = draw(plt)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def sft_log_history(sft_dir: Path) -> list[dict]:
+    """The Trainer's log history of the SFT run, from its latest checkpoint's trainer_state.json."""
+    states = sorted((sft_dir / "checkpoints").glob("checkpoint-*/trainer_state.json"),
+                    key=lambda p: int(p.parent.name.split("-")[-1]))  # fmt: skip
+    return json.loads(states[-1].read_text()).get("log_history", []) if states else []
+
+
+def _sft_section(sft_dir: Path, out: Path) -> list[str]:
+    summary = runs.read_summary(sft_dir)
+    if summary is None:
+        return ["## SFT", "", "No SFT run yet.", ""]
+    m = summary["metrics"]
+    lines = ["## SFT", "",
+             f"Eval loss {_fmt(m.get('eval_loss_before'))} before training, {_fmt(m.get('eval_loss_after'))} after "
+             f"({m.get('global_step')} steps, {_fmt(m.get('epochs'))} epochs, {runs.format_duration(summary['wall_time_s'])}).",
+             ""]  # fmt: skip
+    history = sft_log_history(sft_dir)
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    if train or evals:
+
+        def draw(plt):
+            fig, ax = plt.subplots(figsize=(6, 3.2))
+            if train:
+                ax.plot(*zip(*train, strict=True), label="train loss")
+            if evals:
+                ax.plot(*zip(*evals, strict=True), "o-", label="eval loss")
+            ax.set_xlabel("step"), ax.set_ylabel("loss"), ax.set_yscale("log"), ax.legend()
+            ax.set_title("SFT loss")
+            return fig
+
+        lines += [f"![SFT loss]({_plot(out / 'report_sft_loss.png', draw)})", ""]
+    return lines
+
+
+def _rm_section(rm_dir: Path, out: Path, title: str) -> list[str]:
+    summary = runs.read_summary(rm_dir)
+    if summary is None:
+        return []
+    m = summary["metrics"]
+    rows = [[name, m.get(key)] for name, key in (
+        ("held-out accuracy", "eval_accuracy"), ("agreement with the gold rubric", "eval_gold_accuracy"),
+        ("expected calibration error", "eval_ece"), ("reward mean", "reward_mean"), ("reward std", "reward_std"),
+        ("training pairs", "train_pairs"), ("held-out pairs", "eval_pairs"),
+    ) if m.get(key) is not None]  # fmt: skip
+    lines = [f"## {title}", "", *_table(["figure", "value"], rows)]
+    by_gap = m.get("accuracy_by_gap") or {}
+    bins = m.get("calibration") or m.get("calibration_bins")
+    if by_gap or bins:
+
+        def draw(plt):
+            fig, axes = plt.subplots(1, 2 if bins else 1, figsize=(8 if bins else 4.5, 3.2), squeeze=False)
+            if by_gap:
+                gaps = sorted(by_gap, key=lambda g: float(g))
+                values = [by_gap[g]["accuracy"] if isinstance(by_gap[g], dict) else by_gap[g] for g in gaps]
+                axes[0][0].bar([str(g) for g in gaps], values)
+                axes[0][0].set_xlabel("rank gap"), axes[0][0].set_ylabel("accuracy"), axes[0][0].set_ylim(0, 1)
+                axes[0][0].set_title("accuracy by rank gap")
+            if bins:
+                ax = axes[0][-1]
+                conf = [b["confidence"] for b in bins if b.get("count")]
+                acc = [b["accuracy"] for b in bins if b.get("count")]
+                ax.plot([0.5, 1], [0.5, 1], "k--", lw=1, label="perfect")
+                ax.plot(conf, acc, "o-", label="reward model")
+                (
+                    ax.set_xlabel("predicted P(chosen)"),
+                    ax.set_ylabel("observed"),
+                    ax.legend(),
+                    ax.set_title("calibration"),
+                )
+            return fig
+
+        lines += [f"![reward model]({_plot(out / f'report_{rm_dir.parent.name}_rm.png', draw)})", ""]
+    return lines
+
+
+def _ppo_section(ppo_dir: Path, out: Path, title: str) -> list[str]:
+    history = _load_jsonl(ppo_dir / "history.jsonl")
+    if not history:
+        return []
+    steps = [h["step"] for h in history]
+
+    def series(key):
+        return [h.get(key) for h in history]
+
+    def draw(plt):
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+        axes[0].plot(steps, series("objective/scores"), label="reward-model score")
+        axes[0].plot(steps, series("objective/rlhf_reward"), label="score - KL penalty")
+        axes[0].set_xlabel("PPO step"), axes[0].legend(), axes[0].set_title("reward")
+        axes[1].plot(steps, series("objective/kl"), color="C3")
+        axes[1].set_xlabel("PPO step"), axes[1].set_title("KL to the reference (nats)")
+        return fig
+
+    lines = [f"## {title}", "", f"![PPO reward and KL]({_plot(out / f'report_{ppo_dir.parent.name}_ppo.png', draw)})",
+             ""]  # fmt: skip
+    gold = series("rollout/gold_score")
+    if any(g is not None for g in gold):
+
+        def draw_gold(plt):
+            fig, ax = plt.subplots(figsize=(6, 3.2))
+            ax.plot(steps, series("objective/scores"), color="C0", label="reward model (normalised)")
+            ax.set_xlabel("PPO step"), ax.set_ylabel("reward-model score", color="C0")
+            twin = ax.twinx()
+            twin.plot(steps, gold, color="C2", label="gold rubric")
+            twin.set_ylabel("gold rubric score", color="C2")
+            ax.set_title("reward model vs gold rubric on the rollouts")
+            return fig
+
+        lines += [
+            "The reward model's score and the gold rubric's score of the same rollouts. While both rise, PPO "
+            "learns what the labelers wanted; a reward-model score that keeps rising while the gold score "
+            "falls is reward over-optimisation.",
+            "",
+            f"![gold vs reward model]({_plot(out / f'report_{ppo_dir.parent.name}_gold.png', draw_gold)})",
+            "",
+        ]
+    return lines
+
+
+def _eval_rows(eval_dirs: list[tuple[str, Path]]) -> list[list[Any]]:
+    rows = []
+    for name, directory in eval_dirs:
+        m = (runs.read_summary(directory) or {}).get("metrics")
+        if m:
+            rows.append([name, m["sft"].get("gold_score"), m["ppo"].get("gold_score"), m["sft"]["reward_mean"],
+                         m["ppo"]["reward_mean"], m["win_rate_ppo_vs_sft"], m["ppo"]["kl_to_reference"],
+                         m["sft"]["response_length"], m["ppo"]["response_length"]])  # fmt: skip
+    return rows
+
+
+def _samples(eval_dir: Path) -> list[str]:
+    rows = _load_jsonl(eval_dir / "samples.jsonl")
+    if not rows:
+        return []
+    prompts = {}
+    try:
+        from pipeline.demo_data import ensure_demo_data
+
+        data = Path(ensure_demo_data())
+        prompts = {r["prompt_id"]: r["prompt"][-1]["content"] for r in _load_jsonl(data / "eval_prompts.jsonl")}
+    except (OSError, KeyError):
+        pass
+    # The largest gold improvements first: what PPO changed, at a glance.
+    rows.sort(key=lambda r: r["ppo"].get("gold", 0) - r["sft"].get("gold", 0), reverse=True)
+    lines = ["## Sample responses before and after PPO", ""]
+    for r in rows[:SAMPLES_SHOWN]:
+        lines += [f"**Prompt {r['prompt_id']}**", ""]
+        if r["prompt_id"] in prompts:
+            lines += ["```text", prompts[r["prompt_id"]].replace("```", "'''"), "```", ""]
+        for name in ("sft", "ppo"):
+            s = r[name]
+            gold = f", gold {s['gold']:.2f}" if "gold" in s else ""
+            lines += [f"{name.upper()} (reward {s['score']:.2f}{gold}):", "",
+                      "```text", s["response"].replace("```", "'''"), "```", ""]  # fmt: skip
+    return lines
+
+
+def _wandb_section(run_dir: Path) -> list[str]:
+    found = sorted(run_dir.rglob("wandb/offline-run-*")) + sorted(run_dir.rglob("wandb/run-*"))
+    if not found:
+        return []
+    lines = ["## W&B runs", "",
+             "Each stage logged to W&B (grouped by run, one job type per stage). Offline runs are uploaded with "
+             "`wandb sync DIR` once a key is set:", ""]  # fmt: skip
+    lines += [f"- {p.relative_to(run_dir).parts[0] if p.relative_to(run_dir).parts[0] != 'wandb' else ''}"
+              f" `{p}`" for p in found]  # fmt: skip
+    return lines + [""]
+
+
+def write_report(config) -> Path:
+    """Write runs/<run>/report.md, report.html and the plots; returns the markdown path."""
+    from pipeline.orchestrate import round_run, stage_dir
+
+    run_dir = Path(config.runs_dir) / config.run
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lines = [f"# Pipeline report: run `{config.run}`", ""]
+
+    stage_rows = []
+    for r in range(1, config.rounds + 1):
+        for stage in ("sft", "candidates", "export", "rm", "ppo", "eval") if r == 1 else ("candidates", "export",
+                                                                                         "rm", "ppo", "eval"):  # fmt: skip
+            summary = runs.read_summary(stage_dir(config, stage, r))
+            if summary:
+                stage_rows.append([stage if r == 1 else f"{stage} (round {r})", summary["status"],
+                                   runs.format_duration(summary["wall_time_s"]), summary["started_at"]])  # fmt: skip
+    lines += ["## Stages", "", *_table(["stage", "status", "wall time", "started"], stage_rows)]
+
+    eval_dirs = [(f"round {r}", stage_dir(config, "eval", r)) for r in range(1, config.rounds + 1)]
+    eval_rows = _eval_rows(eval_dirs)
+    if eval_rows:
+        lines += ["## The policy: SFT against PPO on held-out prompts", "",
+                  *_table(["", "gold SFT", "gold PPO", "reward SFT", "reward PPO", "PPO win rate", "KL",
+                           "length SFT", "length PPO"], eval_rows)]  # fmt: skip
+        if len(eval_rows) > 1:
+
+            def draw(plt):
+                fig, ax = plt.subplots(figsize=(5, 3))
+                ax.plot(range(1, len(eval_rows) + 1), [row[2] for row in eval_rows], "o-", label="PPO")
+                ax.axhline(eval_rows[0][1], color="k", ls="--", label="SFT")
+                ax.set_xlabel("round"), ax.set_ylabel("gold rubric score"), ax.legend()
+                return fig
+
+            lines += [f"![gold score by round]({_plot(run_dir / 'report_rounds.png', draw)})", ""]
+    lines += _sft_section(stage_dir(config, "sft", 1), run_dir)
+    for r in range(1, config.rounds + 1):
+        suffix = "" if config.rounds == 1 else f" (round {r})"
+        lines += _rm_section(stage_dir(config, "rm", r), run_dir, f"Reward model{suffix}")
+        lines += _ppo_section(stage_dir(config, "ppo", r), run_dir, f"PPO{suffix}")
+    lines += _samples(stage_dir(config, "eval", config.rounds))
+    lines += _wandb_section(run_dir)
+    lines += [f"Runs: {', '.join(f'`{run_dir.parent / round_run(config, r)}`' for r in range(1, config.rounds + 1))}",
+              ""]  # fmt: skip
+
+    markdown = "\n".join(lines)
+    path = run_dir / "report.md"
+    path.write_text(markdown)
+    path.with_suffix(".html").write_text(to_html(markdown, f"Pipeline report: {config.run}"))
+    return path
+
+
+def to_html(markdown: str, title: str) -> str:
+    """A standalone HTML page. Raw HTML in the markdown is escaped: sample responses are untrusted model output."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+    style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.45}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.25rem .5rem}"
+             "pre{background:#f5f5f5;padding:.5rem;white-space:pre-wrap}img{max-width:100%}")  # fmt: skip
+    return (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>\n{body}</body></html>\n")  # fmt: skip
