@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 from trl import TrlParser
 
@@ -68,7 +69,8 @@ def win_rate(scores_a: list[float], scores_b: list[float]) -> float:
 def sample_policy(model, tokenizer, prompts: list[list[dict]], config: EvalConfig) -> tuple[list[torch.Tensor], int]:
     """Batches of (prompt + response) token ids, and each batch's context length."""
     out = []
-    for start in range(0, len(prompts), config.batch_size):
+    starts = range(0, len(prompts), config.batch_size)
+    for start in tqdm(starts, desc=f"sampling {getattr(model, 'name_or_path', '')}".strip(), unit="batch"):
         texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
                  for p in prompts[start : start + config.batch_size]]  # fmt: skip
         batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
