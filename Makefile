@@ -14,10 +14,14 @@ NPROC  ?= 1         # processes (GPUs) on this machine
 ZERO   ?= 0         # DeepSpeed ZeRO stage: 0 (off), 2 or 3
 RESUME ?= 0         # 1: continue from the latest checkpoint of this run
 ARGS   ?=           # extra config overrides, e.g. ARGS="--num_train_epochs 1 --report_to none"
+IMPORT_ARGS ?=      # candidates -> labeling items, e.g. IMPORT_ARGS="--rubric-gold-share 0.05" (demo gold items)
 SFT_CONFIG ?= configs/sft.yaml
 CANDIDATES_CONFIG ?= configs/candidates.yaml
+RM_CONFIG ?= configs/rm.yaml
+LABELING_CONFIG ?= configs/labeling.yaml
 PPO_CONFIG ?= configs/ppo.yaml
 EVAL_CONFIG ?= configs/eval.yaml
+PIPELINE_CONFIG ?= configs/pipeline.yaml
 
 RUN    := $(strip $(RUN))
 NPROC  := $(strip $(NPROC))
@@ -40,7 +44,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export GRADIO_ANALYTICS_ENABLED := False
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup data base-model sft candidates ppo eval test test-slow test-all lint format clean
+.PHONY: help setup demo pipeline report data base-model sft candidates label simulate export rm ppo eval test test-slow lint format clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -53,7 +57,19 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install $(TORCH_SPEC)
 	$(PY) -m pip install -e ".[dev]"
+	@# The browser tests drive a real Chromium (Debian's); without it they are skipped with a message.
+	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get install -y -q chromium >/dev/null; } \
+		|| echo "note: no /usr/bin/chromium (apt-get install chromium): the browser tests will be skipped"
 	touch $@
+
+demo: setup  ## the whole pipeline on the embedded model with simulated labelers (about 20 min on 2 CPU cores)
+	$(PY) -m pipeline run --config configs/pipeline.yaml --run $(RUN) $(ARGS)
+
+pipeline: setup  ## the whole pipeline from configs/pipeline.yaml; finished stages are skipped
+	$(PY) -m pipeline run --config $(PIPELINE_CONFIG) --run $(RUN) $(ARGS)
+
+report: setup  ## rebuild runs/$(RUN)/report.md and report.html from the stages' outputs
+	$(PY) -m pipeline report --config $(PIPELINE_CONFIG) --run $(RUN)
 
 data: setup  ## write the demo data set into runs/_data/
 	$(PY) -c "from pipeline.demo_data import ensure_demo_data; print(ensure_demo_data())"
@@ -64,8 +80,21 @@ base-model: setup  ## build the embedded tiny base model into runs/_models/
 sft: setup  ## stage 1: supervised fine-tuning (configs/sft.yaml)
 	$(LAUNCH) -m pipeline.sft --config $(SFT_CONFIG) $(STAGE_ARGS)
 
-candidates: setup  ## stage 2a: the SFT model samples k candidates per prompt for labeling
+candidates: setup  ## stage 2a: the SFT model samples k candidates per prompt; they become items to label
 	$(LAUNCH) -m pipeline.candidates --config $(CANDIDATES_CONFIG) --run $(RUN) $(ARGS)
+	$(PY) -m labeling_ui import-candidates --run $(RUN) $(IMPORT_ARGS)
+
+label: setup  ## stage 2b: the ranking app for people (prints the URL, and the admin login on first run)
+	$(PY) -m labeling_ui serve --run $(RUN) --config $(LABELING_CONFIG) $(ARGS)
+
+simulate: setup  ## stage 2b without people: simulated labelers rank every item (demo, tests)
+	$(PY) -m labeling_ui simulate --run $(RUN) --config $(LABELING_CONFIG) $(ARGS)
+
+export: setup  ## stage 2c: rankings -> preference pairs in runs/$(RUN)/export/
+	$(PY) -m labeling_ui export --run $(RUN) $(ARGS)
+
+rm: setup  ## stage 3: reward model on the exported preferences (configs/rm.yaml)
+	$(LAUNCH) -m reward.train --config $(RM_CONFIG) $(STAGE_ARGS)
 
 ppo: setup  ## stage 4: PPO against the reward model (configs/ppo.yaml)
 	$(LAUNCH) -m ppo.train --config $(PPO_CONFIG) $(STAGE_ARGS)

@@ -17,7 +17,6 @@ import argparse
 import importlib
 import importlib.util
 import sys
-from pathlib import Path
 
 from labeling_ui.assignment import stable_hash
 from labeling_ui.db import default_db_url

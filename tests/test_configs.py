@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -16,7 +17,10 @@ STAGE_CONFIGS = {
     "candidates.yaml": "pipeline.candidates:CandidatesConfig",
     "ppo.yaml": "ppo.train:PPOStageConfig",
     "eval.yaml": "ppo.evaluate:EvalConfig",
+    "rm.yaml": "reward.train:RMStageConfig",
+    "labeling.yaml": "labeling_ui.app:LabelingConfig",
 }
+OTHER_CONFIGS = {"pipeline.yaml"}  # not a TrlParser config: tested below
 
 
 def load_class(spec: str):
@@ -28,7 +32,7 @@ def load_class(spec: str):
 
 def test_every_stage_yaml_is_listed_here():
     shipped = {p.name for p in (REPO / "configs").glob("*.yaml")}
-    assert shipped == set(STAGE_CONFIGS), "a new config in configs/ needs an entry in STAGE_CONFIGS"
+    assert shipped == set(STAGE_CONFIGS) | OTHER_CONFIGS, "a new config in configs/ needs an entry in STAGE_CONFIGS"
 
 
 @pytest.mark.parametrize("name", sorted(STAGE_CONFIGS))
@@ -49,6 +53,16 @@ def test_stage_yaml_parses(name, tmp_path, monkeypatch):
         actual = getattr(config, key)  # a typo in a key fails here: the dataclass has no such field
         # TrainingArguments turns some values into enums or lists; compare what they stand for.
         assert value in (actual, getattr(actual, "value", None)) or actual == [value], key
+
+
+def test_pipeline_yaml_parses():
+    from pipeline.orchestrate import STAGES, PipelineConfig
+
+    config = PipelineConfig.from_yaml(REPO / "configs" / "pipeline.yaml")
+    assert set(config.stages) == set(STAGES)
+    for name, stage in config.stages.items():
+        if stage.config:  # every stage config it names is one of the configs tested above
+            assert Path(stage.config).name in STAGE_CONFIGS, name
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs" / "accelerate").glob("*.yaml")), ids=lambda p: p.name)

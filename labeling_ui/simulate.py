@@ -1,0 +1,263 @@
+"""Simulated labelers: ``python -m labeling_ui simulate --run R`` (``make simulate``) ranks every item without people.
+
+Each simulated labeler scores every response with a rubric, ``module:function(prompt, response) -> float`` (higher is
+better; default: the demo's gold rubric of the house style), adds Gaussian noise with its own sigma, and ranks by the
+noisy scores. Responses with equal rubric scores get the same noise and so stay tied. The noise is seeded by (seed,
+labeler, item): a run gives the same rankings whatever order the items come in.
+
+Without ``--url`` the labelers call ``LabelingService`` in this process, the code behind the app's page and API (the
+demo's 500 items x 2 labelers take seconds). With ``--url`` each labeler logs in to a running app with gradio_client
+and works in its own thread, as a person would. The simulated users are created on the first run, flagged
+``simulated``; their passwords are kept in ``runs/<run>/labeling/simulated_users.json`` for later runs over HTTP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from labeling_ui.agreement import ranks_from_scores
+from labeling_ui.assignment import stable_hash
+from labeling_ui.cli import add_common_arguments, db_url
+from labeling_ui.store import LabelStore
+from labeling_ui.users import generate_password
+
+Rubric = Callable[[str, str], float]
+
+
+def load_rubric(spec: str) -> Rubric:
+    """``module:function`` -> the function."""
+    module, _, name = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ValueError(f"Cannot load the rubric {spec!r} (module:function): {error}") from error
+
+
+def noisy_ranks(scores: Sequence[float], sigma: float, rng: random.Random) -> list[int]:
+    """Dense ranks (1 = best) of ``scores`` plus Gaussian noise; equal scores draw the same noise and stay tied."""
+    noise: dict[float, float] = {}
+    noisy = []
+    for score in scores:
+        key = round(score, 6)
+        if key not in noise:
+            noise[key] = rng.gauss(0.0, sigma) if sigma else 0.0
+        noisy.append(score + noise[key])
+    return ranks_from_scores(noisy)
+
+
+@dataclass
+class SimulatedLabeler:
+    username: str
+    sigma: float
+    rubric: Rubric
+    seed: int = 0
+
+    def rank(self, item: dict[str, Any]) -> dict[str, int]:
+        """Ranks {candidate_id: rank} of an item as the API returns it (``LabelingService.next_item``)."""
+        rng = random.Random(stable_hash(self.seed, "simulate", self.username, item["item_id"]))
+        scores = [self.rubric(item["prompt"], c["text"]) for c in item["candidates"]]
+        ranks = noisy_ranks(scores, self.sigma, rng)
+        return {c["id"]: rank for c, rank in zip(item["candidates"], ranks, strict=True)}
+
+
+def ensure_users(store: LabelStore, names: Sequence[str], passwords_file: Path) -> dict[str, str | None]:
+    """Create the simulated users that do not exist yet; {name: password} (None: created elsewhere, unknown here)."""
+    key = store.engine.url.render_as_string(hide_password=True)  # one file may serve several databases
+    saved = json.loads(passwords_file.read_text()) if passwords_file.exists() else {}
+    known = saved.setdefault(key, {})
+    users = {u["username"]: u for u in store.list_users()}
+    for name in names:
+        if name in users and not users[name]["simulated"]:
+            raise ValueError(f"User {name!r} exists and is not a simulated labeler: pick other names.")
+        if name not in users:
+            known[name] = generate_password()
+            store.add_user(name, known[name], role="labeler", simulated=True)
+    passwords_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = passwords_file.with_suffix(".tmp")
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+        json.dump(saved, fh, indent=2, sort_keys=True)
+    os.replace(tmp, passwords_file)
+    return {name: known.get(name) for name in names}
+
+
+class _Progress:
+    """One bar for all labelers; its total is what they have left, re-estimated as they report it."""
+
+    def __init__(self, names: Sequence[str]):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=0, unit="ranking", desc="simulate", dynamic_ncols=True)
+        self.left = dict.fromkeys(names, 0)
+        self.lock = threading.Lock()
+
+    def seen(self, name: str, item: dict | None) -> None:
+        with self.lock:
+            self.left[name] = item["total"] - item["done"] if item else 0
+            self.bar.total = self.bar.n + sum(self.left.values())
+
+    def done(self) -> None:
+        with self.lock:
+            self.bar.update()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _in_process(service: Any, labelers: list[SimulatedLabeler], limit: int | None, progress: _Progress) -> dict:
+    """Labelers take turns, one item each, as people working at the same time would."""
+    counts = dict.fromkeys((lab.username for lab in labelers), 0)
+    active = list(labelers)
+    while active:
+        for labeler in list(active):
+            item = None if counts[labeler.username] == limit else service.next_item(labeler.username)
+            progress.seen(labeler.username, item)
+            if item is None:
+                active.remove(labeler)
+                continue
+            started = time.perf_counter()
+            ranks = labeler.rank(item)
+            result = service.submit(labeler.username, uuid.uuid4().hex, item["item_id"], ranks,
+                                    seconds_spent=time.perf_counter() - started)  # fmt: skip
+            if not result["ok"]:
+                raise RuntimeError(f"{labeler.username}'s ranking was refused: {result['message']}")
+            counts[labeler.username] += 1
+            progress.done()
+    return counts
+
+
+def _over_http(url: str, labeler: SimulatedLabeler, password: str, limit: int | None, progress: _Progress) -> int:
+    """One labeler logged in to the app at ``url``, ranking until nothing is left (or ``limit``)."""
+    from gradio_client import Client
+
+    client = Client(url, auth=(labeler.username, password), verbose=False)
+    count = 0
+    while count != limit:
+        item = client.predict(api_name="/next_item")
+        progress.seen(labeler.username, item)
+        if item is None:
+            break
+        started = time.perf_counter()
+        ranks = json.dumps(labeler.rank(item))
+        result = client.predict(uuid.uuid4().hex, item["item_id"], ranks, False, "{}", "",
+                                time.perf_counter() - started, api_name="/submit")  # fmt: skip
+        if not result["ok"]:
+            raise RuntimeError(f"{labeler.username}'s ranking was refused: {result['message']}")
+        count += 1
+        progress.done()
+    return count
+
+
+def simulate(
+    store: LabelStore,
+    config: Any,
+    passwords_file: Path,
+    n_labelers: int | None = None,
+    url: str | None = None,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """Run the simulated labelers against ``store`` (in process) or the app at ``url``; returns the summary.
+
+    ``config`` is a ``labeling_ui.app.LabelingConfig``: its rubric, noise levels (labeler i gets
+    ``noise[i % len(noise)]``; one labeler per level by default), guidelines version and seed.
+    """
+    from labeling_ui.app import LabelingService
+
+    n_labelers = n_labelers or len(config.noise)
+    if n_labelers < 1:
+        raise ValueError(f"--labelers must be at least 1, got {n_labelers}.")
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be at least 1 (rankings per labeler), got {limit}.")
+    rubric = load_rubric(config.rubric)
+    labelers = [
+        SimulatedLabeler(f"sim-{i + 1}", config.noise[i % len(config.noise)], rubric, config.seed)
+        for i in range(n_labelers)
+    ]
+    passwords = ensure_users(store, [lab.username for lab in labelers], passwords_file)
+    progress = _Progress([lab.username for lab in labelers])
+    started = time.perf_counter()
+    try:
+        if url is None:
+            counts = _in_process(LabelingService(store, config), labelers, limit, progress)
+        else:
+            missing = [name for name, password in passwords.items() if password is None]
+            if missing:
+                raise ValueError(f"No saved password for {', '.join(missing)} in {passwords_file}: run without "
+                                 "--url, or with other --labelers.")  # fmt: skip
+            with ThreadPoolExecutor(len(labelers)) as pool:
+                futures = {lab.username: pool.submit(_over_http, url, lab, passwords[lab.username], limit, progress)
+                           for lab in labelers}  # fmt: skip
+                counts = {name: future.result() for name, future in futures.items()}
+    finally:
+        progress.close()
+    stats = {s["username"]: s for s in store.labeler_stats()}
+    return {
+        "seconds": round(time.perf_counter() - started, 2),
+        "mode": url or "in-process",
+        "labelers": [
+            {
+                "username": lab.username,
+                "sigma": lab.sigma,
+                "submitted": counts[lab.username],
+                "rankings": stats[lab.username]["count"],
+                "gold_accuracy": stats[lab.username]["gold_accuracy"],
+            }
+            for lab in labelers
+        ],  # fmt: skip
+        "agreement": store.agreement(),
+    }
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    from labeling_ui.app import load_config
+
+    config = load_config(args.config)
+    if args.noise:
+        config.noise = [float(x) for x in args.noise.split(",")]
+    if args.rubric:
+        config.rubric = args.rubric
+    config.__post_init__()  # the overrides pass the same checks as the file
+    store = LabelStore(db_url(args), overlap=config.overlap, gold_rate=config.gold_rate, seed=config.seed)
+    try:
+        passwords_file = Path(args.runs_dir) / args.run / "labeling" / "simulated_users.json"
+        summary = simulate(store, config, passwords_file, args.labelers, args.url, args.limit)
+    finally:
+        store.close()
+    total = sum(lab["submitted"] for lab in summary["labelers"])
+    print(f"[simulate] {total} rankings in {summary['seconds']} s ({summary['mode']}):")
+    for lab in summary["labelers"]:
+        print(f"  {lab['username']} (sigma {lab['sigma']}): {lab['submitted']} submitted now, {lab['rankings']} in all, "
+              f"gold accuracy {_fmt(lab['gold_accuracy'])}")  # fmt: skip
+    a = summary["agreement"]
+    print(f"[simulate] agreement over {a['n_items']} items ranked twice or more: pairwise {_fmt(a['pairwise_agreement'])}, "
+          f"Kendall's tau {_fmt(a['kendall_tau'])}, Krippendorff's alpha {_fmt(a['krippendorff_alpha'])}")  # fmt: skip
+    return summary
+
+
+def add_simulate_command(subparsers: Any) -> None:
+    from labeling_ui.app import DEFAULT_CONFIG
+
+    parser = subparsers.add_parser("simulate", help="Simulated labelers rank every item (demo, tests, load tests).")
+    add_common_arguments(parser)
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="Default: configs/labeling.yaml.")
+    parser.add_argument("--labelers", type=int, default=None, help="Default: one per noise level of the config.")
+    parser.add_argument("--noise", help="Comma-separated sigmas, e.g. 0.05,0.15 (default: the config's).")
+    parser.add_argument("--rubric", help="module:function(prompt, response) -> float (default: the config's).")
+    parser.add_argument("--url", help="A running app, e.g. http://127.0.0.1:7860 (default: in this process).")
+    parser.add_argument("--limit", type=int, default=None, help="At most this many rankings per labeler.")
+    parser.set_defaults(func=main)
