@@ -275,7 +275,7 @@ def headline(stage: str, directory: Path) -> str:
     metrics = (runs.read_summary(directory) or {}).get("metrics", {})
     keys = {
         "sft": ("eval_loss_before", "eval_loss_after"),
-        "candidates": ("prompts", "candidates"),
+        "candidates": ("prompts", "new_items"),
         "export": ("rankings", "pairs"),
         "rm": ("eval_accuracy", "eval_gold_accuracy"),
         "ppo": ("score_first", "score_last", "kl_last", "gold_score_first", "gold_score_last"),

@@ -1,0 +1,459 @@
+"""Stage 3, the reward model: ``make rm`` (``accelerate launch -m reward.train --config configs/rm.yaml``).
+
+Starts from the run's SFT policy with a scalar head (``AutoModelForSequenceClassification``, ``num_labels=1``) and
+trains it with TRL's ``RewardTrainer`` on the run's exported labels (``runs/<run>/export/``), or on any preference
+file (see ``reward.data``). Two losses: ``pairwise``, Bradley-Terry on the exported pairs, and ``kway``, InstructGPT's
+loss on whole rankings (``rankings.jsonl``), which scores each of a ranking's K responses once instead of twice per
+pair. About ``eval_fraction`` of the PROMPTS are held out: no prompt has pairs on both sides.
+
+Writes ``runs/<run>/rm/``: ``model/`` (loads with ``AutoModelForSequenceClassification``; the policy's tokenizer,
+unchanged, since PPO feeds the policy's token ids to it), ``reward_stats.json`` (mean and std of the scores of the
+training responses: PPO normalises with them), ``reward_histogram.png`` (held-out chosen vs rejected rewards),
+checkpoints, ``config.yaml`` and ``summary.json``: held-out accuracy, accuracy by rank gap, calibration (ECE) and,
+for simulated labels on the demo prompts, agreement with the gold rubric.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import PartialState
+from datasets import Dataset
+from torch.nn.utils.rnn import pad_sequence
+from tqdm.auto import tqdm
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers.trainer_utils import get_last_checkpoint
+from trl import RewardConfig, RewardTrainer, TrlParser
+
+from pipeline import runs
+from pipeline.data import DataError, read_table
+from pipeline.distributed import configure_cpu_deepspeed, release_zero3_init
+from pipeline.models import lora_config
+from pipeline.tracking import Tracker
+from reward import data as rm_data
+from reward import evaluate as rm_eval
+from reward.losses import kway_ranking_loss, rank_gap_margin, ranking_accuracy
+
+LOSSES = ("pairwise", "kway")
+
+
+@dataclass
+class RMStageConfig(RewardConfig):
+    """Everything ``RewardConfig`` (and so ``TrainingArguments``) takes, plus the stage's own settings below."""
+
+    run: str = field(default=runs.DEFAULT_RUN, metadata={"help": "Run name: outputs go to <runs_dir>/<run>/rm/."})
+    runs_dir: str = field(default="runs", metadata={"help": "Root folder of all runs."})
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Default: the run's SFT model."})
+    preferences: str | None = field(
+        default=None,
+        metadata={
+            "help": "Default: the run's export. Or an export folder, a jsonl/json/csv/parquet file, a datasets folder."
+        },
+    )
+    loss: str = field(default="pairwise", metadata={"help": "pairwise (Bradley-Terry on pairs) or kway (rankings)."})
+    margin_from_rank_gap: bool = field(
+        default=False, metadata={"help": "Pairs ranked n places apart must be scored at least n - 1 apart."}
+    )
+    eval_fraction: float = field(default=0.1, metadata={"help": "Share of the prompts held out for evaluation."})
+    use_lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter (and the score head in full)."})
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: str = field(default="all-linear", metadata={"help": "'all-linear' or comma-separated names."})
+    resume: bool = field(default=False, metadata={"help": "Continue from the latest checkpoint of this run."})
+    # Defaults of the parent changed for this stage: small models on CPU train faster without checkpointing.
+    gradient_checkpointing: bool = False
+    report_to: str | None = field(
+        default="wandb", metadata={"help": "wandb (offline without a key), trackio or none."}
+    )
+    bf16: bool | None = field(default=None, metadata={"help": "Default: on when a GPU with bf16 support is present."})
+
+    def __post_init__(self):
+        if self.output_dir is None:
+            self.output_dir = str(runs.stage_dir(self.run, "rm", self.runs_dir) / "checkpoints")
+        if self.run_name is None:
+            self.run_name = f"{self.run}-rm"
+        if self.bf16 is None:
+            self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        if configure_cpu_deepspeed():
+            self.accelerator_config = {**(self.accelerator_config or {}), "use_configured_state": True}
+        super().__post_init__()
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}.")
+        if not 0 < self.eval_fraction < 1:
+            raise ValueError(f"eval_fraction must be between 0 and 1, got {self.eval_fraction}.")
+        if self.use_lora and self.lora_r <= 0:
+            raise ValueError(f"lora_r must be positive, got {self.lora_r}.")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The K-way loss inside TRL's RewardTrainer: a batch is B rankings, flattened into one batch of sequences.
+
+
+@dataclass
+class RankingCollator:
+    """A batch of items (a prompt's K responses and their rankings), each response once in one padded batch.
+
+    Returns ``input_ids``/``attention_mask`` of every response, ``response_mask[I, K]`` (which slots of each item hold
+    a response), and per ranking ``ranks[R, K]`` and ``ranking_item[R]`` (the item it ranks).
+    """
+
+    pad_token_id: int
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        sequences = [torch.tensor(ids) for example in examples for ids in example["response_ids"]]
+        k = max(len(example["response_ids"]) for example in examples)
+        response_mask = torch.zeros(len(examples), k, dtype=torch.bool)
+        ranks, ranking_item = [], []
+        for i, example in enumerate(examples):
+            response_mask[i, : len(example["response_ids"])] = True
+            for ranking in example["rankings"]:
+                ranks.append(ranking + [0] * (k - len(ranking)))
+                ranking_item.append(i)
+        return {
+            "input_ids": pad_sequence(sequences, batch_first=True, padding_value=self.pad_token_id),
+            "attention_mask": pad_sequence([torch.ones_like(s) for s in sequences], batch_first=True),
+            "response_mask": response_mask,
+            "ranks": torch.tensor(ranks),
+            "ranking_item": torch.tensor(ranking_item),
+        }
+
+
+class KWayRewardTrainer(RewardTrainer):
+    """RewardTrainer on whole rankings, with ``reward.losses.kway_ranking_loss``; data comes tokenized."""
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        return dataset  # tokenized (and too-long rankings dropped) by reward.data
+
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = ["response_ids", "rankings"]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+        # The flat scores back into [items, K] (the collator's row-major order), then one row per ranking.
+        mask = inputs["response_mask"]
+        rewards = outputs.logits.new_zeros(mask.shape).masked_scatter(mask, outputs.logits.squeeze(-1))
+        item = inputs["ranking_item"]
+        loss = kway_ranking_loss(rewards[item], inputs["ranks"], mask[item], self.args.margin_from_rank_gap)
+        with torch.no_grad():
+            accuracy = ranking_accuracy(rewards[item], inputs["ranks"], mask[item])
+            self._metrics[mode]["accuracy"].append(self.accelerator.gather_for_metrics(accuracy).mean().item())
+            mean_reward = self.accelerator.gather_for_metrics(outputs.logits.mean()).mean().item()
+            self._metrics[mode]["mean_reward"].append(mean_reward)
+        return (loss, outputs) if return_outputs else loss
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class RMData:
+    """The data after reading, checking, splitting by prompt and tokenizing."""
+
+    train: Dataset
+    eval: Dataset
+    eval_pairs: list[dict[str, Any]]  # held-out pairs with token ids: what the final evaluation scores
+    train_sequences: list[list[int]]  # every training response (prompt + response ids): for reward_stats.json
+    prompts: dict[str, int]
+    stats: dict[str, Any]
+
+
+def input_path(config: RMStageConfig) -> Path:
+    """The file to train on: the export's preferences.jsonl (pairwise) or rankings.jsonl (kway), or the user's."""
+    path = runs.stage_output(config.run, "export", config.runs_dir, config.preferences)
+    if config.loss == "pairwise":
+        return path / "preferences.jsonl" if (path / "preferences.jsonl").is_file() else path
+    if path.is_dir():
+        rankings = path / "rankings.jsonl"
+    else:
+        rankings = path.with_name("rankings.jsonl") if path.name.startswith("preferences.") else path
+    if not rankings.exists():
+        raise runs.MissingInputError(
+            f"loss kway trains on whole rankings, but there is no {rankings}. Point --preferences at an export folder "
+            "(runs/<run>/export/) or a rankings file, or use --loss pairwise."
+        )
+    return rankings
+
+
+def load_data(config: RMStageConfig, path: Path, tokenizer) -> RMData:
+    pairwise = config.loss == "pairwise"
+    examples, stats = rm_data.load_preferences(path) if pairwise else rm_data.load_rankings(path)
+    train_groups, eval_groups = rm_eval.split_by_group(
+        (e["group_id"] for e in examples), config.eval_fraction, config.seed
+    )
+    tokenize = rm_data.tokenize_pairs if pairwise else rm_data.tokenize_rankings
+    examples, too_long = tokenize(examples, tokenizer, config.max_length)
+    stats.dropped["too_long"] += too_long
+    train = [e for e in examples if e["group_id"] in train_groups]
+    held_out = [e for e in examples if e["group_id"] in eval_groups]
+    if not train or not held_out:
+        raise DataError(
+            f"{path}: {len(train)} training and {len(held_out)} held-out examples are left after dropping "
+            f"{dict(stats.dropped)}; both need some. Add data, or raise max_length if many were too long."
+        )
+
+    if pairwise:
+        use_margin = config.margin_from_rank_gap
+        if use_margin and any(e["rank_gap"] is None for e in examples):
+            raise DataError(f"{path}: margin_from_rank_gap needs a rank_gap on every pair. Add it, or turn it off.")
+
+        def columns(e):
+            margin = {"margin": float(rank_gap_margin(e["rank_gap"]))} if use_margin else {}
+            return {"chosen_ids": e["chosen_ids"], "rejected_ids": e["rejected_ids"], **margin}
+
+        eval_pairs = held_out
+        train_sequences = [ids for e in train for ids in (e["chosen_ids"], e["rejected_ids"])]
+    else:
+        eval_pairs = [pair for ranking in held_out for pair in rm_data.ranking_pairs(ranking)]
+        # Rankings of one prompt's responses by several labelers share their forward passes.
+        train, held_out = rm_data.rankings_by_item(train), rm_data.rankings_by_item(held_out)
+
+        def columns(e):
+            return {"response_ids": e["response_ids"], "rankings": e["rankings"]}
+
+        train_sequences = [ids for e in train for ids in e["response_ids"]]
+    return RMData(
+        train=Dataset.from_list([columns(e) for e in train]),
+        eval=Dataset.from_list([columns(e) for e in held_out]),
+        eval_pairs=eval_pairs,
+        train_sequences=train_sequences,
+        prompts={"train": len({e["group_id"] for e in train}), "eval": len({e["group_id"] for e in held_out})},
+        stats=stats.as_dict(),
+    )
+
+
+def uses_gold_rubric(path: Path, prompts: list[str], runs_dir: str) -> bool:
+    """Whether the demo's gold rubric can judge these pairs: labels the export marks simulated, or demo prompts."""
+    summary = runs.read_summary(path if path.is_dir() else path.parent)
+    if summary and summary.get("stage") == "export" and summary.get("metrics", {}).get("all_simulated"):
+        return True
+    from pipeline.demo_data import SPLIT_SIZES, ensure_demo_data
+
+    demo = ensure_demo_data(runs_dir)
+    known = {row["prompt"][-1]["content"] for split in SPLIT_SIZES for row in read_table(demo / f"{split}.jsonl")}
+    return all(prompt in known for prompt in prompts)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Evaluation of the saved model
+
+
+def score_sequences(model_dir: Path, sequences: list[list[int]], batch_size: int) -> dict[tuple[int, ...], float]:
+    """The saved reward model's score of each distinct sequence, loaded fresh as PPO will load it."""
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    distinct = sorted({tuple(s) for s in sequences}, key=len)  # similar lengths side by side: little padding
+    scores = {}
+    for start in tqdm(range(0, len(distinct), batch_size), desc="scoring", unit="batch"):
+        batch = distinct[start : start + batch_size]
+        ids = [torch.tensor(s) for s in batch]
+        input_ids = pad_sequence(ids, batch_first=True, padding_value=model.config.pad_token_id)
+        attention_mask = pad_sequence([torch.ones_like(s) for s in ids], batch_first=True)
+        with torch.inference_mode():
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+        scores.update(zip(batch, logits[:, 0].float().cpu().tolist(), strict=True))
+    return scores
+
+
+def evaluate_pairs(
+    pairs: list[dict[str, Any]], scores: dict, gold: bool
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """The held-out figures for summary.json, and the chosen and rejected rewards."""
+    r_chosen = np.array([scores[tuple(p["chosen_ids"])] for p in pairs])
+    r_rejected = np.array([scores[tuple(p["rejected_ids"])] for p in pairs])
+    metrics = {
+        "eval_pairs": len(pairs),
+        "eval_accuracy": rm_eval.pairwise_accuracy(r_chosen, r_rejected),
+        "eval_ece": rm_eval.expected_calibration_error(r_chosen, r_rejected),
+        "eval_reward_margin": float(np.mean(r_chosen - r_rejected)),
+        "eval_reward_chosen_mean": float(r_chosen.mean()),
+        "eval_reward_rejected_mean": float(r_rejected.mean()),
+        "accuracy_by_gap": None,
+        "eval_gold_accuracy": None,
+    }
+    if all(p["rank_gap"] is not None for p in pairs):
+        metrics["accuracy_by_gap"] = rm_eval.accuracy_by_gap(r_chosen, r_rejected, [p["rank_gap"] for p in pairs])
+    if gold:
+        from pipeline.demo_data import house_style_score
+
+        def score(pair, key):
+            return house_style_score(pair["prompt"][-1]["content"], " ".join(m["content"] for m in pair[key]))
+
+        gold_chosen = [score(p, "chosen") for p in pairs]
+        gold_rejected = [score(p, "rejected") for p in pairs]
+        agreement = rm_eval.gold_agreement(r_chosen, r_rejected, gold_chosen, gold_rejected)
+        # The labels' own agreement with the rubric: the ceiling a reward model copying the labels would reach.
+        labels = rm_eval.gold_agreement(np.ones(len(pairs)), np.zeros(len(pairs)), gold_chosen, gold_rejected)
+        metrics |= {"eval_gold_accuracy": agreement["agreement"], "eval_gold_pairs": agreement["pairs"],
+                    "eval_gold_ties": agreement["gold_ties"], "eval_label_gold_agreement": labels["agreement"]}  # fmt: skip
+    return metrics, r_chosen, r_rejected
+
+
+def plot_rewards(path: Path, r_chosen: np.ndarray, r_rejected: np.ndarray) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bins = np.histogram_bin_edges(np.concatenate([r_chosen, r_rejected]), bins=30)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(r_chosen, bins, alpha=0.6, label="chosen")
+    ax.hist(r_rejected, bins, alpha=0.6, label="rejected")
+    ax.set(xlabel="reward", ylabel="held-out pairs", title="Reward of chosen vs rejected responses")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def merge_reward_adapter(base_path: Path, adapter_dir: Path, out_dir: Path, pad_token_id: int) -> None:
+    """The SFT model with a scalar head, the trained adapter (and head) merged in: a plain model PPO loads."""
+    from peft import PeftModel
+
+    base = AutoModelForSequenceClassification.from_pretrained(base_path, num_labels=1, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    merged.config.pad_token_id = pad_token_id
+    merged.save_pretrained(out_dir)
+
+
+def save_policy_tokenizer(policy_dir: Path, out_dir: Path) -> None:
+    """The policy's tokenizer files, byte for byte (a re-save would record how it was loaded, e.g. offline)."""
+    written = AutoTokenizer.from_pretrained(policy_dir).save_pretrained(out_dir)
+    for path in map(Path, written):
+        if (policy_dir / path.name).is_file():
+            shutil.copyfile(policy_dir / path.name, path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def main(config: RMStageConfig) -> dict[str, Any]:
+    state = PartialState()
+    stage = runs.StageRun("rm", config.run, config.runs_dir)
+    timing: dict[str, float] = {}
+
+    # step 1. inputs: the run's SFT policy (whose chat template renders the data) and its exported labels.
+    t0 = time.perf_counter()
+    model_path = runs.stage_output(config.run, "sft", config.runs_dir, config.model_name_or_path)
+    data_path = input_path(config)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.chat_template is None:
+        raise ValueError(
+            f"{model_path} has no chat template. The reward model scores conversations exactly as the policy renders "
+            "them, so it needs the policy's template: start from a chat model (the run's SFT model by default)."
+        )
+    data = load_data(config, data_path, tokenizer)
+    timing["load_s"] = time.perf_counter() - t0
+
+    # step 2. train: TRL loads the SFT model with a fresh scalar head (num_labels=1, pad_token_id from the tokenizer).
+    peft_config = None
+    if config.use_lora:
+        peft_config = lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules,
+                                  "SEQ_CLS", modules_to_save=["score"])  # fmt: skip
+    tracker = Tracker(config.report_to, config.run, "rm", stage.dir, runs.config_dict(config), state.is_main_process)
+    trainer_class, collator = RewardTrainer, None
+    if config.loss == "kway":
+        trainer_class, collator = KWayRewardTrainer, RankingCollator(tokenizer.pad_token_id)
+    trainer = trainer_class(
+        model=str(model_path), args=config, data_collator=collator, train_dataset=data.train,
+        eval_dataset=data.eval, processing_class=tokenizer, peft_config=peft_config,
+    )  # fmt: skip
+    checkpoint = None
+    if config.resume:
+        checkpoint = get_last_checkpoint(config.output_dir) if Path(config.output_dir).is_dir() else None
+        if checkpoint is None:
+            raise FileNotFoundError(
+                f"resume: no checkpoint in {config.output_dir}. Run without RESUME=1 to start anew."
+            )
+    t0 = time.perf_counter()
+    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    timing["train_s"] = time.perf_counter() - t0
+
+    # step 3. save: every process takes part (ZeRO-3 gathers the shards); LoRA is merged on the main process. The
+    # tokenizer is the policy's own: PPO checks that the two match.
+    t0 = time.perf_counter()
+    model_dir = stage.dir / "model"
+    release_zero3_init()
+    if config.use_lora:
+        adapter_dir = stage.dir / "adapter"
+        trainer.save_model(str(adapter_dir))
+        if state.is_main_process:
+            merge_reward_adapter(model_path, adapter_dir, model_dir, tokenizer.pad_token_id)
+    else:
+        trainer.save_model(str(model_dir))
+    if state.is_main_process:
+        save_policy_tokenizer(model_path, model_dir)
+    state.wait_for_everyone()
+    timing["save_s"] = time.perf_counter() - t0
+    if not state.is_main_process:
+        return {}
+
+    # step 4. score the held-out pairs and the training responses with the saved model, as PPO will load it.
+    t0 = time.perf_counter()
+    eval_sequences = [ids for p in data.eval_pairs for ids in (p["chosen_ids"], p["rejected_ids"])]
+    scores = score_sequences(model_dir, eval_sequences + data.train_sequences, config.per_device_eval_batch_size)
+    reward_stats = rm_eval.reward_stats([scores[s] for s in {tuple(ids) for ids in data.train_sequences}])
+    runs.write_json(stage.dir / "reward_stats.json", reward_stats)
+    gold = uses_gold_rubric(data_path, [p["prompt"][-1]["content"] for p in data.eval_pairs], config.runs_dir)
+    eval_metrics, r_chosen, r_rejected = evaluate_pairs(data.eval_pairs, scores, gold)
+    plot_rewards(stage.dir / "reward_histogram.png", r_chosen, r_rejected)
+    rows = [[float(r), "chosen"] for r in r_chosen] + [[float(r), "rejected"] for r in r_rejected]
+    tracker.log_table("eval/reward_histogram", ["reward", "response"], rows)
+    timing["score_s"] = time.perf_counter() - t0
+
+    metrics = {
+        **eval_metrics,
+        "reward_mean": reward_stats["mean"],
+        "reward_std": reward_stats["std"],
+        "loss": config.loss,
+        "train_loss": train_result.training_loss,
+        "train_samples_per_second": train_result.metrics.get("train_samples_per_second"),
+        "train_runtime_s": train_result.metrics.get("train_runtime"),
+        "global_step": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "num_train_examples": len(data.train),
+        "num_eval_examples": len(data.eval),
+        "num_train_prompts": data.prompts["train"],
+        "num_eval_prompts": data.prompts["eval"],
+        "data": data.stats,
+        "timing": {name: round(seconds, 2) for name, seconds in timing.items()},
+    }
+    tracker.summary({k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)})
+    summary = stage.finish(
+        config,
+        metrics=metrics,
+        inputs={"sft_model": model_path, "preferences": data_path},
+        outputs={"model": model_dir, "reward_stats": stage.dir / "reward_stats.json",
+                 "reward_histogram": stage.dir / "reward_histogram.png", "checkpoints": config.output_dir},
+        extra={"tracking": {"wandb_run_dir": tracker.wandb_run_dir, "report_to": tracker.backends}},
+    )  # fmt: skip
+    for note in tracker.notes:
+        print(note)
+    tracker.finish()
+    print(summary_line(summary))
+    return summary
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    m = summary["metrics"]
+    gold = f" (gold rubric {m['eval_gold_accuracy']:.1%})" if m.get("eval_gold_accuracy") is not None else ""
+    return (
+        f"[{summary['stage']}] done in {runs.format_duration(summary['wall_time_s'])} | {m['loss']} loss | "
+        f"held-out accuracy {m['eval_accuracy']:.1%}{gold} on {m['eval_pairs']} pairs | ECE {m['eval_ece']:.3f} | "
+        f"model: {summary['outputs']['model']}"
+    )
+
+
+if __name__ == "__main__":
+    (stage_config,) = TrlParser((RMStageConfig,)).parse_args_and_config()
+    main(stage_config)
