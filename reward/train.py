@@ -3,8 +3,9 @@
 Starts from the run's SFT policy with a scalar head (``AutoModelForSequenceClassification``, ``num_labels=1``) and
 trains it with TRL's ``RewardTrainer`` on the run's exported labels (``runs/<run>/export/``), or on any preference
 file (see ``reward.data``). Two losses: ``pairwise``, Bradley-Terry on the exported pairs, and ``kway``, InstructGPT's
-loss on whole rankings (``rankings.jsonl``), which scores each of a ranking's K responses once instead of twice per
-pair. About ``eval_fraction`` of the PROMPTS are held out: no prompt has pairs on both sides.
+loss on whole rankings (``rankings.jsonl``): a batch element is a prompt's K responses with every labeler's ranking
+of them, so each response is scored once instead of twice per pair it is in. About ``eval_fraction`` of the PROMPTS
+are held out: no prompt has pairs on both sides, and both losses are evaluated on the same held-out pairs.
 
 Writes ``runs/<run>/rm/``: ``model/`` (loads with ``AutoModelForSequenceClassification``; the policy's tokenizer,
 unchanged, since PPO feeds the policy's token ids to it), ``reward_stats.json`` (mean and std of the scores of the

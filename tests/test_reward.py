@@ -1,5 +1,5 @@
 """The reward-model stage: its evaluation functions, then end to end on the micro model (pairwise, K-way, LoRA,
-Anthropic HH-RLHF data from the command line, 2 processes under DeepSpeed ZeRO-2) and its errors."""
+resume, Anthropic HH-RLHF data from the command line, 2 processes under DeepSpeed ZeRO-2) and its errors."""
 
 from __future__ import annotations
 
@@ -297,7 +297,7 @@ def test_config_checks():
 
 
 def test_two_processes_under_deepspeed_zero2(rm_run):
-    """Real `accelerate launch` with 2 processes and DeepSpeed ZeRO-2 on the CPU; the saved model loads."""
+    """Real `accelerate launch` with 2 processes and DeepSpeed ZeRO-2 on the CPU (the shipped K-way loss)."""
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", str(REPO / "configs" / "accelerate" / "zero2.yaml"), "--num_processes", "2",
