@@ -44,7 +44,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export GRADIO_ANALYTICS_ENABLED := False
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup demo pipeline report data base-model sft candidates label simulate export rm ppo eval test test-slow lint format clean
+.PHONY: help setup demo pipeline report data base-model sft candidates label simulate export rm ppo eval bench test test-slow lint format clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -101,6 +101,9 @@ ppo: setup  ## stage 4: PPO against the reward model (configs/ppo.yaml)
 
 eval: setup  ## the SFT policy against the PPO policy on held-out prompts: summary, report.md, plots
 	$(PY) -m ppo.evaluate --config $(EVAL_CONFIG) --run $(RUN) $(ARGS)
+
+bench: setup  ## benchmarks: each stage against plain TRL, packing, K-way loss, LoRA, ZeRO, labeling under load
+	$(PY) -m bench $(ARGS)
 
 test: setup  ## the test suite (CPU, tiny models, a few minutes)
 	$(PY) -m pytest -q -m "not slow"
