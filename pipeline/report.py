@@ -83,6 +83,24 @@ def _sft_section(sft_dir: Path, out: Path) -> list[str]:
     return lines
 
 
+def _labels_section(export_dirs: list[tuple[int, Path]]) -> list[str]:
+    rows = []
+    for r, directory in export_dirs:
+        m = (runs.read_summary(directory) or {}).get("metrics")
+        if m:
+            agreement = m.get("agreement") or {}
+            who = "simulated" if m.get("all_simulated") else "people"
+            rows.append([r, m["items"], m["rankings"], m["pairs"], f"{m['labelers']} ({who})",
+                         agreement.get("pairwise_agreement"), agreement.get("kendall_tau"),
+                         agreement.get("krippendorff_alpha")])  # fmt: skip
+    if not rows:
+        return []
+    header = ["round", "items", "rankings", "pairs", "labelers", "pairwise agreement", "Kendall's tau",
+              "Krippendorff's alpha"]  # fmt: skip
+    return ["## Labels", "", "Every label so far, as exported for the reward model of each round.", "",
+            *_table(header, rows)]  # fmt: skip
+
+
 def _rm_section(rm_dir: Path, out: Path, title: str) -> list[str]:
     summary = runs.read_summary(rm_dir)
     if summary is None:
@@ -179,7 +197,7 @@ def _eval_rows(eval_dirs: list[tuple[str, Path]]) -> list[list[Any]]:
     return rows
 
 
-def _samples(eval_dir: Path) -> list[str]:
+def _samples(eval_dir: Path, runs_dir: str) -> list[str]:
     rows = _load_jsonl(eval_dir / "samples.jsonl")
     if not rows:
         return []
@@ -187,9 +205,9 @@ def _samples(eval_dir: Path) -> list[str]:
     try:
         from pipeline.demo_data import ensure_demo_data
 
-        data = Path(ensure_demo_data())
-        prompts = {r["prompt_id"]: r["prompt"][-1]["content"] for r in _load_jsonl(data / "eval_prompts.jsonl")}
-    except (OSError, KeyError):
+        data = Path(ensure_demo_data(runs_dir))
+        prompts = {r["id"]: r["prompt"][-1]["content"] for r in _load_jsonl(data / "eval_prompts.jsonl")}
+    except (OSError, KeyError, IndexError):
         pass
     # The largest gold improvements first: what PPO changed, at a glance.
     rows.sort(key=lambda r: r["ppo"].get("gold", 0) - r["sft"].get("gold", 0), reverse=True)
@@ -253,11 +271,12 @@ def write_report(config) -> Path:
 
             lines += [f"![gold score by round]({_plot(run_dir / 'report_rounds.png', draw)})", ""]
     lines += _sft_section(stage_dir(config, "sft", 1), run_dir)
+    lines += _labels_section([(r, stage_dir(config, "export", r)) for r in range(1, config.rounds + 1)])
     for r in range(1, config.rounds + 1):
         suffix = "" if config.rounds == 1 else f" (round {r})"
         lines += _rm_section(stage_dir(config, "rm", r), run_dir, f"Reward model{suffix}")
         lines += _ppo_section(stage_dir(config, "ppo", r), run_dir, f"PPO{suffix}")
-    lines += _samples(stage_dir(config, "eval", config.rounds))
+    lines += _samples(stage_dir(config, "eval", config.rounds), config.runs_dir)
     lines += _wandb_section(run_dir)
     lines += [f"Runs: {', '.join(f'`{run_dir.parent / round_run(config, r)}`' for r in range(1, config.rounds + 1))}",
               ""]  # fmt: skip

@@ -48,23 +48,31 @@ def accuracy_by_gap(
     return out
 
 
-def expected_calibration_error(r_chosen: Sequence[float], r_rejected: Sequence[float], n_bins: int = 10) -> float:
-    """ECE of the Bradley-Terry probability ``p = sigmoid(r_chosen - r_rejected)`` that the chosen response wins.
+def calibration_bins(r_chosen: Sequence[float], r_rejected: Sequence[float], n_bins: int = 10) -> list[dict]:
+    """The reliability diagram of ``p = sigmoid(r_chosen - r_rejected)``, the probability that the chosen one wins.
 
     Each pair predicts the side with p >= 0.5, with confidence max(p, 1 - p); pairs are binned by confidence into
-    ``n_bins`` equal bins of [0, 1], and ECE is the pair-weighted mean of |accuracy - mean confidence| per bin
-    (Guo et al., 2017). 0 is perfectly calibrated.
+    ``n_bins`` equal bins of [0, 1]. Per non-empty bin: mean confidence, accuracy and number of pairs.
     """
     diff = np.asarray(r_chosen, dtype=float) - np.asarray(r_rejected, dtype=float)
     p = 1.0 / (1.0 + np.exp(-diff))
     confidence = np.maximum(p, 1.0 - p)
     correct = p > 0.5
     bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
-    ece = 0.0
-    for b in np.unique(bins):
-        sel = bins == b
-        ece += sel.mean() * abs(correct[sel].mean() - confidence[sel].mean())
-    return float(ece)
+    return [
+        {"confidence": float(confidence[bins == b].mean()), "accuracy": float(correct[bins == b].mean()),
+         "count": int((bins == b).sum())}
+        for b in np.unique(bins)
+    ]  # fmt: skip
+
+
+def expected_calibration_error(r_chosen: Sequence[float], r_rejected: Sequence[float], n_bins: int = 10) -> float:
+    """ECE of the Bradley-Terry probability: the pair-weighted mean of |accuracy - mean confidence| over the bins of
+    ``calibration_bins`` (Guo et al., 2017). 0 is perfectly calibrated.
+    """
+    bins = calibration_bins(r_chosen, r_rejected, n_bins)
+    total = sum(b["count"] for b in bins)
+    return float(sum(b["count"] / total * abs(b["accuracy"] - b["confidence"]) for b in bins))
 
 
 def reward_stats(scores: Sequence[float]) -> dict[str, float]:

@@ -276,6 +276,7 @@ def evaluate_pairs(
         "eval_pairs": len(pairs),
         "eval_accuracy": rm_eval.pairwise_accuracy(r_chosen, r_rejected),
         "eval_ece": rm_eval.expected_calibration_error(r_chosen, r_rejected),
+        "calibration": rm_eval.calibration_bins(r_chosen, r_rejected),
         "eval_reward_margin": float(np.mean(r_chosen - r_rejected)),
         "eval_reward_chosen_mean": float(r_chosen.mean()),
         "eval_reward_rejected_mean": float(r_rejected.mean()),
