@@ -320,10 +320,12 @@ def execute(config: PipelineConfig, start: str | None = None, only: str | None =
         if (step.stage, step.round) not in forced and state and state["key"] == key:
             changed = changed_inputs(directory)
             if not changed:
+                figures = headline(step.stage, directory)
                 say(
-                    f"  skipped: unchanged since its run of {state['finished_at']} ({headline(step.stage, directory)})"
+                    f"  skipped: unchanged since its run of {state['finished_at']}"
+                    + (f" ({figures})" if figures else "")
                 )
-                results.append((step.name, "skipped", 0.0, headline(step.stage, directory)))
+                results.append((step.name, "skipped", 0.0, figures))
                 continue
             say(f"  inputs changed since the last run: {', '.join(changed)}; running again")
         elif state:
