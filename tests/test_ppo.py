@@ -88,7 +88,6 @@ def test_ppo_trains_logs_and_saves_a_plain_model(ppo_run):
               "timing/optimisation_s", "rollout/eos_rate", "rollout/response_length", "rollout/gold_score"]  # fmt: skip
     assert {f"train/{key}" for key in wanted} <= keys
 
-
     # make eval on the outputs: SFT against PPO on held-out prompts.
     from ppo.evaluate import EvalConfig
     from ppo.evaluate import main as evaluate
