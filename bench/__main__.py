@@ -1,0 +1,157 @@
+"""``python -m bench [--cases a,b] [--repeats N] [--quick] [--out DIR]``: run the benchmarks, write the results.
+
+Writes ``<out>/<timestamp>.json`` (every run's figures) and ``<out>/<timestamp>.md`` (the tables), and prints the
+tables. See bench/README.md for what each case measures and the targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+from bench import gpu, labeling, ppo, rm, sft
+from bench.core import REPO, BenchError, CaseResult, Workspace, markdown
+
+# name -> the function running the case, in the order they run.
+CASES = {
+    "sft": sft.run,
+    "packing": sft.run_packing,
+    "rm": rm.run,
+    "kway": rm.run_kway,
+    "ppo": ppo.run,
+    "ppo_lora": ppo.run_lora,
+    "ppo_zero": ppo.run_zero,
+    "labeling": labeling.run,
+    "gpu": gpu.run,
+}
+
+
+def machine(load_before: str) -> dict:
+    import psutil
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu, "cpus": os.cpu_count(), "memory_gb": psutil.virtual_memory().total / 2**30,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "python": platform.python_version(), "platform": platform.platform(),
+        "load_before": load_before, "load_after": _load(),
+    }  # fmt: skip
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for package in ("torch", "transformers", "trl", "peft", "accelerate", "deepspeed", "gradio", "sqlalchemy"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--cases", default=",".join(CASES), help="Comma-separated cases (default: all): " + ", ".join(CASES)
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="Measured rounds per case (default: 3; 1 with --quick)."
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="Warm-up rounds of the first case, discarded (default: 1; 0 with --quick).",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="A smoke run: fewer steps, smaller loads (a few minutes)."
+    )
+    parser.add_argument(
+        "--out", default=str(REPO / "bench" / "results"), help="Results folder (default: %(default)s)."
+    )
+    parser.add_argument("--runs_dir", default=str(REPO / "runs"), help="Cache of the demo data and embedded models.")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="OMP_NUM_THREADS of every measured program (default: unset, torch uses all cores).",
+    )
+    parser.add_argument("--keep", action="store_true", help="Keep the scratch folder (logs, outputs of every run).")
+    args = parser.parse_args(argv)
+
+    names = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = [c for c in names if c not in CASES]
+    if unknown:
+        parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
+    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
+    warmup = args.warmup if args.warmup is not None else (0 if args.quick else 1)
+    if repeats < 1 or warmup < 0:
+        parser.error("--repeats must be at least 1 and --warmup at least 0")
+
+    started = dt.datetime.now().astimezone()
+    stamp = started.strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"bench-{stamp}-"))
+    ws = Workspace(Path(args.runs_dir).resolve(), work, args.quick, repeats, warmup, args.threads)
+    load_before = _load()
+    command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    print(f"bench: cases {', '.join(names)}; {repeats} round(s) after {warmup} warm-up; scratch {work}", flush=True)
+
+    results: dict[str, CaseResult] = {}
+    t0 = time.perf_counter()
+    try:
+        for name in names:
+            print(f"[{name}] ...", flush=True)
+            start = time.perf_counter()
+            try:
+                result = CASES[name](ws)
+            except BenchError as error:
+                result = CaseResult(name, name, error=str(error))
+                print(f"[{name}] failed: {error}", file=sys.stderr, flush=True)
+            except Exception:  # a broken case must not lose the others' figures
+                result = CaseResult(name, name, error=traceback.format_exc())
+                print(f"[{name}] failed:\n{result.error}", file=sys.stderr, flush=True)
+            result.wall_s = time.perf_counter() - start
+            if result.skipped:
+                print(f"[{name}] skipped: {result.skipped}", flush=True)
+            results[name] = result
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+    report = {
+        "started": started.isoformat(timespec="seconds"), "command": command, "wall_s": time.perf_counter() - t0,
+        "repeats": repeats, "warmup": warmup, "quick": args.quick, "threads": args.threads, "machine": machine(load_before),
+        "versions": versions(), "cases": {name: r.as_dict() for name, r in results.items()},
+    }  # fmt: skip
+    json_path, md_path = out / f"{stamp}.json", out / f"{stamp}.md"
+    json_path.write_text(json.dumps(report, indent=1) + "\n")
+    table = markdown(report)
+    md_path.write_text(table)
+    print("\n" + table)
+    print(f"bench: {report['wall_s']:.0f} s; wrote {json_path} and {md_path}")
+    return 1 if any(r.error for r in results.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,344 @@
+"""The labeling server under load: concurrent simulated labelers over HTTP against ``python -m labeling_ui serve``.
+
+Per database (SQLite file; PostgreSQL at 127.0.0.1:5432, a fresh database created for the case and dropped after),
+one server runs as a subprocess on a free loopback port. First a ``gradio_client`` labeler checks the API contract
+(``Client(url, auth=...)``, ``/next_item``, ``/submit``). Then, for each concurrency level N, N fresh labelers log
+in and, all starting together, repeat: ``/next_item``, rank its candidates, ``/submit`` with a fresh submission id.
+Measured: submits/s over the load phase, submit latency percentiles (the client's round trip, queue included),
+errors (failed calls, or ``ok: false``), CPU per call on both sides, and afterwards how many acknowledged submissions
+(``ok`` and ``created``) the database holds, looked up by submission id: nothing may be lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+from bench.core import PYTHON, REPO, CaseResult, Workspace, check_target, child_env, run_rounds
+
+LEVELS = (8, 32, 64)
+PASSWORD = "bench-password-1"
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+TARGET_P99_MS = 200.0
+READY = re.compile(r"running at (http://\S+)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def database(kind: str, work: Path):
+    """A fresh database URL; a PostgreSQL database is dropped afterwards."""
+    if kind == "sqlite":
+        path = work / "labeling" / f"labels-{uuid.uuid4().hex[:8]}.db"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield f"sqlite:///{path}"
+        return
+    import psycopg
+
+    name = f"bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def postgres_available() -> str | None:
+    """None when PostgreSQL answers at 127.0.0.1:5432, else why not."""
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except Exception as error:  # any failure to connect means: skip PostgreSQL, say why
+        return f"PostgreSQL at 127.0.0.1:5432 not reachable ({type(error).__name__}: {str(error).strip()[:120]})"
+    return None
+
+
+def prepare(url: str, prefix: str, labelers: int, items: int) -> list[str]:
+    """Add ``labelers`` users and ``items`` items of 4 distinct candidates; returns the user names."""
+    from labeling_ui.store import LabelStore
+
+    store = LabelStore(url)
+    try:
+        names = [f"{prefix}-{i:03d}" for i in range(labelers)]
+        for name in names:
+            store.add_user(name, PASSWORD, simulated=True)
+        rows = [
+            {"prompt_id": f"{prefix}-p{i}", "prompt": f"Customer e-mail {prefix} {i}: where is my order #{i}?",
+             "candidates": [f"Reply {c} to e-mail {prefix} {i}: it ships {c + 1} days from now." for c in range(4)]}
+            for i in range(items)
+        ]  # fmt: skip
+        store.import_candidates(rows)
+    finally:
+        store.close()
+    return names
+
+
+class Server:
+    """``python -m labeling_ui serve`` on a free port, until ``stop()``."""
+
+    def __init__(self, url: str, work: Path, log: Path):
+        self.port = free_port()
+        self.log = log
+        log.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [PYTHON, "-m", "labeling_ui", "serve", "--run", "bench", "--runs_dir", str(work), "--db", url,
+               "--port", str(self.port)]  # fmt: skip
+        with open(log, "wb") as out:
+            self.process = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            text = log.read_text(errors="replace")
+            match = READY.search(text)
+            if match:
+                self.url = match.group(1).rstrip("/.")
+                return
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the labeling app exited with {self.process.returncode}:\n{text[-3000:]}")
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"the labeling app did not start in 120 s:\n{log.read_text(errors='replace')[-3000:]}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100), linear interpolation between closest ranks."""
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+async def call(client, api: str, data: list):
+    """One call of the app's API endpoint ``api`` over Gradio's HTTP protocol: POST the inputs, read the event."""
+    response = await client.post(f"/gradio_api/call/{api}", json={"data": data})
+    response.raise_for_status()
+    response = await client.get(f"/gradio_api/call/{api}/{response.json()['event_id']}")
+    response.raise_for_status()
+    event = None
+    for line in response.text.splitlines():
+        if line.startswith("event:"):
+            event = line.removeprefix("event:").strip()
+        elif line.startswith("data:") and event in ("complete", "error"):
+            data = json.loads(line.removeprefix("data:"))
+            if event == "error":
+                raise RuntimeError(f"{api}: the app answered with an error: {data}")
+            return data[0]
+    raise RuntimeError(f"{api}: no result in the event stream: {response.text[:200]}")
+
+
+def load(server_url: str, names: list[str], submits_each: int, seed: int) -> dict:
+    """Every labeler logs in, all wait until everyone has, then each repeats next_item + submit ``submits_each`` times.
+
+    The labelers are asyncio tasks over httpx, one connection and login cookie each, calling the same endpoints
+    (``/next_item``, ``/submit``) with the same arguments as ``gradio_client``. gradio_client itself spends about
+    70-100 ms of CPU per call in the caller (threads, polling), three to four times what the server spends, so on a
+    small machine a load generator made of it mostly measures itself.
+    """
+    import asyncio
+
+    import httpx
+
+    latencies, next_latencies, acknowledged, errors = [], [], [], []
+
+    async def labeler(name: str, index: int, start: asyncio.Barrier) -> None:
+        rng = random.Random(seed * 1000 + index)
+        limits = httpx.Limits(max_connections=1)
+        async with httpx.AsyncClient(base_url=server_url, timeout=120, limits=limits) as client:
+            try:
+                (await client.post("/login", data={"username": name, "password": PASSWORD})).raise_for_status()
+            except httpx.HTTPError as error:
+                errors.append(f"login {name}: {type(error).__name__}: {error}")
+                await start.wait()
+                return
+            await start.wait()
+            for _ in range(submits_each):
+                try:
+                    t0 = time.perf_counter()
+                    item = await call(client, "next_item", [])
+                    t1 = time.perf_counter()
+                    if not item:
+                        errors.append(f"{name}: no item left")
+                        return
+                    ids = [c["id"] for c in item["candidates"]]
+                    ranks = dict(zip(ids, rng.sample(range(1, len(ids) + 1), len(ids)), strict=True))
+                    submission_id = uuid.uuid4().hex
+                    t2 = time.perf_counter()
+                    answer = await call(client, "submit", [submission_id, item["item_id"], json.dumps(ranks), False,
+                                                           "{}", "", 4.2])  # fmt: skip
+                    t3 = time.perf_counter()
+                except (httpx.HTTPError, RuntimeError, KeyError, TypeError) as error:
+                    errors.append(f"{name}: {type(error).__name__}: {str(error)[:200]}")
+                    continue
+                next_latencies.append(t1 - t0)
+                latencies.append(t3 - t2)
+                if answer.get("ok") and answer.get("created"):
+                    acknowledged.append(submission_id)
+                else:
+                    errors.append(f"{name}: {answer.get('message')}")
+
+    async def main() -> float:
+        start = asyncio.Barrier(len(names) + 1)
+        tasks = [asyncio.create_task(labeler(name, i, start)) for i, name in enumerate(names)]
+        await start.wait()
+        t0 = time.perf_counter()
+        await asyncio.gather(*tasks)
+        return time.perf_counter() - t0
+
+    elapsed = asyncio.run(main())
+    return {"latencies": latencies, "next_latencies": next_latencies, "acknowledged": acknowledged,
+            "errors": errors, "elapsed": elapsed}  # fmt: skip
+
+
+def contract_check(server_url: str, name: str, submits: int = 3) -> list[str]:
+    """The API as the contract gives it, through ``gradio_client``: problems found (none: an empty list)."""
+    from gradio_client import Client
+
+    problems = []
+    client = Client(server_url, auth=(name, PASSWORD), verbose=False)
+    try:
+        for _ in range(submits):
+            item = client.predict(api_name="/next_item")
+            ids = [c["id"] for c in item["candidates"]]
+            ranks = json.dumps({cid: rank for rank, cid in enumerate(ids, start=1)})
+            answer = client.predict(uuid.uuid4().hex, item["item_id"], ranks, False, "{}", "", 1.0, api_name="/submit")
+            if not (answer.get("ok") and answer.get("created")):
+                problems.append(f"gradio_client submit answered {answer}")
+    except Exception as error:  # whatever breaks the contract is reported, not raised
+        problems.append(f"gradio_client: {type(error).__name__}: {error}")
+    finally:
+        client.close()
+    return problems
+
+
+def stored(url: str, submission_ids: list[str]) -> int:
+    """How many of ``submission_ids`` the database holds."""
+    import sqlalchemy as sa
+
+    from labeling_ui.db import make_engine
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            found = set(conn.scalars(sa.text("SELECT submission_id FROM rankings")))
+    finally:
+        engine.dispose()
+    return sum(sid in found for sid in submission_ids)
+
+
+def run(ws: Workspace) -> CaseResult:
+    result = CaseResult("labeling", "Labeling server under load: concurrent labelers over HTTP")
+    if importlib_missing("labeling_ui.app"):
+        result.skipped = "labeling_ui/app.py does not exist yet"
+        return result
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # One round per level: a round is long (logins, then ``total`` submits), and its percentiles already pool many
+    # requests.
+    total = 48 if ws.quick else 192  # submits per level
+    levels = (8, 32) if ws.quick else LEVELS
+    kinds = ["sqlite"]
+    why_not_pg = postgres_available()
+    if why_not_pg:
+        result.notes.append(f"PostgreSQL skipped: {why_not_pg}")
+    else:
+        kinds.append("postgresql")
+    result.settings = {"levels": list(levels), "submits_per_level": total, "rounds": 1, "candidates_per_item": 4,
+                       "overlap": 2, "client": "httpx (asyncio), Gradio's /gradio_api/call protocol, one "
+                       "connection and login per labeler; gradio_client for the contract check"}  # fmt: skip
+
+    for kind in kinds:
+        with database(kind, ws.work) as url:
+            server = Server(url, ws.work, ws.work / "labeling" / f"server-{kind}.log")
+            try:
+                problems = contract_check(server.url, prepare(url, f"{kind}-contract", 1, 8)[0])
+                result.notes += [f"{kind}: {problem}" for problem in problems]
+                check_target(result, f"{kind}: gradio_client contract check (3 submits), problems", len(problems),
+                             "==", 0)  # fmt: skip
+                variants = {f"{kind}_{n}": level_runner(url, server, kind, n, total) for n in levels}
+                run_rounds(result, variants, repeats=1, warmup=0)
+            finally:
+                server.stop()
+    for kind in kinds:
+        runs = result.runs.get(f"{kind}_32", [])
+        if kind == "sqlite" and runs:
+            check_target(result, "SQLite, 32 labelers: p99 submit latency", max(r["p99_ms"] for r in runs), "<",
+                         TARGET_P99_MS, " ms")  # fmt: skip
+        if runs:
+            check_target(result, f"{kind}, 32 labelers: errors", sum(r["errors"] for r in runs), "==", 0)
+    for name, runs in result.runs.items():
+        check_target(result, f"{name}: acknowledged but not stored", sum(r["lost"] for r in runs), "==", 0)
+    result.notes.append(
+        "The load generator runs in the bench's process on the same cores as the server; its CPU per call "
+        "(client_cpu_ms_per_request) is small next to the server's (server_cpu_ms_per_request)."
+    )
+    return result
+
+
+def level_runner(url: str, server: Server, kind: str, labelers: int, total: int):
+    import psutil
+
+    def go(round_: int) -> dict[str, float]:
+        submits_each = max(total // labelers, 2)
+        prefix = f"{kind}{labelers}r{round_}-{uuid.uuid4().hex[:4]}"
+        # Enough items that nobody runs out: each item takes `overlap` (2) labelers.
+        names = prepare(url, prefix, labelers, items=labelers * submits_each // 2 + labelers + 8)
+        server_cpu, client_cpu = _cpu(psutil.Process(server.process.pid)), _cpu(psutil.Process())
+        out = load(server.url, names, submits_each, seed=round_)
+        server_cpu, client_cpu = (
+            _cpu(psutil.Process(server.process.pid)) - server_cpu,
+            _cpu(psutil.Process()) - client_cpu,
+        )
+        requests = max(len(out["latencies"]) + len(out["next_latencies"]), 1)
+        found = stored(url, out["acknowledged"])
+        if out["errors"]:
+            print(f"    {len(out['errors'])} error(s), first: {out['errors'][0]}", flush=True)
+        lat = [x * 1000 for x in out["latencies"]] or [float("nan")]
+        nxt = [x * 1000 for x in out["next_latencies"]] or [float("nan")]
+        return {
+            "labelers": labelers, "sent": labelers * submits_each, "acknowledged": len(out["acknowledged"]),
+            "stored": found, "lost": len(out["acknowledged"]) - found, "errors": len(out["errors"]),
+            "submits_per_s": len(out["latencies"]) / out["elapsed"], "p50_ms": percentile(lat, 50),
+            "p95_ms": percentile(lat, 95), "p99_ms": percentile(lat, 99), "mean_ms": statistics.mean(lat),
+            "next_item_p50_ms": percentile(nxt, 50), "next_item_p99_ms": percentile(nxt, 99),
+            "load_s": out["elapsed"], "server_cpu_ms_per_request": 1000 * server_cpu / requests,
+            "client_cpu_ms_per_request": 1000 * client_cpu / requests,
+        }  # fmt: skip
+
+    return go
+
+
+def _cpu(process) -> float:
+    """CPU seconds (user + system) of a process, all its threads."""
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def importlib_missing(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is None

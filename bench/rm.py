@@ -1,0 +1,142 @@
+"""Reward model: the project's stage (``reward.train``, pairwise loss) against a plain TRL RewardTrainer script, and
+the pairwise expansion against the K-way ranking loss (``bench/bench_kway.py``, when it is there).
+
+Both programs train the embedded tiny Llama with a scalar head on the same preference pairs, built from the demo SFT
+split (a prompt's own reply against another prompt's reply: the content does not matter for throughput), for the same
+steps and flags. A reward-model batch of B pairs is 2B sequences; samples/s below counts sequences.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from bench.core import (
+    PYTHON,
+    BenchError,
+    CaseResult,
+    Comparison,
+    Workspace,
+    check_target,
+    compare,
+    harness_cmd,
+    read_ranks,
+    run_process,
+    run_rounds,
+    training_metrics,
+)
+
+TARGET_VS_TRL = (">=", 0.95)
+
+
+def preference_file(ws: Workspace, pairs: int = 400) -> Path:
+    path = ws.work / "rm_inputs" / "preferences.jsonl"
+    if path.exists():
+        return path
+    rows = [json.loads(line) for line in (ws.demo_dir() / "sft_train.jsonl").read_text().splitlines()[: pairs + 1]]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        for row, other in zip(rows, rows[1:], strict=False):
+            pair = {"prompt": row["prompt"], "chosen": row["completion"], "rejected": other["completion"],
+                    "group_id": row["id"]}  # fmt: skip
+            fh.write(json.dumps(pair) + "\n")
+    return path
+
+
+def training_flags(steps: int, batch_size: int = 8) -> list[str]:
+    flags = {
+        "max_steps": steps, "per_device_train_batch_size": batch_size, "gradient_accumulation_steps": 1,
+        "max_length": 512, "learning_rate": 2e-4, "lr_scheduler_type": "cosine", "warmup_steps": 2,
+        "weight_decay": 0.0, "bf16": "false", "gradient_checkpointing": "false", "seed": 0,
+        "dataloader_num_workers": 0, "logging_steps": 5, "report_to": "none", "save_strategy": "no",
+        "eval_strategy": "no",
+    }  # fmt: skip
+    return [f"--{k}" if i % 2 == 0 else str(v) for k, v in flags.items() for i in (0, 1)]
+
+
+def run(ws: Workspace) -> CaseResult:
+    result = CaseResult("rm", "Reward model: project stage (pairwise) vs plain TRL RewardTrainer")
+    if importlib.util.find_spec("reward.train") is None:
+        result.skipped = "reward/train.py does not exist yet"
+        return result
+    steps, skip = (6, 2) if ws.quick else (12, 3)
+    model, data = ws.model(), preference_file(ws)
+    flags = training_flags(steps)
+    result.settings = {"model": "embedded:tiny-llama + scalar head", "data": "400 pairs from the demo SFT split",
+                       "steps": steps, "skipped_steps": skip, "flags": " ".join(flags)}  # fmt: skip
+
+    def measured(cmd: list[str], run_dir: Path) -> dict[str, float]:
+        process = run_process(cmd, run_dir / "log.txt", ws.env())
+        metrics = training_metrics(read_ranks(run_dir / "metrics"), skip)
+        metrics["pairs_per_s"] = metrics["samples_per_s"] / 2
+        return {**metrics, **process}
+
+    def stage(round_: int) -> dict[str, float]:
+        run_dir = ws.run_dir("rm", "stage", round_)
+        # The plain script is TRL's pairwise loss; the stage's K-way loss is bench_kway's subject (case kway).
+        args = ["--config", "configs/rm.yaml", "--run", "bench", "--runs_dir", str(run_dir), "--loss", "pairwise",
+                "--model_name_or_path", model, "--preferences", str(data), *flags]  # fmt: skip
+        return measured(harness_cmd("reward.train", args, run_dir / "metrics"), run_dir)
+
+    def plain(round_: int) -> dict[str, float]:
+        run_dir = ws.run_dir("rm", "plain_trl", round_)
+        args = ["--model_name_or_path", model, "--train_file", str(data), "--output_dir", str(run_dir / "out"), *flags]
+        return measured(harness_cmd("bench.baselines.rm_plain", args, run_dir / "metrics"), run_dir)
+
+    run_rounds(result, {"stage": stage, "plain_trl": plain}, **ws.rounds())
+    compare(result, Comparison("stage / plain TRL pairs/s", "pairs_per_s", "stage", "plain_trl", TARGET_VS_TRL))
+    compare(result, Comparison("stage / plain TRL tokens/s", "tokens_per_s", "stage", "plain_trl", TARGET_VS_TRL))
+    compare(result, Comparison("stage / plain TRL peak RSS", "peak_rss_mb", "stage", "plain_trl"))
+    result.notes.append(
+        "The stage holds out eval_fraction (10%) of the prompts, so its batches are drawn from the other 90% and "
+        "differ a little from the plain script's (tokens per step and padding are in the JSON): tokens/s is the "
+        "fairer of the two ratios."
+    )
+    return result
+
+
+def run_kway(ws: Workspace) -> CaseResult:
+    """``bench/bench_kway.py``'s ``run()``: pairwise expansion against the K-way ranking loss, in a child process
+    (so it gets the same threads as every measured program). Its figures are recorded as it returns them; the
+    targets are checked on its K=4 ratios."""
+    result = CaseResult("kway", "Reward model: K-way ranking loss vs pairwise expansion (bench/bench_kway.py)")
+    if importlib.util.find_spec("bench.bench_kway") is None:
+        result.skipped = "bench/bench_kway.py does not exist yet"
+        return result
+    repeats = 2 if ws.quick else ws.repeats
+    code = ("import inspect, json; from bench.bench_kway import run; "
+            f"kwargs = {{'runs_dir': {str(ws.runs_dir)!r}}} if 'runs_dir' in inspect.signature(run).parameters else {{}}; "
+            f"print(json.dumps(run(repeats={repeats}, **kwargs)))")  # fmt: skip
+    log = ws.work / "kway" / "log.txt"
+    process = run_process([PYTHON, "-c", code], log, ws.env())
+    printed = [line for line in log.read_text().splitlines() if line.startswith("{")]
+    if not printed:
+        raise BenchError(f"bench_kway printed no result (log: {log})")
+    figures = json.loads(printed[-1])
+    result.settings = {"repeats": repeats, "wall_s": process["wall_s"], "bench_kway": figures}
+    result.runs["bench_kway"] = [{"round": 0, **flatten(figures)}]
+    for key, op, target in (("forward_pass_ratio", "<=", 0.5), ("time_ratio", "<=", 0.6)):
+        value = find_k4(figures, key)
+        check_target(result, f"K=4 K-way / pairwise {key.replace('_', ' ')}", value, op, target)
+    return result
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, float]:
+    out = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[name] = value
+    return out
+
+
+def find_k4(figures: dict, key: str) -> float | None:
+    """The value of ``key`` for K=4 in bench_kway's result, wherever it nests it (``{"k4": {...}}``, ``{4: ...}``)."""
+    for name, value in flatten(figures).items():
+        parts = name.split(".")
+        if parts[-1] == key and any(p.lower() in ("4", "k4", "k=4") for p in parts[:-1]):
+            return value
+    return flatten(figures).get(key)

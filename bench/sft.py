@@ -1,0 +1,137 @@
+"""SFT: the project's stage (``pipeline.sft``) against a plain TRL script, and packing against no packing.
+
+Both programs get the same model (the embedded tiny Llama), data (the demo SFT split), steps and training flags;
+evaluation, checkpoints, samples and tracking are off, since the plain script does none of them. Throughput is the
+steady state after the first steps (see ``core.training_metrics``); memory is the peak RSS of the whole process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.core import (
+    CaseResult,
+    Comparison,
+    Workspace,
+    compare,
+    harness_cmd,
+    read_ranks,
+    run_process,
+    run_rounds,
+    training_metrics,
+)
+
+TARGET_VS_TRL = (">=", 0.95)
+TARGET_PACKING = (">=", 1.3)
+
+
+def training_flags(steps: int, batch_size: int = 8, max_length: int = 384, bf16: bool = False) -> list[str]:
+    """The flags both programs get: everything that decides the work done per step."""
+    flags = {
+        "max_steps": steps, "per_device_train_batch_size": batch_size, "gradient_accumulation_steps": 1,
+        "max_length": max_length, "learning_rate": 1e-3, "lr_scheduler_type": "cosine", "warmup_steps": 2,
+        "weight_decay": 0.0, "completion_only_loss": "true", "bf16": str(bf16).lower(), "gradient_checkpointing": "false",
+        "seed": 0, "dataloader_num_workers": 0, "logging_steps": 5, "report_to": "none", "save_strategy": "no",
+        "eval_strategy": "no",
+    }  # fmt: skip
+    return [f"--{k}" if i % 2 == 0 else str(v) for k, v in flags.items() for i in (0, 1)]
+
+
+def stage_args(run_dir: Path, flags: list[str], config: Path | None = None) -> list[str]:
+    """``pipeline.sft`` as ``make sft`` runs it, minus what the plain script does not do (eval, samples, saves)."""
+    return ["--config", str(config or "configs/sft.yaml"), "--run", "bench", "--runs_dir", str(run_dir),
+            "--eval_on_start", "false", "--load_best_model_at_end", "false", "--early_stopping_patience", "0",
+            "--num_samples", "0", *flags]  # fmt: skip
+
+
+def measured(ws: Workspace, cmd: list[str], metrics: Path, log: Path, skip: int) -> dict[str, float]:
+    process = run_process(cmd, log, ws.env())
+    return {**training_metrics(read_ranks(metrics), skip), **process}
+
+
+def run(ws: Workspace) -> CaseResult:
+    steps, skip = (6, 2) if ws.quick else (12, 3)
+    result = CaseResult("sft", "SFT: project stage vs plain TRL SFTTrainer")
+    model, demo = ws.model(), ws.demo_dir()
+    flags = training_flags(steps)
+    result.settings = {"model": "embedded:tiny-llama", "data": "demo sft_train", "steps": steps, "skipped_steps": skip,
+                       "flags": " ".join(flags), "threads": "torch default (all cores)"}  # fmt: skip
+
+    def stage(round_: int, launch: list[str] | None = None, name: str = "stage") -> dict[str, float]:
+        run_dir = ws.run_dir("sft", name, round_)
+        metrics = run_dir / "metrics"
+        cmd = harness_cmd("pipeline.sft", stage_args(run_dir, flags), metrics, launch=launch)
+        return measured(ws, cmd, metrics, run_dir / "log.txt", skip)
+
+    def plain(round_: int) -> dict[str, float]:
+        run_dir = ws.run_dir("sft", "plain", round_)
+        metrics = run_dir / "metrics"
+        args = ["--model_name_or_path", model, "--train_file", str(demo / "sft_train.jsonl"),
+                "--output_dir", str(run_dir / "out"), *flags]  # fmt: skip
+        return measured(
+            ws, harness_cmd("bench.baselines.sft_plain", args, metrics), metrics, run_dir / "log.txt", skip
+        )
+
+    variants = {"stage": stage, "plain_trl": plain}
+    if ws.threads:
+        result.notes.append("`make sft` launch not compared: --threads fixes the threads of every program.")
+    elif not ws.quick:
+        # What `make sft` runs: accelerate launch with configs/accelerate/single.yaml. accelerate sets
+        # OMP_NUM_THREADS=1 for a single process unless told otherwise, so torch uses one core.
+        variants["stage_make_launch"] = lambda r: stage(r, ["--config_file", "configs/accelerate/single.yaml",
+                                                            "--num_processes", "1"], "stage_make_launch")  # fmt: skip
+    run_rounds(result, variants, **ws.rounds())
+    compare(result, Comparison("stage / plain TRL samples/s", "samples_per_s", "stage", "plain_trl", TARGET_VS_TRL))
+    compare(result, Comparison("stage / plain TRL tokens/s", "tokens_per_s", "stage", "plain_trl", TARGET_VS_TRL))
+    compare(result, Comparison("stage / plain TRL peak RSS", "peak_rss_mb", "stage", "plain_trl"))
+    if "stage_make_launch" in variants:
+        compare(result, Comparison("`make sft` launch (1 thread) / python -m (all cores) samples/s", "samples_per_s",
+                                   "stage_make_launch", "stage"))  # fmt: skip
+    return result
+
+
+def run_packing(ws: Workspace) -> CaseResult:
+    """The stage with ``packing: true`` (TRL's default BFD strategy) against ``packing: false``.
+
+    BFD packing is padding-free: a batch is one flattened row with position ids restarting at each example, and no
+    attention mask. On CPU there is no FlashAttention; transformers 5 then builds a block-diagonal causal mask from
+    the position ids for SDPA and eager attention (``masking_utils.find_packed_sequence_indices``), so examples do not
+    see each other, though the attention cost grows with the square of the flattened row.
+    """
+    steps, skip = (6, 2) if ws.quick else (8, 2)
+    result = CaseResult("packing", "SFT: packing (BFD, padding-free) vs no packing, project stage")
+    ws.model()
+    flags = training_flags(steps)
+    result.settings = {"model": "embedded:tiny-llama", "steps": steps, "skipped_steps": skip,
+                       "flags": " ".join(flags)}  # fmt: skip
+
+    def variant(name: str, extra: list[str]):
+        def go(round_: int) -> dict[str, float]:
+            run_dir = ws.run_dir("packing", name, round_)
+            metrics = run_dir / "metrics"
+            cmd = harness_cmd("pipeline.sft", stage_args(run_dir, [*flags, *extra]), metrics)
+            return measured(ws, cmd, metrics, run_dir / "log.txt", skip)
+
+        return go
+
+    packing = ["--packing", "true", "--packing_strategy", "bfd"]
+    variants = {
+        "no_packing": variant("no_packing", ["--packing", "false"]),
+        "packing_bfd": variant("packing_bfd", packing),
+    }
+    if not ws.quick:
+        # 3 packed rows of 384 tokens hold about as many tokens as 8 unpacked examples (about 140 tokens each).
+        variants["packing_bfd_bs3"] = variant("packing_bfd_bs3", [*packing, "--per_device_train_batch_size", "3"])
+    run_rounds(result, variants, **ws.rounds())
+    # samples/s counts examples: rows without packing, position-id restarts with it (each example starts at 0).
+    for name in variants:
+        if name != "no_packing":
+            compare(result, Comparison(f"{name} / no packing samples/s", "samples_per_s", name, "no_packing",
+                                       TARGET_PACKING))  # fmt: skip
+            compare(result, Comparison(f"{name} / no packing tokens/s", "tokens_per_s", name, "no_packing"))
+    result.notes.append(
+        "Examples per step differ: a packed batch holds per_device_train_batch_size rows of max_length tokens "
+        "(several examples each), so samples/s (examples per second) is the fair measure, not steps. packing_bfd keeps "
+        "the batch size (8 rows: 3072 tokens per step); packing_bfd_bs3 has about the tokens per step of no packing."
+    )
+    return result
