@@ -104,7 +104,7 @@ def run_kway(ws: Workspace) -> CaseResult:
     if importlib.util.find_spec("bench.bench_kway") is None:
         result.skipped = "bench/bench_kway.py does not exist yet"
         return result
-    repeats = 2 if ws.quick else ws.repeats
+    repeats = 1 if ws.quick else ws.repeats
     code = ("import inspect, json; from bench.bench_kway import run; "
             f"kwargs = {{'runs_dir': {str(ws.runs_dir)!r}}} if 'runs_dir' in inspect.signature(run).parameters else {{}}; "
             f"print(json.dumps(run(repeats={repeats}, **kwargs)))")  # fmt: skip
