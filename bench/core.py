@@ -37,6 +37,9 @@ CHILD_ENV = {
     "PYTHONUNBUFFERED": "1",
 }
 
+# The stages add no overhead: each reaches at least this share of the plain TRL script's throughput on the same work.
+TARGET_VS_TRL = (">=", 0.95)
+
 
 class BenchError(RuntimeError):
     """A run failed; the message holds the command and the end of its log."""

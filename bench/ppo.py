@@ -15,6 +15,7 @@ import statistics
 from pathlib import Path
 
 from bench.core import (
+    TARGET_VS_TRL,
     CaseResult,
     Comparison,
     Workspace,
@@ -27,7 +28,6 @@ from bench.core import (
     training_metrics,
 )
 
-TARGET_VS_TRL = (">=", 0.95)
 TARGET_LORA_MEMORY = ("<=", 0.7)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bench.core import (
     PYTHON,
+    TARGET_VS_TRL,
     BenchError,
     CaseResult,
     Comparison,
@@ -26,8 +27,6 @@ from bench.core import (
     run_rounds,
     training_metrics,
 )
-
-TARGET_VS_TRL = (">=", 0.95)
 
 
 def preference_file(ws: Workspace, pairs: int = 400) -> Path:

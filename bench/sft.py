@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.core import (
+    TARGET_VS_TRL,
     CaseResult,
     Comparison,
     Workspace,
@@ -21,7 +22,6 @@ from bench.core import (
     training_metrics,
 )
 
-TARGET_VS_TRL = (">=", 0.95)
 TARGET_PACKING = (">=", 1.3)
 
 

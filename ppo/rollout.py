@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainerCallback
 
-from ppo.shaping import AdaptiveKLController, length_penalty, normalise_scores, response_lengths
+from ppo.shaping import AdaptiveKLController, first_true, length_penalty, normalise_scores, response_lengths
 
 
 def _now() -> float:
@@ -85,9 +85,7 @@ class _Backbone(torch.nn.Module):
         start = _now()
         # TRL left-pads every query to the rollout's context length, so the response is what follows it; it reads
         # the reward at the token before the response's first pad (attention_mask is input_ids != pad).
-        ended = attention_mask[:, self.stats.context_length :] == 0
-        width = ended.shape[1]
-        self.response_lengths = torch.where(ended.any(dim=1), ended.int().argmax(dim=1), width)
+        self.response_lengths = first_true(attention_mask[:, self.stats.context_length :] == 0)
         output = self.inner(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         if not self.stats.paused:
             self.stats.scoring_s += _now() - start

@@ -17,20 +17,19 @@ def length_penalty(lengths: torch.Tensor, coef: float) -> torch.Tensor:
     return coef * lengths.to(torch.float32)
 
 
+def first_true(mask: torch.Tensor) -> torch.Tensor:
+    """Per row, the index of the first True; the row's width when there is none."""
+    width = torch.full_like(mask[:, 0], mask.shape[1], dtype=torch.long)
+    return torch.where(mask.any(dim=1), mask.int().argmax(dim=1), width)
+
+
 def response_lengths(responses: torch.Tensor, eos_token_id: int, pad_token_id: int) -> torch.Tensor:
     """Tokens in each response as TRL scores it: up to and including the first EOS, and before the first pad token.
 
     TRL truncates a response after its first EOS, pads the rest, and reads the reward at the token before the first
     pad; a pad token the policy generated itself therefore ends the response too.
     """
-    width = responses.shape[1]
-
-    def first(mask: torch.Tensor) -> torch.Tensor:
-        return torch.where(
-            mask.any(dim=1), mask.int().argmax(dim=1), torch.full_like(mask[:, 0], width, dtype=torch.long)
-        )
-
-    return torch.minimum(first(responses == eos_token_id) + 1, first(responses == pad_token_id))
+    return torch.minimum(first_true(responses == eos_token_id) + 1, first_true(responses == pad_token_id))
 
 
 @dataclass
