@@ -79,8 +79,9 @@ class PipelineConfig:
     stages: dict[str, StageSettings] = field(default_factory=dict)
 
     def __post_init__(self):
-        self.stages = {name: StageSettings(**(self.stages.get(name) or {})) if isinstance(self.stages.get(name), dict)
-                       else self.stages.get(name) or StageSettings() for name in STAGES}  # fmt: skip
+        given = self.stages  # from YAML: {stage: {config, args}}; a stage left out gets its defaults
+        self.stages = {name: s if isinstance(s := given.get(name) or {}, StageSettings) else StageSettings(**s)
+                       for name in STAGES}  # fmt: skip
         if self.labeling not in ("simulated", "human"):
             raise ValueError(f"labeling must be 'simulated' or 'human', got {self.labeling!r}.")
         if self.rounds < 1:
