@@ -114,10 +114,8 @@ class LabelingService:
 
     def next_item(self, username: str) -> dict[str, Any] | None:
         """``next_view`` as the API returns it, with the labeler's progress."""
-        view = self.next_view(username)
-        if view is None:
-            return None
-        return item_dict(view, *self.store.progress(username))
+        view, progress = self.store.next_item_and_progress(username)
+        return None if view is None else item_dict(view, *progress)
 
     def progress(self, username: str) -> tuple[int, int]:
         return self.store.progress(username)
@@ -532,6 +530,10 @@ def serve(args: argparse.Namespace) -> None:
     """Open the store, make sure an admin exists, start the app and block until it is stopped."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # Gradio rebuilds a pandas summary of its last 10,000 events after every event, for a monitoring page this app
+    # turns off: at a few events per submit that was a sixth of the server's CPU. Keep it from running.
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", str(2**62))
+    os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "1000")
     import anyio.to_thread
     import gradio as gr
 

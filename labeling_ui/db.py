@@ -136,6 +136,9 @@ def default_db_url(run: str, runs_dir: str | Path = "runs") -> str:
     return f"sqlite:///{folder / 'labels.db'}"
 
 
+READ_ONLY = "labeling_read_only"  # execution option: a transaction that only reads (see `_sqlite_begin`)
+
+
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     # isolation_level=None stops pysqlite from issuing its own deferred BEGIN; `_sqlite_begin` issues BEGIN IMMEDIATE,
     # which takes the write lock up front, so concurrent writers wait (busy_timeout) instead of failing with
@@ -148,7 +151,10 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(connection: sa.Connection) -> None:
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    # A reader takes no lock: in WAL mode it reads a consistent snapshot while one writer works. Only transactions
+    # marked READ_ONLY get the deferred BEGIN, so one that writes cannot hit a failed lock upgrade.
+    read_only = connection.get_execution_options().get(READ_ONLY, False)
+    connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def make_engine(url: str) -> sa.Engine:

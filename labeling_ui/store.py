@@ -15,9 +15,10 @@ import hashlib
 import json
 import math
 import statistics
+import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,19 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from labeling_ui import assignment
 from labeling_ui.agreement import agreement_summary, competition_ranks, dense_ranks, pairwise_agreement
-from labeling_ui.db import ROLES, Assignment, Item, Ranking, Skip, User, advisory_lock, make_engine, migrate, utcnow
+from labeling_ui.db import (
+    READ_ONLY,
+    ROLES,
+    Assignment,
+    Item,
+    Ranking,
+    Skip,
+    User,
+    advisory_lock,
+    make_engine,
+    migrate,
+    utcnow,
+)
 from labeling_ui.users import check_username, dummy_hash, hash_password, verify_password
 
 FLAGS = ("unsafe", "private_data", "factually_wrong", "off_topic")
@@ -196,14 +209,27 @@ class LabelStore:
         migrate(url)
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_sessions = sessionmaker(self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
+        # SQLite has one write lock per file, and a writer that finds it taken polls with growing sleeps (up to
+        # 100 ms each), so under many concurrent requests some wait for seconds. This process's writers queue on a
+        # lock of their own instead and hand the database over without sleeping; other processes still wait on
+        # SQLite's busy timeout. PostgreSQL locks rows, not the database: nothing to queue for there.
+        self._writer = threading.Lock() if self.engine.dialect.name == "sqlite" else nullcontext()
 
     def close(self) -> None:
         self.engine.dispose()
 
     @contextmanager
     def _begin(self) -> Iterator[Session]:
-        """One transaction: committed when the block ends (before the caller's method returns), else rolled back."""
-        with self._sessions.begin() as session:
+        """One write transaction: committed when the block ends (before the caller's method returns), else rolled
+        back."""
+        with self._writer, self._sessions.begin() as session:
+            yield session
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        """One transaction that only reads: a consistent snapshot that neither waits for writers nor blocks them."""
+        with self._read_sessions.begin() as session:
             yield session
 
     @staticmethod
@@ -247,7 +273,7 @@ class LabelStore:
             raise ValueError(f"User {username!r} already exists.") from error
 
     def verify_user(self, username: str, password: str) -> bool:
-        with self._begin() as session:
+        with self._read() as session:
             user = self._find_user(session, username)
             encoded = user.password_hash if user is not None and user.active else None
         if encoded is None:
@@ -265,12 +291,12 @@ class LabelStore:
 
     def role(self, username: str) -> str | None:
         """'labeler' or 'admin'; None for an unknown or disabled user."""
-        with self._begin() as session:
+        with self._read() as session:
             user = self._find_user(session, username)
             return user.role if user is not None and user.active else None
 
     def list_users(self) -> list[dict]:
-        with self._begin() as session:
+        with self._read() as session:
             counts = self._current_counts_by_user(session)
             users = session.scalars(sa.select(User).order_by(User.username)).all()
         return [
@@ -396,18 +422,24 @@ class LabelStore:
 
     def next_item(self, username: str) -> ItemView | None:
         """The labeler's next item (the same one again until it is ranked or skipped); None when nothing is left."""
+        return self.next_item_and_progress(username)[0]
+
+    def next_item_and_progress(self, username: str) -> tuple[ItemView | None, tuple[int, int]]:
+        """``next_item`` and ``progress`` read in one transaction (the API returns both on every call)."""
         now = utcnow()
         with self._begin() as session:
             advisory_lock(session.connection(), "labeling_ui.assign")  # two labelers must not take one last slot
             user = self._labeler(session, username)
+            state = self._labeler_state(session, user, now)
             if not user.active:
-                return None
-            chosen = self._choose(self._labeler_state(session, user, now), username)
+                return None, (state["n_ranked"], state["n_ranked"])
+            chosen = self._choose(state, username)
             session.execute(sa.delete(Assignment).where(Assignment.user_id == user.id))
             if chosen is None:
-                return None
+                return None, self._progress(state, username)
             session.add(Assignment(item_id=chosen, user_id=user.id, assigned_at=now))
-            return self._view(session.get(Item, chosen), username)
+            # The labeler's own lease does not count towards their progress: `state` is what `progress` reads now.
+            return self._view(session.get(Item, chosen), username), self._progress(state, username)
 
     def submit_ranking(
         self,
@@ -505,11 +537,14 @@ class LabelStore:
 
     def progress(self, username: str) -> tuple[int, int]:
         """(items this labeler ranked, items they ranked plus those they will still be given)."""
-        with self._begin() as session:
+        with self._read() as session:
             user = self._labeler(session, username)
             state = self._labeler_state(session, user, utcnow())
         if not user.active:
             return state["n_ranked"], state["n_ranked"]
+        return self._progress(state, username)
+
+    def _progress(self, state: dict[str, Any], username: str) -> tuple[int, int]:
         phase = assignment.gold_phase(username, self.seed)
         remaining = assignment.planned_remaining(
             state["n_done"], len(state["open_regular"]), len(state["open_gold"]), self.gold_rate, phase
@@ -539,7 +574,7 @@ class LabelStore:
 
     def recent_submissions(self, username: str, limit: int = 10) -> list[dict]:
         """The labeler's current rankings, most recently submitted or edited first."""
-        with self._begin() as session:
+        with self._read() as session:
             user = self._labeler(session, username)
             query = self._current_of(user).order_by(Ranking.created_at.desc(), Ranking.id.desc())
             rows = session.execute(query.limit(limit)).tuples().all()
@@ -547,7 +582,7 @@ class LabelStore:
 
     def item_for_edit(self, username: str, item_id: str) -> tuple[ItemView, dict] | None:
         """The item in this labeler's display order and their current ranking of it; None if they have none."""
-        with self._begin() as session:
+        with self._read() as session:
             user = self._labeler(session, username)
             row = session.execute(self._current_of(user).where(Item.id == item_id)).tuples().one_or_none()
         if row is None:
@@ -569,7 +604,7 @@ class LabelStore:
             .where(Ranking.is_current)
             .order_by(Item.prompt_id, Item.id, User.username)
         )
-        with self._begin() as session:
+        with self._read() as session:
             rows = session.execute(query).tuples().all()
         return [
             {
@@ -593,7 +628,7 @@ class LabelStore:
     def count_rankings(self, current_only: bool = False) -> int:
         """Stored ranking rows, every version counted; ``current_only``: one per (item, labeler)."""
         query = sa.select(sa.func.count()).select_from(Ranking)
-        with self._begin() as session:
+        with self._read() as session:
             return session.scalar(query.where(Ranking.is_current) if current_only else query)
 
     def labeler_stats(self) -> list[dict]:
@@ -603,7 +638,7 @@ class LabelStore:
         ranking and the gold ranking over the gold items they ranked; None before their first one.
         """
         rankings = self.all_current_rankings()
-        with self._begin() as session:
+        with self._read() as session:
             users = session.scalars(sa.select(User).order_by(User.username)).all()
             skips = dict(
                 session.execute(sa.select(Skip.user_id, sa.func.count()).group_by(Skip.user_id)).tuples().all()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -209,6 +211,46 @@ def test_submit_is_idempotent_and_edits_are_new_versions(store):
     with pytest.raises(RankingError, match="another item"):
         other = store.next_item("ana")
         store.submit_ranking("ana", "s1", other.item_id, {cid: 1 for cid, _ in other.candidates})
+
+
+def test_reads_do_not_wait_for_a_writer_and_concurrent_writers_all_land(store, db_url):
+    store.import_candidates(items(24))
+    names = [f"lab{i}" for i in range(8)]
+    for name in names:
+        store.add_user(name, "password1")
+    rank_in_order(store, "lab0", "first")
+
+    # Another connection (an import, the export, a second server) holds a write transaction open: what the app
+    # reads on every call must still answer at once.
+    other = make_engine(db_url)
+    held, release = threading.Event(), threading.Event()
+
+    def hold_write_lock():
+        with other.begin() as connection:
+            connection.execute(sa.text("UPDATE users SET simulated = simulated WHERE username = 'lab1'"))
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold_write_lock)
+    holder.start()
+    try:
+        assert held.wait(10)
+        with ThreadPoolExecutor(1) as pool:
+            reads = pool.submit(lambda: (store.role("lab0"), store.progress("lab0"), store.count_rankings(),
+                                         len(store.recent_submissions("lab0")), store.verify_user("lab0", "password1")))  # fmt: skip
+            assert reads.result(timeout=5) == ("labeler", (1, 24), 1, 1, True)
+    finally:
+        release.set()
+        holder.join()
+        other.dispose()
+
+    # Many writers at once in one process: each one's next_item and submit lands, none fails or is lost.
+    def work(name: str) -> int:
+        return sum(rank_in_order(store, name, f"{name}-{n}")[1].created for n in range(2))
+
+    with ThreadPoolExecutor(len(names)) as pool:
+        assert sum(pool.map(work, names)) == 2 * len(names)
+    assert store.count_rankings() == 2 * len(names) + 1
 
 
 def test_overlap_never_twice_and_skips_go_to_others(store):
