@@ -139,7 +139,8 @@ def run_lora(ws: Workspace) -> CaseResult:
     adapter disabled (no second copy). On the 4M-parameter tiny model the Python/torch runtime is nearly all of the
     RSS, so the full run uses a wider random Llama (about 60M parameters) on which the models' own memory shows;
     --quick keeps the tiny model."""
-    result = CaseResult("ppo_lora", "PPO: LoRA (adapter-disabled reference) vs full fine-tune, peak memory")
+    result = CaseResult("ppo_lora", "PPO: LoRA (adapter-disabled reference, value adapters) vs full fine-tune, peak "
+                        "memory")  # fmt: skip
     if ws.quick:
         runners = {"tiny": PPORunner(ws, "ppo_lora", ws.model(), 2, 1)}
     else:
@@ -159,7 +160,7 @@ def run_lora(ws: Workspace) -> CaseResult:
                                    f"full_{name}"))  # fmt: skip
     result.notes.append(
         "Peak RSS is the whole process: the Python, torch and TRL runtime (roughly 0.6-0.9 GB) is in both sides. "
-        "The value model is trained in full in both (TRL's PPO gives it no adapter)."
+        "With LoRA the value model gets adapters too (value_lora, the default), its scalar head trained in full."
     )
     return result
 

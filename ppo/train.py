@@ -14,6 +14,7 @@ reshuffled rather than replayed, since TRL's loop has no way to skip batches.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -77,6 +78,10 @@ class PPOStageConfig(PPOConfig):
     lora_dropout: float = 0.0
     lora_target_modules: str = "all-linear"
     merge_lora: bool = field(default=True, metadata={"help": "Save the policy with the adapter merged in."})
+    value_lora: bool = field(
+        default=True, metadata={"help": "With use_lora: adapters in the value model too (its scalar head trained in "
+                                "full); false trains the value model in full."}
+    )  # fmt: skip
     checkpoint_steps: int = field(default=10, metadata={"help": "Save a resumable checkpoint every N steps (0: off)."})
     checkpoints_to_keep: int = 2
     resume: bool = field(default=False, metadata={"help": "Continue from the latest checkpoint of this run."})
@@ -115,6 +120,13 @@ class StagePPOTrainer(PPOTrainer):
     def create_optimizer_and_scheduler(self, num_training_steps: int):
         # On resume TRL is given only the remaining episodes; the schedule must still span the whole run.
         super().create_optimizer_and_scheduler(num_training_steps=self._schedule_steps)
+
+    def create_optimizer(self):
+        optimizer = super().create_optimizer()
+        # With adapters in both models no trainable weight is exempt from weight decay, so that group is empty;
+        # DeepSpeed drops empty groups and the scheduler, made for both, then fails at its first step.
+        optimizer.param_groups[:] = [group for group in optimizer.param_groups if group["params"]]
+        return optimizer
 
     def generate_completions(self, sampling: bool = False):
         self.rollout_stats.paused = True
@@ -228,6 +240,10 @@ def main(config: PPOStageConfig) -> dict[str, Any]:
     if config.use_lora:
         peft_config = lora_config(config.lora_r, config.lora_alpha, config.lora_dropout,
                                   config.lora_target_modules, "CAUSAL_LM")  # fmt: skip
+        if config.value_lora:
+            add_value_adapters(value_model, config)
+    parameters = {"policy_parameters": count_parameters(policy), "value_parameters": count_parameters(value_model),
+                  "value_trainable_parameters": count_parameters(value_model, trainable=True)}  # fmt: skip
 
     # step 2. resume: train only the remaining episodes, on the whole run's learning-rate schedule.
     total_episodes = config.total_episodes
@@ -274,20 +290,22 @@ def main(config: PPOStageConfig) -> dict[str, Any]:
         raise RuntimeError(OOM_ADVICE) from err
 
     # step 4. save the policy: gathered on every rank (ZeRO-3), written by the main process.
-    model_dir = stage.dir / "model"
+    model_dir, adapter_dir = stage.dir / "model", stage.dir / "adapter"
     state_dict = trainer.accelerator.get_state_dict(trainer.model)
     release_zero3_init()
     if state.is_main_process:
         policy_state = {k.removeprefix("policy."): v for k, v in state_dict.items() if k.startswith("policy.")}
         unwrapped = trainer.accelerator.unwrap_model(trainer.model).policy
-        if config.use_lora:
-            adapter_dir = stage.dir / "adapter"
-            unwrapped.save_pretrained(adapter_dir, state_dict=policy_state)
-            if config.merge_lora:
-                merge_adapter(sft_path, adapter_dir, model_dir, tokenizer)
-        else:
-            unwrapped.save_pretrained(model_dir, state_dict=policy_state)
+        unwrapped.save_pretrained(adapter_dir if config.use_lora else model_dir, state_dict=policy_state)
+        if not config.use_lora:
             tokenizer.save_pretrained(model_dir)
+        del policy_state, unwrapped
+    global_step, episodes = trainer.state.global_step, trainer.state.episode
+    # The merge loads the base model once more: free the four training models first, or that is the run's peak.
+    del trainer, state_dict, policy, ref_policy, value_model, reward_model
+    gc.collect()
+    if state.is_main_process and config.use_lora and config.merge_lora:
+        merge_adapter(sft_path, adapter_dir, model_dir, tokenizer)
     state.wait_for_everyone()
     if not state.is_main_process:
         return {}
@@ -296,8 +314,8 @@ def main(config: PPOStageConfig) -> dict[str, Any]:
     with open(stage.dir / "history.jsonl", "w") as fh:
         fh.writelines(json.dumps(h) + "\n" for h in history)
     metrics = ppo_metrics(history)
-    metrics.update(global_step=trainer.state.global_step, episodes=trainer.state.episode, prompts_dropped_too_long=dropped,
-                   final_kl_coef=config.kl_coef, reward_normalisation={"mean": mean, "std": std})  # fmt: skip
+    metrics.update(global_step=global_step, episodes=episodes, prompts_dropped_too_long=dropped,
+                   final_kl_coef=config.kl_coef, reward_normalisation={"mean": mean, "std": std}, **parameters)  # fmt: skip
     tracker.summary({k: v for k, v in metrics.items() if isinstance(v, int | float)})
     summary = stage.finish(
         config, metrics=metrics,
@@ -314,6 +332,26 @@ def main(config: PPOStageConfig) -> dict[str, Any]:
         f"kl {metrics.get('kl_last', 0):.3f} | model: {model_dir}"
     )
     return summary
+
+
+def add_value_adapters(value_model, config: PPOStageConfig) -> None:
+    """LoRA adapters in the value model, in place; its scalar head stays trainable.
+
+    TRL gives the adapter to the policy only and trains the value model in full: with LoRA, the value model's
+    gradients and Adam moments (three times its weights) were then most of the memory LoRA was meant to save. The
+    head is trained in full because it starts as the reward model's, which scores rewards rather than returns.
+    """
+    from peft import inject_adapter_in_model
+
+    adapters = lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules,
+                           "SEQ_CLS", exclude_modules=["score"])  # fmt: skip
+    inject_adapter_in_model(adapters, value_model)  # freezes every weight but the adapters'
+    value_model.score.requires_grad_(True)
+
+
+def count_parameters(model: torch.nn.Module, trainable: bool = False) -> int:
+    # Under ZeRO-3 a weight is partitioned as it loads: its full size is `ds_numel`.
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad or not trainable)
 
 
 def ppo_metrics(history: list[dict[str, float]]) -> dict[str, float]:

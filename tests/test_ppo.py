@@ -104,8 +104,10 @@ def test_ppo_trains_logs_and_saves_a_plain_model(ppo_run):
 
 
 def test_ppo_lora_merges_and_uses_the_adapter_free_reference(ppo_run):
-    run_ppo(ppo_args(ppo_run, "--use_lora", "true", "--lora_r", "4"))
+    metrics = run_ppo(ppo_args(ppo_run, "--use_lora", "true", "--lora_r", "4"))["metrics"]
     stage = ppo_run / "t" / "ppo"
+    # The value model trains its adapters and scalar head only: r=4 on every linear layer of the micro model.
+    assert 0 < metrics["value_trainable_parameters"] < 0.1 * metrics["value_parameters"]
     assert (stage / "adapter" / "adapter_config.json").exists()
     weights = load_file(stage / "model" / "model.safetensors")
     assert not any("lora" in key for key in weights)
@@ -152,11 +154,12 @@ def test_tokenizer_mismatch_stops_the_run_at_start(ppo_run):
     assert not (ppo_run / "t" / "ppo" / "model").exists()
 
 
-@pytest.mark.parametrize("zero", [2, 3])
-def test_two_processes_under_deepspeed(ppo_run, zero):
+@pytest.mark.parametrize(("zero", "lora"), [(2, False), (3, False), (2, True)])
+def test_two_processes_under_deepspeed(ppo_run, zero, lora):
+    extra = ["--use_lora", "true", "--lora_r", "4"] if lora else []
     cmd = [sys.executable, "-m", "accelerate.commands.launch",
            "--config_file", str(REPO / "configs" / "accelerate" / f"zero{zero}.yaml"), "--num_processes", "2",
-           "-m", "ppo.train", *ppo_args(ppo_run)]  # fmt: skip
+           "-m", "ppo.train", *ppo_args(ppo_run, *extra)]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
                           timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
