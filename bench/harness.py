@@ -93,7 +93,7 @@ def _now() -> float:
     return time.perf_counter()
 
 
-def _count_batch(inputs) -> None:
+def _count_batch(inputs, pad_token_id: int | None) -> None:
     """Real tokens and sequences of one micro-batch, as TRL's SFTTrainer counts its tokens. (A reward-model batch
     of B pairs is 2B sequences: the chosen responses, then the rejected ones.)"""
     if not RECORDER.training:
@@ -103,11 +103,16 @@ def _count_batch(inputs) -> None:
         RECORDER.pending["tokens"] += float(mask.sum())
         RECORDER.pending["padded_tokens"] += float(mask.numel())
         RECORDER.pending["rows"] += float(mask.shape[0])
-    elif "position_ids" in inputs:  # padding-free: one flattened row, a new example wherever the position restarts
+    elif "position_ids" in inputs:  # packed: a new example wherever the position restarts
         positions = inputs["position_ids"]
-        RECORDER.pending["tokens"] += float(positions.numel())
+        # Packed rows (pipeline.sft.PackedRowsCollator) end in padding: pad tokens at position 0 after the last
+        # example. (A flattened padding-free batch is one row with none.)
+        starts = positions == 0
+        padding = starts & (inputs["input_ids"] == pad_token_id)
+        padding = padding.flip(-1).cumprod(-1).flip(-1).bool()  # only the trailing run of each row
+        RECORDER.pending["tokens"] += float(positions.numel() - padding.sum())
         RECORDER.pending["padded_tokens"] += float(positions.numel())
-        RECORDER.pending["rows"] += float((positions == 0).sum())
+        RECORDER.pending["rows"] += float((starts & ~padding).sum())
 
 
 def install() -> None:
@@ -141,7 +146,7 @@ def install() -> None:
     training_step = Trainer.training_step
 
     def counted_training_step(self, model, inputs, *args, **kwargs):
-        _count_batch(inputs)
+        _count_batch(inputs, getattr(self.processing_class, "pad_token_id", None))
         return training_step(self, model, inputs, *args, **kwargs)
 
     Trainer.training_step = counted_training_step

@@ -8,6 +8,7 @@ checkpoints, greedy samples on held-out prompts (``samples.jsonl``), ``config.ya
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,6 +154,33 @@ def generate_samples(model_dir: Path, prompts: list, max_new_tokens: int) -> lis
     return samples
 
 
+class PackedRowsCollator:
+    """A BFD-packed batch kept as rows, for attention without FlashAttention (SDPA or eager, as on a CPU).
+
+    TRL's padding-free collator flattens a packed batch into one row, which FlashAttention splits again where the
+    position ids restart. Other attention gets from transformers a block-diagonal mask over that whole row, so its
+    cost grows with the square of the batch's tokens: packing was slower than no packing. Kept as rows, with the
+    position ids restarting at each example and no attention mask, each row gets a block-diagonal mask of its own:
+    examples still do not see each other, and attention costs what rows of max_length cost.
+    """
+
+    def __init__(self, collator):
+        self.collator = dataclasses.replace(collator, padding_free=False, return_position_ids=True)
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = self.collator(examples)
+        del batch["attention_mask"]  # without it, transformers finds the examples from the position ids
+        batch["labels"][batch["position_ids"] == 0] = -100  # an example's first token is not predicted from the last
+        return batch
+
+
+def packed_rows_needed(config: SFTStageConfig, model) -> bool:
+    from trl.trainer.sft_trainer import FLASH_ATTENTION_VARIANTS
+
+    bfd = config.packing and config.packing_strategy in ("bfd", "bfd_split")
+    return bfd and model.config._attn_implementation not in FLASH_ATTENTION_VARIANTS
+
+
 def main(config: SFTStageConfig) -> dict[str, Any]:
     state = PartialState()
     stage = runs.StageRun("sft", config.run, config.runs_dir)
@@ -188,6 +216,8 @@ def main(config: SFTStageConfig) -> dict[str, Any]:
         peft_config=peft_config,
         callbacks=callbacks,
     )
+    if packed_rows_needed(config, model):
+        trainer.data_collator = PackedRowsCollator(trainer.data_collator)
     checkpoint = None
     if config.resume:
         checkpoint = get_last_checkpoint(config.output_dir) if Path(config.output_dir).is_dir() else None

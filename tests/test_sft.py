@@ -135,3 +135,37 @@ def test_two_processes_under_deepspeed(tmp_path, micro_model, small_sft_data, ze
     name = "model.layers.1.mlp.down_proj.weight"
     assert model.state_dict()[name].shape == base.state_dict()[name].shape
     assert not torch.equal(model.state_dict()[name], base.state_dict()[name])
+
+
+def test_packed_rows_keep_examples_apart(micro_model):
+    """Packed rows (no FlashAttention here) give each example the logits it has alone, and its loss is TRL's."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from pipeline.sft import PackedRowsCollator
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(micro_model).eval()
+    a, b, c = [torch.randint(3, 200, (n,)).tolist() for n in (7, 5, 9)]
+    rows = [{"input_ids": a + b, "seq_lengths": [7, 5]}, {"input_ids": c, "seq_lengths": [9]}]
+    flat = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)
+    batch = PackedRowsCollator(flat)(rows)
+
+    assert batch["input_ids"].shape == (2, 12) and "attention_mask" not in batch
+    assert batch["position_ids"].tolist() == [[*range(7), *range(5)], [*range(9), 0, 0, 0]]
+    assert (batch["labels"][0, [0, 7]] == -100).all() and (batch["labels"][1, 9:] == -100).all()
+    with torch.no_grad():  # use_cache=False as in training (SFTTrainer's compute_loss): a cache turns packing off
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        for row, start, ids in ((0, 0, a), (0, 7, b), (1, 0, c)):
+            alone = model(input_ids=torch.tensor([ids])).logits[0]
+            torch.testing.assert_close(logits[row, start : start + len(ids)], alone, atol=1e-5, rtol=1e-4)
+        # The same loss as TRL's flattened padding-free batch.
+        flat_batch = flat(rows)
+        loss, flat_loss = (model(**inputs, use_cache=False).loss.item() for inputs in (batch, flat_batch))
+        assert loss == pytest.approx(flat_loss, rel=1e-5)
+
+
+def test_sft_with_packing_trains(tmp_path, micro_model, small_sft_data):
+    summary = run_sft(sft_args(tmp_path, micro_model, small_sft_data, "--max_steps", "6", "--packing", "true",
+                               "--per_device_train_batch_size", "2", "--report_to", "none"))  # fmt: skip
+    metrics = summary["metrics"]
+    assert metrics["global_step"] == 6 and metrics["eval_loss_after"] < metrics["eval_loss_before"]
