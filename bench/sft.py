@@ -91,17 +91,17 @@ def run(ws: Workspace) -> CaseResult:
 
 
 def run_packing(ws: Workspace) -> CaseResult:
-    """The stage with ``packing: true`` (TRL's default BFD strategy) against ``packing: false``.
+    """The stage with ``packing: true`` (TRL's default BFD strategy) against ``packing: false``, at the batch size of
+    ``configs/sft.yaml`` (16).
 
-    BFD packing is padding-free: a batch is one flattened row with position ids restarting at each example, and no
-    attention mask. On CPU there is no FlashAttention; transformers 5 then builds a block-diagonal causal mask from
-    the position ids for SDPA and eager attention (``masking_utils.find_packed_sequence_indices``), so examples do not
-    see each other, though the attention cost grows with the square of the flattened row.
+    BFD packing is padding-free. With FlashAttention TRL flattens a packed batch into one row; without it (CPU, SDPA)
+    the stage keeps the packed rows as rows (``pipeline.sft.PackedRowsCollator``), and transformers builds each row a
+    block-diagonal causal mask from the position ids, so examples do not see each other.
     """
     steps, skip = (6, 2) if ws.quick else (8, 2)
     result = CaseResult("packing", "SFT: packing (BFD, padding-free) vs no packing, project stage")
     ws.model()
-    flags = training_flags(steps)
+    flags = training_flags(steps, batch_size=16)
     result.settings = {"model": "embedded:tiny-llama", "steps": steps, "skipped_steps": skip,
                        "flags": " ".join(flags)}  # fmt: skip
 
@@ -116,10 +116,10 @@ def run_packing(ws: Workspace) -> CaseResult:
 
     packing = ["--packing", "true", "--packing_strategy", "bfd"]
     variants = {"no_packing": variant("no_packing", ["--packing", "false"])}
-    if not ws.quick:  # the same batch size: 8 rows of 384 tokens, 3072 tokens per step
+    if not ws.quick:  # the same batch size: 16 rows of 384 tokens
         variants["packing_bfd"] = variant("packing_bfd", packing)
-    # 3 packed rows of 384 tokens hold about as many tokens as 8 unpacked examples (about 140 tokens each).
-    variants["packing_bfd_bs3"] = variant("packing_bfd_bs3", [*packing, "--per_device_train_batch_size", "3"])
+    # 6 packed rows of 384 tokens hold about as many examples as 16 unpacked ones (about 140 tokens each).
+    variants["packing_bfd_bs6"] = variant("packing_bfd_bs6", [*packing, "--per_device_train_batch_size", "6"])
     run_rounds(result, variants, **ws.rounds())
     # samples/s counts examples: rows without packing, position-id restarts with it (each example starts at 0).
     for name in variants:
@@ -130,6 +130,6 @@ def run_packing(ws: Workspace) -> CaseResult:
     result.notes.append(
         "Examples per step differ: a packed batch holds per_device_train_batch_size rows of max_length tokens "
         "(several examples each), so samples/s (examples per second) is the fair measure, not steps. packing_bfd keeps "
-        "the batch size (8 rows: 3072 tokens per step); packing_bfd_bs3 has about the tokens per step of no packing."
+        "the batch size (16 rows); packing_bfd_bs6 takes about the examples per step of no packing."
     )
     return result
