@@ -37,7 +37,10 @@ ifeq ($(ZERO),0)
 else
   ACCEL_CONFIG ?= configs/accelerate/zero$(ZERO).yaml
 endif
-LAUNCH := $(VENV)/bin/accelerate launch --config_file $(ACCEL_CONFIG) --num_processes $(NPROC)
+# CPU threads per process (accelerate would give each one thread): OMP_NUM_THREADS if set, else the cores shared out.
+THREADS ?= $(shell $(PYTHON_SYS) -c "import os; print(os.environ.get('OMP_NUM_THREADS') or max(1, len(os.sched_getaffinity(0)) // $(NPROC)))")
+LAUNCH := $(VENV)/bin/accelerate launch --config_file $(ACCEL_CONFIG) --num_processes $(NPROC) \
+          --num_cpu_threads_per_process $(THREADS)
 STAGE_ARGS := --run $(RUN) $(if $(filter 1,$(RESUME)),--resume true) $(ARGS)
 
 export HF_HUB_DISABLE_TELEMETRY := 1
@@ -48,7 +51,7 @@ export TOKENIZERS_PARALLELISM := false
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
-	@echo "  variables: RUN=$(RUN) NPROC=$(NPROC) ZERO=$(ZERO) RESUME=$(RESUME) ARGS=..."
+	@echo "  variables: RUN=$(RUN) NPROC=$(NPROC) ZERO=$(ZERO) THREADS=$(THREADS) RESUME=$(RESUME) ARGS=..."
 
 setup: $(VENV)/.installed  ## create .venv and install the project (CPU torch unless TORCH_SPEC says otherwise)
 

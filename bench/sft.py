@@ -14,6 +14,7 @@ from bench.core import (
     CaseResult,
     Comparison,
     Workspace,
+    accelerate_launch,
     compare,
     harness_cmd,
     read_ranks,
@@ -21,6 +22,7 @@ from bench.core import (
     run_rounds,
     training_metrics,
 )
+from pipeline.distributed import threads_per_process
 
 TARGET_PACKING = (">=", 1.3)
 
@@ -76,17 +78,17 @@ def run(ws: Workspace) -> CaseResult:
     if ws.threads:
         result.notes.append("`make sft` launch not compared: --threads fixes the threads of every program.")
     elif not ws.quick:
-        # What `make sft` runs: accelerate launch with configs/accelerate/single.yaml. accelerate sets
-        # OMP_NUM_THREADS=1 for a single process unless told otherwise, so torch uses one core.
-        variants["stage_make_launch"] = lambda r: stage(r, ["--config_file", "configs/accelerate/single.yaml",
-                                                            "--num_processes", "1"], "stage_make_launch")  # fmt: skip
+        # What `make sft` runs: accelerate launch with configs/accelerate/single.yaml and the machine's cores as
+        # threads (accelerate alone would give the process one thread).
+        launch = accelerate_launch("single", 1, threads_per_process(1))
+        variants["stage_make_launch"] = lambda r: stage(r, launch, "stage_make_launch")
     run_rounds(result, variants, **ws.rounds())
     compare(result, Comparison("stage / plain TRL samples/s", "samples_per_s", "stage", "plain_trl", TARGET_VS_TRL))
     compare(result, Comparison("stage / plain TRL tokens/s", "tokens_per_s", "stage", "plain_trl", TARGET_VS_TRL))
     compare(result, Comparison("stage / plain TRL peak RSS", "peak_rss_mb", "stage", "plain_trl"))
     if "stage_make_launch" in variants:
-        compare(result, Comparison("`make sft` launch (1 thread) / python -m (all cores) samples/s", "samples_per_s",
-                                   "stage_make_launch", "stage"))  # fmt: skip
+        compare(result, Comparison("`make sft` launch / python -m samples/s", "samples_per_s", "stage_make_launch",
+                                   "stage"))  # fmt: skip
     return result
 
 

@@ -5,6 +5,18 @@ from __future__ import annotations
 import os
 
 
+def threads_per_process(nproc: int) -> int:
+    """CPU threads for each of ``nproc`` processes on this machine: ``OMP_NUM_THREADS`` when set, else its cores
+    shared out.
+
+    ``accelerate launch`` sets ``OMP_NUM_THREADS=1`` unless told otherwise, so on a CPU machine torch in a single
+    process used one core of them all (``make sft`` ran at 0.58x the samples/s of two threads on 2 cores).
+    """
+    if os.environ.get("OMP_NUM_THREADS"):
+        return int(os.environ["OMP_NUM_THREADS"])
+    return max(1, len(os.sched_getaffinity(0)) // max(1, nproc))
+
+
 def configure_cpu_deepspeed() -> bool:
     """Give accelerate the gloo backend when DeepSpeed runs several processes on a machine without GPUs.
 

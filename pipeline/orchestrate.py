@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from pipeline import runs
+from pipeline.distributed import threads_per_process
 
 STAGES = ("sft", "candidates", "labeling", "export", "rm", "ppo", "eval")
 ROUND_STAGES = STAGES[1:]  # what a round after the first repeats
@@ -133,7 +134,8 @@ def launch(config: PipelineConfig, module: str) -> list[str]:
     else:
         accelerate_file = "configs/accelerate/single.yaml" if config.nproc == 1 else "configs/accelerate/ddp.yaml"
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", accelerate_file,
-            "--num_processes", str(config.nproc), "-m", module]  # fmt: skip
+            "--num_processes", str(config.nproc),
+            "--num_cpu_threads_per_process", str(threads_per_process(config.nproc)), "-m", module]  # fmt: skip
 
 
 def stage_dir(config: PipelineConfig, stage: str, r: int) -> Path:

@@ -4,6 +4,7 @@ PPO setting re-runs only PPO and the evaluation."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.distributed import threads_per_process
 from pipeline.orchestrate import STAGES, PipelineConfig, plan
 from tests.conftest import REPO
 
@@ -78,6 +80,16 @@ def test_plan_covers_every_stage_of_every_round(tmp_path):
     assert f"--model_name_or_path {tmp_path}/r/ppo/model" in candidates  # round 2 samples from round 1's policy
     assert f"--sft_model_path {tmp_path}/r/sft/model" in " ".join(round2["ppo"].commands[0])
     assert all("--db" in " ".join(c) for s in steps if s.stage in ("labeling", "export") for c in s.commands)
+
+
+def test_training_stages_get_the_cores_shared_out(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    sft = plan(PipelineConfig(nproc=2))[0].commands[0]
+    assert sft[sft.index("--num_cpu_threads_per_process") + 1] == "4"  # accelerate alone would give each one
+    assert threads_per_process(16) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert threads_per_process(2) == 3
 
 
 def test_bad_pipeline_config_is_refused(tmp_path):
