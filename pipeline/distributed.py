@@ -17,6 +17,23 @@ def threads_per_process(nproc: int) -> int:
     return max(1, len(os.sched_getaffinity(0)) // max(1, nproc))
 
 
+def fill_training_defaults(config, stage: str) -> None:
+    """What a training stage's config fills in before TRL validates it (``__post_init__``): checkpoints under
+    ``runs/<run>/<stage>/``, the tracking run's name, bf16 where the GPU has it, and gloo for DeepSpeed on CPU."""
+    from pipeline import runs
+
+    if config.output_dir is None:
+        config.output_dir = str(runs.stage_dir(config.run, stage, config.runs_dir) / "checkpoints")
+    if config.run_name is None:
+        config.run_name = f"{config.run}-{stage}"
+    if config.bf16 is None:
+        import torch
+
+        config.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if configure_cpu_deepspeed():
+        config.accelerator_config = {**(config.accelerator_config or {}), "use_configured_state": True}
+
+
 def configure_cpu_deepspeed() -> bool:
     """Give accelerate the gloo backend when DeepSpeed runs several processes on a machine without GPUs.
 

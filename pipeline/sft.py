@@ -23,7 +23,7 @@ from trl import SFTConfig, SFTTrainer, TrlParser
 from pipeline import runs
 from pipeline.base_model import resolve_model
 from pipeline.data import load_sft_dataset, read_table
-from pipeline.distributed import configure_cpu_deepspeed, release_zero3_init
+from pipeline.distributed import fill_training_defaults, release_zero3_init
 from pipeline.models import lora_config, merge_adapter
 from pipeline.tracking import Tracker
 
@@ -67,14 +67,7 @@ class SFTStageConfig(SFTConfig):
     bf16: bool | None = field(default=None, metadata={"help": "Default: on when a GPU with bf16 support is present."})
 
     def __post_init__(self):
-        if self.output_dir is None:
-            self.output_dir = str(runs.stage_dir(self.run, "sft", self.runs_dir) / "checkpoints")
-        if self.run_name is None:
-            self.run_name = f"{self.run}-sft"
-        if self.bf16 is None:
-            self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        if configure_cpu_deepspeed():
-            self.accelerator_config = {**(self.accelerator_config or {}), "use_configured_state": True}
+        fill_training_defaults(self, "sft")
         super().__post_init__()
         if self.early_stopping_patience and not (self.load_best_model_at_end and self.eval_strategy != "no"):
             raise ValueError(
@@ -272,10 +265,8 @@ def main(config: SFTStageConfig) -> dict[str, Any]:
         metrics=metrics,
         inputs={"base_model": model_path, **data_inputs},
         outputs={"model": model_dir, "checkpoints": config.output_dir, "samples": stage.dir / "samples.jsonl"},
-        extra={"tracking": {"wandb_run_dir": tracker.wandb_run_dir, "report_to": tracker.backends}},
+        extra={"tracking": tracker.record},
     )
-    for note in tracker.notes:
-        print(note)
     tracker.finish()
     print(summary_line(summary))
     return summary

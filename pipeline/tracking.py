@@ -82,6 +82,11 @@ class Tracker:
     def wandb_run_dir(self) -> str | None:
         return str(Path(self._wandb.dir).parent) if self._wandb is not None else None
 
+    @property
+    def record(self) -> dict[str, Any]:
+        """Where the stage was tracked, for its summary.json."""
+        return {"wandb_run_dir": self.wandb_run_dir, "report_to": self.backends}
+
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
         if self._wandb is not None:
             self._wandb.log(metrics, step=step)
@@ -109,6 +114,9 @@ class Tracker:
             self._wandb.summary.update(metrics)
 
     def finish(self) -> None:
+        """Close the runs, after printing where to find them (the W&B URL, or how to upload an offline run)."""
+        for note in self.notes:
+            print(note)
         if self._wandb is not None:
             self._wandb.finish()
             self._wandb = None

@@ -244,8 +244,6 @@ def main(config: EvalConfig) -> dict[str, Any]:
         inputs={"sft_model": sft_path, "ppo_model": ppo_path, "reward_model": rm_path, "prompts": prompts_path},
         outputs={"report": report, "samples": stage.dir / "samples.jsonl"},
     )  # fmt: skip
-    for note in tracker.notes:
-        print(note)
     tracker.finish()
     gold = f" | gold {sft['summary']['gold_score']:.3f} -> {ppo['summary']['gold_score']:.3f}" if rubric else ""
     print(

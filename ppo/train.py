@@ -38,7 +38,7 @@ from trl.experimental.ppo import PPOConfig, PPOTrainer  # noqa: E402
 
 from pipeline import runs  # noqa: E402
 from pipeline.candidates import load_prompts  # noqa: E402
-from pipeline.distributed import configure_cpu_deepspeed, release_zero3_init  # noqa: E402
+from pipeline.distributed import fill_training_defaults, release_zero3_init  # noqa: E402
 from pipeline.models import lora_config, merge_adapter  # noqa: E402
 from pipeline.tracking import Tracker  # noqa: E402
 from ppo.rollout import PPOStepCallback, RolloutStats, ShapedRewardModel, instrument_generation  # noqa: E402
@@ -93,14 +93,7 @@ class PPOStageConfig(PPOConfig):
     save_strategy: str = "no"
 
     def __post_init__(self):
-        if self.output_dir is None:
-            self.output_dir = str(runs.stage_dir(self.run, "ppo", self.runs_dir) / "checkpoints")
-        if self.run_name is None:
-            self.run_name = f"{self.run}-ppo"
-        if self.bf16 is None:
-            self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        if configure_cpu_deepspeed():
-            self.accelerator_config = {**(self.accelerator_config or {}), "use_configured_state": True}
+        fill_training_defaults(self, "ppo")
         super().__post_init__()
         if self.adaptive_kl and self.target_kl <= 0:
             raise ValueError(f"target_kl must be positive with adaptive_kl, got {self.target_kl}.")
@@ -321,10 +314,8 @@ def main(config: PPOStageConfig) -> dict[str, Any]:
         config, metrics=metrics,
         inputs={"sft_model": sft_path, "reward_model": rm_path, "prompts": prompts_path},
         outputs={"model": model_dir, "history": stage.dir / "history.jsonl", "checkpoints": config.output_dir},
-        extra={"tracking": {"wandb_run_dir": tracker.wandb_run_dir, "report_to": tracker.backends}},
+        extra={"tracking": tracker.record},
     )  # fmt: skip
-    for note in tracker.notes:
-        print(note)
     tracker.finish()
     print(
         f"[ppo] done in {runs.format_duration(summary['wall_time_s'])} | {metrics['episodes']} episodes | "
@@ -351,7 +342,7 @@ def add_value_adapters(value_model, config: PPOStageConfig) -> None:
 
 def count_parameters(model: torch.nn.Module, trainable: bool = False) -> int:
     # Under ZeRO-3 a weight is partitioned as it loads: its full size is `ds_numel`.
-    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad or not trainable)
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if not trainable or p.requires_grad)
 
 
 def ppo_metrics(history: list[dict[str, float]]) -> dict[str, float]:

@@ -34,7 +34,7 @@ from trl import RewardConfig, RewardTrainer, TrlParser
 
 from pipeline import runs
 from pipeline.data import DataError, read_table
-from pipeline.distributed import configure_cpu_deepspeed, release_zero3_init
+from pipeline.distributed import fill_training_defaults, release_zero3_init
 from pipeline.models import lora_config
 from pipeline.tracking import Tracker
 from reward import data as rm_data
@@ -76,14 +76,7 @@ class RMStageConfig(RewardConfig):
     bf16: bool | None = field(default=None, metadata={"help": "Default: on when a GPU with bf16 support is present."})
 
     def __post_init__(self):
-        if self.output_dir is None:
-            self.output_dir = str(runs.stage_dir(self.run, "rm", self.runs_dir) / "checkpoints")
-        if self.run_name is None:
-            self.run_name = f"{self.run}-rm"
-        if self.bf16 is None:
-            self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        if configure_cpu_deepspeed():
-            self.accelerator_config = {**(self.accelerator_config or {}), "use_configured_state": True}
+        fill_training_defaults(self, "rm")
         super().__post_init__()
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}.")
@@ -437,10 +430,8 @@ def main(config: RMStageConfig) -> dict[str, Any]:
         inputs={"sft_model": model_path, "preferences": data_path},
         outputs={"model": model_dir, "reward_stats": stage.dir / "reward_stats.json",
                  "reward_histogram": stage.dir / "reward_histogram.png", "checkpoints": config.output_dir},
-        extra={"tracking": {"wandb_run_dir": tracker.wandb_run_dir, "report_to": tracker.backends}},
+        extra={"tracking": tracker.record},
     )  # fmt: skip
-    for note in tracker.notes:
-        print(note)
     tracker.finish()
     print(summary_line(summary))
     return summary
