@@ -407,3 +407,38 @@ class Workspace:
         modules and the datasets cache are warm for every later case, and a warm-up per case would cost minutes."""
         warmup, self.warmup = self.warmup, 0
         return {"repeats": self.repeats, "warmup": warmup}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A Llama's size: hidden width, layers, attention heads (as many key/value heads), MLP width."""
+
+    hidden: int
+    layers: int
+    heads: int
+    intermediate: int
+
+
+def random_llama(ws: Workspace, shape: Shape, max_positions: int = 2048) -> Path:
+    """A randomly initialised Llama of ``shape`` with the embedded tokenizer, built once per bench run."""
+    path = ws.work / "models" / f"llama-h{shape.hidden}-l{shape.layers}"
+    if (path / "config.json").exists():
+        return path
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(ws.model())
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=shape.hidden, intermediate_size=shape.intermediate,
+                         num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
+                         num_key_value_heads=shape.heads, max_position_embeddings=max_positions,
+                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id, bos_token_id=None)  # fmt: skip
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id, model.generation_config.pad_token_id = (
+        config.eos_token_id,
+        config.pad_token_id,
+    )
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

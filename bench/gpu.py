@@ -14,17 +14,17 @@ the table below by device name, or from BENCH_PEAK_TFLOPS.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from pathlib import Path
 
 from bench.core import (
     CaseResult,
     Comparison,
+    Shape,
     Workspace,
     accelerate_launch,
     check_target,
     compare,
     harness_cmd,
+    random_llama,
     read_ranks,
     run_process,
     run_rounds,
@@ -39,14 +39,6 @@ PEAK_TFLOPS = (("H100 PCIe", 756), ("H100", 989), ("H200", 989), ("H800", 989), 
                ("A800", 312), ("L40S", 362), ("L40", 181), ("A10G", 70), ("A10", 125), ("L4", 121))  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Shape:
-    hidden: int
-    layers: int
-    heads: int
-    intermediate: int
-
-
 MODEL_05B = Shape(hidden=1536, layers=18, heads=12, intermediate=4096)
 
 
@@ -57,31 +49,6 @@ def peak_flops(device_name: str) -> float | None:
         if name.lower() in device_name.lower():
             return tflops * 1e12
     return None
-
-
-def build_model(ws: Workspace, shape: Shape) -> Path:
-    """A random Llama of ``shape`` with the embedded tokenizer, saved once per bench run."""
-    path = ws.work / "models" / f"llama-h{shape.hidden}-l{shape.layers}"
-    if (path / "config.json").exists():
-        return path
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(ws.model())
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=shape.hidden, intermediate_size=shape.intermediate,
-                         num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
-                         num_key_value_heads=shape.heads, max_position_embeddings=2048, tie_word_embeddings=True,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                         bos_token_id=None)  # fmt: skip
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    model.generation_config.eos_token_id, model.generation_config.pad_token_id = (
-        config.eos_token_id,
-        config.pad_token_id,
-    )
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def flops_per_token(shape: Shape, vocab: int, mean_seq_len: float) -> float:
@@ -109,7 +76,7 @@ def measure(ws: Workspace, shape: Shape) -> CaseResult:
     gpus = torch.cuda.device_count()
     device = torch.cuda.get_device_name() if gpus else "cpu"
     peak = peak_flops(device) if gpus else None
-    model = build_model(ws, shape)
+    model = random_llama(ws, shape)
     steps, skip = (6, 2) if ws.quick else (20, 5)
     flags = training_flags(steps, batch_size=64 if gpus else 8, max_length=512, bf16=bool(gpus))
     result.settings = {"model": f"Llama {shape}", "device": device, "gpus": gpus, "peak_flops": peak,

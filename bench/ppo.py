@@ -18,10 +18,12 @@ from bench.core import (
     TARGET_VS_TRL,
     CaseResult,
     Comparison,
+    Shape,
     Workspace,
     accelerate_launch,
     compare,
     harness_cmd,
+    random_llama,
     read_ranks,
     run_process,
     run_rounds,
@@ -29,6 +31,8 @@ from bench.core import (
 )
 
 TARGET_LORA_MEMORY = ("<=", 0.7)
+# About 60M parameters: large enough that the models' own memory shows next to the runtime's.
+WIDE = Shape(hidden=768, layers=8, heads=12, intermediate=2048)
 
 
 def build_inputs(ws: Workspace, base: str) -> dict[str, Path]:
@@ -144,7 +148,7 @@ def run_lora(ws: Workspace) -> CaseResult:
     if ws.quick:
         runners = {"tiny": PPORunner(ws, "ppo_lora", ws.model(), 2, 1)}
     else:
-        runners = {"60m": PPORunner(ws, "ppo_lora", str(wide_model(ws)), 2, 1, batch=4, accumulation=1,
+        runners = {"60m": PPORunner(ws, "ppo_lora", str(random_llama(ws, WIDE, max_positions=1024)), 2, 1, batch=4, accumulation=1,
                                     response_length=16, ppo_epochs=1)}  # fmt: skip
     result.settings = {name: _settings(r, name) for name, r in runners.items()}
     lora = ["--use_lora", "true", "--lora_r", "16", "--lora_alpha", "32"]
@@ -163,31 +167,6 @@ def run_lora(ws: Workspace) -> CaseResult:
         "With LoRA the value model gets adapters too (value_lora, the default), its scalar head trained in full."
     )
     return result
-
-
-def wide_model(ws: Workspace) -> Path:
-    """A randomly initialised Llama of about 60M parameters with the embedded tokenizer, built once per run."""
-    path = ws.work / "models" / "llama-60m"
-    if (path / "config.json").exists():
-        return path
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tiny = ws.model()
-    tokenizer = AutoTokenizer.from_pretrained(tiny)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=768, intermediate_size=2048, num_hidden_layers=8,
-                         num_attention_heads=12, num_key_value_heads=12, max_position_embeddings=1024,
-                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id, bos_token_id=None)  # fmt: skip
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    model.generation_config.eos_token_id, model.generation_config.pad_token_id = (
-        config.eos_token_id,
-        config.pad_token_id,
-    )
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def run_zero(ws: Workspace) -> CaseResult:
