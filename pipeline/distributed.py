@@ -17,9 +17,9 @@ def threads_per_process(nproc: int) -> int:
     return max(1, len(os.sched_getaffinity(0)) // max(1, nproc))
 
 
-def fill_training_defaults(config, stage: str) -> None:
-    """What a training stage's config fills in before TRL validates it (``__post_init__``): checkpoints under
-    ``runs/<run>/<stage>/``, the tracking run's name, bf16 where the GPU has it, and gloo for DeepSpeed on CPU."""
+def fill_run_defaults(config, stage: str) -> None:
+    """What every training stage's config fills in before it is validated: checkpoints under
+    ``runs/<run>/<stage>/``, the tracking run's name, and bf16 where the GPU has it."""
     from pipeline import runs
 
     if config.output_dir is None:
@@ -30,6 +30,11 @@ def fill_training_defaults(config, stage: str) -> None:
         import torch
 
         config.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def fill_training_defaults(config, stage: str) -> None:
+    """``fill_run_defaults`` for a stage on transformers' Trainer, which also needs gloo for DeepSpeed on CPU."""
+    fill_run_defaults(config, stage)
     if configure_cpu_deepspeed():
         config.accelerator_config = {**(config.accelerator_config or {}), "use_configured_state": True}
 

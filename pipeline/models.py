@@ -1,4 +1,4 @@
-"""Model helpers shared by the stages: the LoRA config, and merging an adapter into a plain model."""
+"""Model helpers shared by the stages: the LoRA config, merging an adapter into a plain model, comparing tokenizers."""
 
 from __future__ import annotations
 
@@ -25,3 +25,24 @@ def merge_adapter(base_path: str | Path, adapter_dir: Path, out_dir: Path, token
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     merged.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+
+
+SPECIAL_TOKENS = ("bos_token", "eos_token", "pad_token", "unk_token")
+
+
+def tokenizer_differences(a, b, limit: int = 3) -> list[str]:
+    """What differs between two tokenizers in ways that change token ids; empty when they are interchangeable."""
+    differences = []
+    vocab_a, vocab_b = a.get_vocab(), b.get_vocab()
+    if len(vocab_a) != len(vocab_b):
+        differences.append(f"vocabulary size {len(vocab_a)} vs {len(vocab_b)}")
+    changed = sorted(token for token in vocab_a.keys() | vocab_b.keys() if vocab_a.get(token) != vocab_b.get(token))
+    if changed:
+        shown = ", ".join(f"{token!r} ({vocab_a.get(token)} vs {vocab_b.get(token)})" for token in changed[:limit])
+        differences.append(f"{len(changed)} tokens with different ids, e.g. {shown}")
+    for name in SPECIAL_TOKENS:
+        if getattr(a, name) != getattr(b, name):
+            differences.append(f"{name} {getattr(a, name)!r} vs {getattr(b, name)!r}")
+    if (a.chat_template or None) != (b.chat_template or None):
+        differences.append("chat templates differ")
+    return differences

@@ -16,14 +16,15 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import TrlParser
 
 from pipeline import runs
 from pipeline.candidates import load_prompts
+from pipeline.rubric import load_rubric
 from pipeline.tracking import Tracker
+from ppo import rewards
 from ppo.shaping import response_lengths
-from ppo.train import load_rubric
 
 
 @dataclass
@@ -52,8 +53,9 @@ def sequence_logprobs(model, sequences: torch.Tensor, context_length: int, pad_i
     attention = sequences != pad_id
     positions = (attention.cumsum(1) - 1).clamp(min=0)
     with torch.no_grad():
-        logits = model(input_ids=sequences.masked_fill(~attention, 0), attention_mask=attention,
-                       position_ids=positions).logits  # fmt: skip
+        logits = model(
+            input_ids=sequences.masked_fill(~attention, 0), attention_mask=attention, position_ids=positions
+        ).logits
     logits = logits[:, context_length - 1 : -1].float()
     targets = sequences[:, context_length:]
     token_logps = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
@@ -71,13 +73,22 @@ def sample_policy(model, tokenizer, prompts: list[list[dict]], config: EvalConfi
     out = []
     starts = range(0, len(prompts), config.batch_size)
     for start in tqdm(starts, desc=f"sampling {getattr(model, 'name_or_path', '')}".strip(), unit="batch"):
-        texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
-                 for p in prompts[start : start + config.batch_size]]  # fmt: skip
+        texts = [
+            tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+            for p in prompts[start : start + config.batch_size]
+        ]
         batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         torch.manual_seed(config.seed + start)
         with torch.no_grad():
-            seqs = model.generate(**batch, do_sample=True, temperature=config.temperature, top_k=0, top_p=1.0,
-                                  max_new_tokens=config.max_new_tokens, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+            seqs = model.generate(
+                **batch,
+                do_sample=True,
+                temperature=config.temperature,
+                top_k=0,
+                top_p=1.0,
+                max_new_tokens=config.max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+            )
         # Everything after the first EOS becomes padding, as the reward model and the KL estimate must see it.
         responses = seqs[:, batch["input_ids"].shape[1] :]
         lengths = response_lengths(responses, tokenizer.eos_token_id, tokenizer.pad_token_id)
@@ -87,20 +98,30 @@ def sample_policy(model, tokenizer, prompts: list[list[dict]], config: EvalConfi
     return out
 
 
-def reward_scores(reward_model, sequences: torch.Tensor, pad_id: int) -> list[float]:
-    attention = sequences != pad_id
-    with torch.no_grad():
-        logits = reward_model(input_ids=sequences.masked_fill(~attention, 0), attention_mask=attention).logits
-    return logits[:, 0].float().tolist()
+def reward_scores(
+    reward_model: rewards.RewardModel,
+    sequences: torch.Tensor,
+    context: int,
+    pad_id: int,
+    prompts: list[list[dict]],
+    texts: list[str],
+) -> list[float]:
+    return rewards.score_with(reward_model, sequences, pad_id, prompts, texts, context).tolist()
 
 
 def evaluate_policy(name: str, model, ref, reward_model, tokenizer, prompt_rows, config, rubric) -> dict[str, Any]:
     rows = []
-    for seqs, context in sample_policy(model, tokenizer, [r["prompt"] for r in prompt_rows], config):
+    prompts = [r["prompt"] for r in prompt_rows]
+    done = 0
+    for seqs, context in sample_policy(model, tokenizer, prompts, config):
         logp = sequence_logprobs(model, seqs, context, tokenizer.pad_token_id)
         ref_logp = sequence_logprobs(ref, seqs, context, tokenizer.pad_token_id)
-        scores = reward_scores(reward_model, seqs, tokenizer.pad_token_id)
         responses = seqs[:, context:]
+        texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+        scores = reward_scores(
+            reward_model, seqs, context, tokenizer.pad_token_id, prompts[done : done + len(seqs)], texts
+        )
+        done += len(seqs)
         lengths = response_lengths(responses, tokenizer.eos_token_id, tokenizer.pad_token_id)
         for i in range(len(seqs)):
             rows.append(
@@ -204,10 +225,6 @@ def main(config: EvalConfig) -> dict[str, Any]:
     sft_path = runs.stage_output(config.run, "sft", config.runs_dir, config.sft_model_path)
     ppo_path = runs.stage_output(config.run, "ppo", config.runs_dir, config.ppo_model_path)
     rm_path = runs.stage_output(config.run, "rm", config.runs_dir, config.reward_model_path)
-    from reward.compat import check_tokenizers_match
-
-    check_tokenizers_match(sft_path, rm_path)
-    check_tokenizers_match(sft_path, ppo_path)
     prompt_rows, prompts_path = load_prompts(config.prompts, config.runs_dir, config.num_prompts, "eval_prompts")
     rubric = load_rubric(
         config.rubric or ("pipeline.demo_data:house_style_score" if config.prompts == "demo" else None)
@@ -217,7 +234,8 @@ def main(config: EvalConfig) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(sft_path, padding_side="left")
     ref = AutoModelForCausalLM.from_pretrained(sft_path).to(device).eval()
     policy = AutoModelForCausalLM.from_pretrained(ppo_path).to(device).eval()
-    reward_model = AutoModelForSequenceClassification.from_pretrained(rm_path, num_labels=1).to(device).eval()
+    (reward_model,) = rewards.load_reward_models([rm_path], None, False, tokenizer, torch.float32)
+    reward_model.model.to(device)
 
     sft = evaluate_policy("sft", ref, ref, reward_model, tokenizer, prompt_rows, config, rubric)
     ppo = evaluate_policy("ppo", policy, ref, reward_model, tokenizer, prompt_rows, config, rubric)
@@ -236,14 +254,20 @@ def main(config: EvalConfig) -> dict[str, Any]:
     tracker = Tracker(config.report_to, config.run, "eval", stage.dir, runs.config_dict(config))
     flat = {f"{name}/{k}": v for name in ("sft", "ppo") for k, v in metrics[name].items()}
     tracker.log({**flat, "win_rate_ppo_vs_sft": metrics["win_rate_ppo_vs_sft"]})
-    tracker.log_table("samples", ["prompt_id", "sft", "sft_score", "ppo", "ppo_score"],
-                      [[a["prompt_id"], a["response"], a["score"], b["response"], b["score"]]
-                       for a, b in zip(sft["rows"], ppo["rows"], strict=True)][:32])  # fmt: skip
+    tracker.log_table(
+        "samples",
+        ["prompt_id", "sft", "sft_score", "ppo", "ppo_score"],
+        [
+            [a["prompt_id"], a["response"], a["score"], b["response"], b["score"]]
+            for a, b in zip(sft["rows"], ppo["rows"], strict=True)
+        ][:32],
+    )
     summary = stage.finish(
-        config, metrics=metrics,
+        config,
+        metrics=metrics,
         inputs={"sft_model": sft_path, "ppo_model": ppo_path, "reward_model": rm_path, "prompts": prompts_path},
         outputs={"report": report, "samples": stage.dir / "samples.jsonl"},
-    )  # fmt: skip
+    )
     tracker.finish()
     gold = f" | gold {sft['summary']['gold_score']:.3f} -> {ppo['summary']['gold_score']:.3f}" if rubric else ""
     print(

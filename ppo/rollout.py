@@ -1,162 +1,171 @@
-"""What PPO measures and shapes around TRL's rollout, without changing TRL's loop.
+"""Generation backends for the rollout phase: transformers' ``generate`` (default, CPU and GPU) and vLLM (GPU).
 
-TRL 1.12's ``PPOTrainer.train`` is one long loop with no hooks inside a step. Two thin wrappers give us what it lacks:
-- ``instrument_generation`` wraps the policy's ``generate``: generation time, response lengths, EOS rate, and the
-  gold rubric's score of each rollout (when a rubric is set);
-- ``ShapedRewardModel`` is the reward model as PPO sees it: scoring time, scores normalised with the reward model's
-  training statistics, minus an optional per-token length penalty.
-``PPOStepCallback`` turns these into per-step metrics, and updates the adaptive KL coefficient, which TRL reads from
-``args.kl_coef`` at every step.
+Both return, per prompt, the sampled response tokens; the HF backend also returns each token's log-probability
+under the sampling distribution (read off the logits it already computed), so the loop needs no extra forward.
+Sampling with the HF backend is seeded per response (``ppo.algorithm.gumbel_noise``): a response depends on its
+seed only, so one process and eight sample the same rollouts, and a resumed run samples what the uninterrupted one
+did.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import importlib.util
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from ppo.shaping import AdaptiveKLController, first_true, length_penalty, normalise_scores, response_lengths
-
-
-def _now() -> float:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter()
+from ppo.algorithm import gumbel_noise
 
 
-@dataclass
-class RolloutStats:
-    """Accumulates over one PPO step; read and reset by PPOStepCallback."""
+class GumbelSampler(LogitsProcessor):
+    """Turns greedy decoding into sampling from softmax(logits / T) with each row's own noise, and records the
+    log-probability of every token it picks."""
 
-    paused: bool = False
-    context_length: int = 0
-    generation_s: float = 0.0
-    scoring_s: float = 0.0
-    lengths: list[int] = field(default_factory=list)
-    eos: list[bool] = field(default_factory=list)
-    gold: list[float] = field(default_factory=list)
-    raw_scores: list[float] = field(default_factory=list)
+    def __init__(self, seeds: torch.Tensor, temperature: float, prompt_length: int):
+        self.seeds, self.temperature, self.prompt_length = seeds, temperature, prompt_length
+        self.logprobs: list[torch.Tensor] = []
 
-    def reset(self) -> None:
-        self.generation_s = self.scoring_s = 0.0
-        self.lengths, self.eos, self.gold, self.raw_scores = [], [], [], []
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        logits = scores.float() / self.temperature
+        noise = gumbel_noise(self.seeds, input_ids.shape[1] - self.prompt_length, logits.shape[-1])
+        chosen = (logits + noise.to(logits.device)).argmax(dim=-1, keepdim=True)
+        self.logprobs.append((logits.gather(-1, chosen) - torch.logsumexp(logits, -1, keepdim=True)).squeeze(-1))
+        return torch.full_like(scores, float("-inf")).scatter_(1, chosen, 0.0)
 
 
-def instrument_generation(policy: torch.nn.Module, stats: RolloutStats, tokenizer,
-                          rubric: Callable[[str, str], float] | None = None) -> None:  # fmt: skip
-    """Wrap ``policy.generate`` (an instance attribute, so TRL's calls go through it)."""
-    inner = policy.generate
-
-    def generate(*args, **kwargs):
-        start = _now()
-        output = inner(*args, **kwargs)
-        if stats.paused:
-            return output
-        stats.generation_s += _now() - start
-        queries = kwargs["input_ids"]
-        stats.context_length = queries.shape[1]
-        sequences = output.sequences if hasattr(output, "sequences") else output
-        responses = sequences[:, queries.shape[1] :]
-        lengths = response_lengths(responses, tokenizer.eos_token_id, tokenizer.pad_token_id)
-        stats.lengths += lengths.tolist()
-        stats.eos += (responses == tokenizer.eos_token_id).any(dim=1).tolist()
-        if rubric is not None:
-            prompts = tokenizer.batch_decode(queries, skip_special_tokens=True)
-            texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
-            stats.gold += [rubric(p, r) for p, r in zip(prompts, texts, strict=True)]
-        return output
-
-    policy.generate = generate
+@contextmanager
+def generation_config(model, config: GenerationConfig):
+    """Generate with exactly ``config``: the model's own generation_config.json (a hub model's top_k, repetition
+    penalty, ...) would otherwise add its processors and change the distribution PPO's ratio assumes."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    saved = base.generation_config
+    base.generation_config = config
+    try:
+        yield
+    finally:
+        base.generation_config = saved
 
 
-class _Backbone(torch.nn.Module):
-    """The reward model's transformer, timed, remembering each sequence's response length for the penalty."""
-
-    def __init__(self, backbone: torch.nn.Module, stats: RolloutStats):
-        super().__init__()
-        self.inner = backbone
-        self.stats = stats
-        self.response_lengths: torch.Tensor | None = None
-
-    def forward(self, input_ids, attention_mask, **kwargs):
-        start = _now()
-        # TRL left-pads every query to the rollout's context length, so the response is what follows it; it reads
-        # the reward at the token before the response's first pad (attention_mask is input_ids != pad).
-        self.response_lengths = first_true(attention_mask[:, self.stats.context_length :] == 0)
-        output = self.inner(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        if not self.stats.paused:
-            self.stats.scoring_s += _now() - start
-        return output
-
-
-class ShapedRewardModel(torch.nn.Module):
-    """Looks to TRL's ``get_reward`` like a sequence-classification model (``base_model_prefix`` + ``score``)."""
-
-    base_model_prefix = "backbone"
-
-    def __init__(self, reward_model: torch.nn.Module, mean: float, std: float, length_penalty_coef: float,
-                 stats: RolloutStats):  # fmt: skip
-        super().__init__()
-        self.backbone = _Backbone(getattr(reward_model, reward_model.base_model_prefix), stats)
-        self.head = reward_model.score
-        self.config = reward_model.config
-        self.mean, self.std, self.length_penalty_coef = mean, std, length_penalty_coef
-        self.stats = stats
-
-    def score(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        raw = self.head(hidden_states)
-        if not self.stats.paused:
-            # Remember the raw values at the position TRL reads the score from, for logging.
-            last = self.stats.context_length + self.backbone.response_lengths - 1
-            picked = raw[torch.arange(raw.shape[0], device=raw.device), last.to(raw.device), 0]
-            self.stats.raw_scores += picked.detach().float().tolist()
-        shaped = normalise_scores(raw, self.mean, self.std)
-        if self.length_penalty_coef:
-            penalty = length_penalty(self.backbone.response_lengths, self.length_penalty_coef)
-            shaped = shaped - penalty.to(shaped.dtype)[:, None, None]
-        return shaped
-
-
-class PPOStepCallback(TrainerCallback):
-    """Per-step timings, rollout statistics and the KL coefficient, added to TRL's logs; the adaptive KL update."""
-
-    def __init__(self, stats: RolloutStats, kl: AdaptiveKLController | None):
-        self.stats = stats
-        self.kl = kl
-        self.step_start = _now()
-        self.history: list[dict[str, float]] = []
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.step_start = _now()
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is None or "objective/kl" not in logs:
-            return
-        step_s = _now() - self.step_start
-        s = self.stats
-        extra = {
-            "timing/step_s": step_s,
-            "timing/generation_s": s.generation_s,
-            "timing/scoring_s": s.scoring_s,
-            # Everything else in the step: reference and value forwards, advantages, the PPO epochs.
-            "timing/optimisation_s": max(step_s - s.generation_s - s.scoring_s, 0.0),
-            "rollout/response_length": sum(s.lengths) / max(len(s.lengths), 1),
-            "rollout/eos_rate": sum(s.eos) / max(len(s.eos), 1),
-            "rollout/raw_score": sum(s.raw_scores) / max(len(s.raw_scores), 1),
-            "objective/kl_coef": args.kl_coef,
-        }
-        if s.gold:
-            extra["rollout/gold_score"] = sum(s.gold) / len(s.gold)
-        logs.update(extra)  # the same dict the reporting callbacks log next
-        self.history.append(
-            {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, float | int)}}
+@torch.no_grad()
+def hf_generate(
+    policy,
+    queries: torch.Tensor,
+    seeds: torch.Tensor,
+    *,
+    pad_token_id: int,
+    stop_token_id: int | None,
+    max_new_tokens: int,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Responses ``[B, n]`` (n <= max_new_tokens: generation stops once every row has ended) and their log-probs."""
+    attention = queries != pad_token_id
+    sampler = GumbelSampler(seeds, temperature, queries.shape[1])
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=stop_token_id,
+        pad_token_id=pad_token_id,
+        top_k=None,
+        top_p=None,
+        temperature=None,
+    )
+    with generation_config(policy, config):
+        sequences = policy.generate(
+            input_ids=queries.masked_fill(~attention, 0),
+            attention_mask=attention.long(),
+            logits_processor=LogitsProcessorList([sampler]),
         )
-        if self.kl is not None:
-            args.kl_coef = self.kl.update(logs["objective/kl"], n_steps=args.batch_size)
-        s.reset()
+    responses = sequences[:, queries.shape[1] :]
+    return responses, torch.stack(sampler.logprobs, dim=1)[:, : responses.shape[1]]
 
-    def on_step_end(self, args, state, control, **kwargs):
-        self.step_start = _now()
+
+def check_vllm_available() -> None:
+    """vLLM needs a CUDA GPU and the optional extra; say so before any model loads."""
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            "generation_backend: vllm needs a CUDA GPU, and none is visible here. Use generation_backend: hf "
+            "(transformers generate, the default), or run on a GPU machine."
+        )
+    if importlib.util.find_spec("vllm") is None:
+        raise RuntimeError(
+            "generation_backend: vllm needs the vllm package: `pip install -e .[vllm]` (see the README's PPO "
+            "section for the versions that match this torch), or use generation_backend: hf."
+        )
+
+
+class VLLMGenerator:
+    """vLLM colocated with the trainer on the same GPU, one engine per process.
+
+    After each update the policy's weights are pushed into the engine; with LoRA only the adapter is saved and handed
+    to vLLM as a new LoRA request, which costs megabytes instead of the whole model.
+    """
+
+    def __init__(self, model_path: str, tokenizer, config, use_lora: bool, seed: int):
+        from vllm import LLM
+
+        self.use_lora, self.tokenizer, self.config = use_lora, tokenizer, config
+        self.llm = LLM(
+            model=str(model_path),
+            gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+            seed=seed,
+            max_model_len=config.max_prompt_length + config.response_length,
+            enable_lora=use_lora,
+            max_lora_rank=config.lora_r if use_lora else 16,
+            distributed_executor_backend="external_launcher",
+            enable_prefix_caching=True,
+        )
+        self.adapter_dir = Path(tempfile.mkdtemp(prefix="ppo-adapter-"))
+        self.version = 0
+
+    def push(self, policy) -> None:
+        """The policy's current weights into the engine (``policy``: unwrapped, gathered under ZeRO-3)."""
+        self.version += 1
+        if self.use_lora:
+            policy.save_pretrained(self.adapter_dir / str(self.version))
+            return
+        engine_model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
+        for name, param in policy.state_dict().items():
+            engine_model.load_weights([(name, param)])
+        self.llm.reset_prefix_cache()
+
+    def generate(
+        self, queries: torch.Tensor, seeds: torch.Tensor, pad_token_id: int, stop_token_id: int | None
+    ) -> torch.Tensor:
+        from vllm import SamplingParams, TokensPrompt
+        from vllm.lora.request import LoRARequest
+
+        prompts = [TokensPrompt(prompt_token_ids=row[row != pad_token_id].tolist()) for row in queries]
+        params = [
+            SamplingParams(
+                temperature=self.config.temperature,
+                top_k=-1,
+                top_p=1.0,
+                seed=int(s),
+                max_tokens=self.config.response_length,
+                stop_token_ids=[stop_token_id] if stop_token_id is not None else None,
+                ignore_eos=stop_token_id is None,
+            )
+            for s in seeds
+        ]
+        lora = LoRARequest(f"policy-{self.version}", self.version, str(self.adapter_dir / str(self.version)))
+        outputs = self.llm.generate(prompts, params, lora_request=lora if self.use_lora else None, use_tqdm=False)
+        tokens = [list(o.outputs[0].token_ids) for o in outputs]
+        width = max(len(t) for t in tokens)
+        out = torch.full((len(tokens), width), pad_token_id, dtype=torch.long)
+        for i, t in enumerate(tokens):
+            out[i, : len(t)] = torch.tensor(t)
+        return out.to(queries.device)
+
+
+def truncate_after_stop(responses: torch.Tensor, stop_token_id: int | None, pad_token_id: int) -> torch.Tensor:
+    """Everything after the first stop token becomes padding (the stop token itself stays)."""
+    if stop_token_id is None:
+        return responses
+    from ppo.shaping import first_true
+
+    stop = first_true(responses == stop_token_id)
+    after = torch.arange(responses.shape[1], device=responses.device)[None, :] > stop[:, None]
+    return responses.masked_fill(after, pad_token_id)

@@ -1,4 +1,4 @@
-"""Reward shaping and the KL controller: small pure functions, checked by hand in tests/test_ppo_shaping.py."""
+"""Reward shaping and the KL coefficient: small pure functions, checked by hand in tests/test_ppo_shaping.py."""
 
 from __future__ import annotations
 
@@ -26,10 +26,13 @@ def first_true(mask: torch.Tensor) -> torch.Tensor:
 def response_lengths(responses: torch.Tensor, eos_token_id: int, pad_token_id: int) -> torch.Tensor:
     """Tokens in each response as TRL scores it: up to and including the first EOS, and before the first pad token.
 
-    TRL truncates a response after its first EOS, pads the rest, and reads the reward at the token before the first
-    pad; a pad token the policy generated itself therefore ends the response too.
+    A response is truncated after its first EOS and padded; a pad token the policy generated itself therefore ends the
+    response too. Where the pad token is the EOS token, the first one is the response's EOS.
     """
-    return torch.minimum(first_true(responses == eos_token_id) + 1, first_true(responses == pad_token_id))
+    ends = first_true(responses == eos_token_id) + 1
+    if eos_token_id == pad_token_id:
+        return ends.clamp(max=responses.shape[1])
+    return torch.minimum(ends, first_true(responses == pad_token_id))
 
 
 @dataclass
@@ -44,8 +47,16 @@ class AdaptiveKLController:
     value: float
     target: float
     horizon: float
+    adaptive: bool = True  # False: a fixed coefficient, update() leaves it as it is
 
     def update(self, kl: float, n_steps: int = 1) -> float:
-        proportional_error = min(max(kl / self.target - 1.0, -0.2), 0.2)
-        self.value *= 1.0 + proportional_error * n_steps / self.horizon
+        if self.adaptive:
+            proportional_error = min(max(kl / self.target - 1.0, -0.2), 0.2)
+            self.value *= 1.0 + proportional_error * n_steps / self.horizon
         return self.value
+
+    def state_dict(self) -> dict[str, float]:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.value = state["value"]

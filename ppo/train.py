@@ -1,48 +1,62 @@
 """Stage 4, PPO: ``make ppo`` (``accelerate launch -m ppo.train --config configs/ppo.yaml``).
 
-TRL's PPOTrainer optimises the policy (from the run's SFT model) against the reward model (from the run's RM stage),
-with the value model initialised from the reward model. Rewards are normalised with the reward model's training
-statistics, responses without EOS are penalised, an optional per-token length penalty applies, and the KL coefficient
-is fixed or adapts toward a target KL. Writes ``runs/<run>/ppo/``: ``model/`` (loads with AutoModelForCausalLM; LoRA
-merged unless ``merge_lora: false``), ``checkpoints/``, ``history.jsonl`` (per-step metrics), config.yaml and
-summary.json.
+The policy (from the run's SFT model) is optimised against one or more reward models, with a critic initialised from
+the reward model, a per-token KL penalty to the reference (the SFT model, or the policy with its LoRA adapter off),
+GAE and PPO's clipped losses. Each step: generate rollouts; score them; compute reference log-probs and values;
+rewards and advantages; PPO epochs over mini-batches. The math is in ``ppo/algorithm.py``; this file is the recipe.
+Checked against TRL 1.12's PPOTrainer on the same work (``make bench``, case ``ppo``; see the README).
 
-Resume (``RESUME=1``) restores, from the latest checkpoint: policy and value weights, optimizer state, the learning
-rate schedule's position, the step and episode counters, the KL coefficient and the RNG states. The prompt order is
-reshuffled rather than replayed, since TRL's loop has no way to skip batches.
+Writes ``runs/<run>/ppo/``: ``model/`` (loads with AutoModelForCausalLM; LoRA merged unless ``merge_lora: false``),
+``checkpoints/`` (resume with ``RESUME=1``: the same prompts, samples and updates as an uninterrupted run),
+``history.jsonl`` (every step since the run began, across resumes), config.yaml and summary.json.
 """
 
 from __future__ import annotations
 
 import gc
-import json
-import os
-import shutil
+import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, get_scheduler
+from trl import TrlParser
 
-import torch  # noqa: E402
-from accelerate import PartialState  # noqa: E402
-from datasets import Dataset  # noqa: E402
-from transformers import (  # noqa: E402
-    AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    TrainerCallback,  # noqa: E402
+from pipeline import runs
+from pipeline.candidates import load_prompts
+from pipeline.distributed import configure_cpu_deepspeed, release_zero3_init
+from pipeline.models import lora_config, merge_adapter
+from pipeline.rubric import load_rubric
+from pipeline.tracking import Tracker
+from ppo import checkpoint, rewards
+from ppo.algorithm import (
+    entropy_from_logits,
+    gae,
+    gathered_logprobs,
+    kl_per_token,
+    policy_loss,
+    token_rewards,
+    value_loss,
+    whiten,
+    whitening_sums,
 )
-from trl import TrlParser  # noqa: E402
-from trl.experimental.ppo import PPOConfig, PPOTrainer  # noqa: E402
-
-from pipeline import runs  # noqa: E402
-from pipeline.candidates import load_prompts  # noqa: E402
-from pipeline.distributed import fill_training_defaults, release_zero3_init  # noqa: E402
-from pipeline.models import lora_config, merge_adapter  # noqa: E402
-from pipeline.tracking import Tracker  # noqa: E402
-from ppo.rollout import PPOStepCallback, RolloutStats, ShapedRewardModel, instrument_generation  # noqa: E402
-from ppo.shaping import AdaptiveKLController  # noqa: E402
+from ppo.config import PPOStageConfig
+from ppo.data import PromptOrder, left_pad, sample_seeds, tokenize_prompts
+from ppo.models import (
+    PolicyAndValue,
+    add_value_adapters,
+    count_parameters,
+    disable_dropout,
+    optimizer_groups,
+    response_logits,
+    response_values,
+)
+from ppo.rollout import VLLMGenerator, check_vllm_available, hf_generate, truncate_after_stop
+from ppo.shaping import AdaptiveKLController, first_true, length_penalty, response_lengths
 
 OOM_ADVICE = (
     "Out of memory. To use less: LoRA (--use_lora true: no separate reference model), ZeRO-3 (make ppo ZERO=3), "
@@ -52,297 +66,669 @@ OOM_ADVICE = (
 
 
 @dataclass
-class PPOStageConfig(PPOConfig):
-    """Everything TRL's ``PPOConfig`` takes, plus the stage's own settings below."""
+class Models:
+    """Everything the loop computes with; ``model`` is the trained policy + critic (prepared by accelerate)."""
 
-    run: str = field(default=runs.DEFAULT_RUN, metadata={"help": "Run name: outputs go to <runs_dir>/<run>/ppo/."})
-    runs_dir: str = "runs"
-    sft_model_path: str | None = field(default=None, metadata={"help": "Policy and reference; default: run's SFT."})
-    reward_model_path: str | None = field(default=None, metadata={"help": "Default: the run's RM output."})
-    reward_stats: str | None = field(default=None, metadata={"help": "Default: reward_stats.json beside the RM."})
-    prompts: str = field(default="demo", metadata={"help": "'demo' (the prompt pool) or a file with 'prompt'."})
-    num_prompts: int | None = None
-    eval_prompts: int = field(default=16, metadata={"help": "Prompts held out from training for sample tables."})
-    max_prompt_length: int = field(default=256, metadata={"help": "Longer prompts are dropped (and counted)."})
-    normalize_rewards: bool = field(default=True, metadata={"help": "Scale scores by the RM's training mean/std."})
-    length_penalty: float = field(default=0.0, metadata={"help": "Subtracted from the score per response token."})
-    adaptive_kl: bool = field(default=False, metadata={"help": "Adapt kl_coef toward target_kl (Ziegler et al.)."})
-    target_kl: float = 6.0
-    kl_horizon: float = 10000.0
-    rubric: str | None = field(
-        default=None, metadata={"help": "module:function gold score logged per step; default with demo prompts."}
-    )
-    use_lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_target_modules: str = "all-linear"
-    merge_lora: bool = field(default=True, metadata={"help": "Save the policy with the adapter merged in."})
-    value_lora: bool = field(
-        default=True, metadata={"help": "With use_lora: adapters in the value model too (its scalar head trained in "
-                                "full); false trains the value model in full."}
-    )  # fmt: skip
-    checkpoint_steps: int = field(default=10, metadata={"help": "Save a resumable checkpoint every N steps (0: off)."})
-    checkpoints_to_keep: int = 2
-    resume: bool = field(default=False, metadata={"help": "Continue from the latest checkpoint of this run."})
-    report_to: str | None = field(default="wandb", metadata={"help": "wandb (offline without a key), trackio, none."})
-    bf16: bool | None = field(default=None, metadata={"help": "Default: on when a GPU with bf16 support is present."})
-    gradient_checkpointing: bool = False
-    stop_token: str | None = "eos"
-    # TRL's own checkpointing saves through a path that fails under ZeRO-3; checkpoint_steps replaces it.
-    save_strategy: str = "no"
-
-    def __post_init__(self):
-        fill_training_defaults(self, "ppo")
-        super().__post_init__()
-        if self.adaptive_kl and self.target_kl <= 0:
-            raise ValueError(f"target_kl must be positive with adaptive_kl, got {self.target_kl}.")
-        if self.length_penalty < 0:
-            raise ValueError("length_penalty is subtracted per token: give a value >= 0.")
-        if self.total_episodes is None:
-            raise ValueError("Set total_episodes (rollouts to train on), e.g. total_episodes: 1024.")
+    model: torch.nn.Module
+    ref: torch.nn.Module | None  # None with LoRA: the policy with its adapter disabled
+    reward_models: list[rewards.RewardModel]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    kl: AdaptiveKLController
+    generator: VLLMGenerator | None
+    parameters: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
-class StagePPOTrainer(PPOTrainer):
-    """TRL's PPOTrainer with a learning-rate schedule that survives resume, and sample tables kept out of the stats."""
+@dataclass
+class Batch:
+    """One process's rollouts of a step, and everything computed from them (``[B, R]`` unless noted)."""
 
-    def __init__(self, *args, schedule_steps: int, rollout_stats: RolloutStats, **kwargs):
-        self._schedule_steps, self.rollout_stats = schedule_steps, rollout_stats
-        super().__init__(*args, **kwargs)
-
-    def create_optimizer_and_scheduler(self, num_training_steps: int):
-        # On resume TRL is given only the remaining episodes; the schedule must still span the whole run.
-        super().create_optimizer_and_scheduler(num_training_steps=self._schedule_steps)
-
-    def create_optimizer(self):
-        optimizer = super().create_optimizer()
-        # With adapters in both models no trainable weight is exempt from weight decay, so that group is empty;
-        # DeepSpeed drops empty groups and the scheduler, made for both, then fails at its first step.
-        optimizer.param_groups[:] = [group for group in optimizer.param_groups if group["params"]]
-        return optimizer
-
-    def generate_completions(self, sampling: bool = False):
-        self.rollout_stats.paused = True
-        try:
-            super().generate_completions(sampling=sampling)
-        finally:
-            self.rollout_stats.paused = False
+    rows: list[dict]
+    queries: torch.Tensor  # [B, Q], left-padded
+    responses: torch.Tensor  # truncated after the stop token, right-padded
+    logprobs: torch.Tensor
+    mask: torch.Tensor
+    lengths: torch.Tensor  # [B]
+    texts: list[str] = field(default_factory=list)
+    ref_logprobs: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    scores: torch.Tensor | None = None  # [B], what PPO optimises
+    member_scores: torch.Tensor | None = None  # [M, B], normalised, one row per reward model
+    raw_scores: torch.Tensor | None = None  # [M, B]
+    advantages: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
+    kl: torch.Tensor | None = None
+    non_score: torch.Tensor | None = None
 
 
-class CheckpointCallback(TrainerCallback):
-    """Every ``checkpoint_steps``: model and optimizer (accelerate's state), schedule, counters and KL coefficient."""
+class Timer:
+    """Seconds per phase of the step, as verl's ``marked_timer`` keeps them (GPU work included: it synchronises)."""
 
-    def __init__(self, trainer: StagePPOTrainer, config: PPOStageConfig):
-        self.trainer, self.config = trainer, config
+    def __init__(self):
+        self.spent: dict[str, float] = {}
 
-    def on_step_end(self, args, state, control, **kwargs):
-        every = self.config.checkpoint_steps
-        if every and state.global_step % every == 0:
-            save_checkpoint(self.trainer, Path(self.config.output_dir) / f"checkpoint-{state.global_step}", state)
-            if self.trainer.accelerator.is_main_process:
-                for old in list_checkpoints(self.config.output_dir)[: -self.config.checkpoints_to_keep]:
-                    shutil.rmtree(old, ignore_errors=True)
-
-
-class ResumeCallback(TrainerCallback):
-    """TRL resets the counters when training starts; put back the checkpoint's."""
-
-    def __init__(self, meta: dict[str, Any]):
-        self.meta = meta
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        state.global_step, state.episode = self.meta["global_step"], self.meta["episode"]
-
-
-def save_checkpoint(trainer: StagePPOTrainer, path: Path, state) -> None:
-    trainer.accelerator.save_state(str(path / "accelerate"))  # every rank: ZeRO shards, optimizer, RNG
-    if trainer.accelerator.is_main_process:
-        torch.save(trainer.lr_scheduler.state_dict(), path / "scheduler.pt")
-        meta = {"global_step": state.global_step, "episode": state.episode, "kl_coef": trainer.args.kl_coef}
-        runs.write_json(path / "meta.json", meta)
-    trainer.accelerator.wait_for_everyone()
-
-
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints (meta.json is written last), oldest first."""
-    found = [p for p in Path(output_dir).glob("checkpoint-*") if (p / "meta.json").exists()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
-def load_rubric(spec: str | None):
-    if not spec:
-        return None
-    import importlib
-
-    module, _, name = spec.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def tokenize_prompts(rows: list[dict], tokenizer, max_length: int) -> tuple[Dataset, int]:
-    ids = [tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False)
-           for r in rows]  # fmt: skip
-    kept = [i for i in ids if len(i) <= max_length]
-    return Dataset.from_dict({"input_ids": kept}), len(ids) - len(kept)
-
-
-def read_reward_stats(config: PPOStageConfig, rm_path: Path) -> dict[str, float]:
-    candidates = [Path(config.reward_stats)] if config.reward_stats else [rm_path / "reward_stats.json",
-                                                                          rm_path.parent / "reward_stats.json"]  # fmt: skip
-    for path in candidates:
-        if path.exists():
-            return json.loads(path.read_text())
-    if config.normalize_rewards:
-        raise FileNotFoundError(
-            f"normalize_rewards needs the reward model's training statistics, looked in: {[str(p) for p in candidates]}. "
-            "Give --reward_stats PATH, or --normalize_rewards false."
-        )
-    return {"mean": 0.0, "std": 1.0}
+    @contextmanager
+    def __call__(self, name: str):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        yield
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.spent[name] = self.spent.get(name, 0.0) + time.perf_counter() - start
 
 
 def main(config: PPOStageConfig) -> dict[str, Any]:
-    state = PartialState()
+    configure_cpu_deepspeed()  # gloo for DeepSpeed on CPU, before accelerate picks a backend
+    accelerator = Accelerator(
+        gradient_accumulation_steps=config.micro_batches_per_mini_batch,
+        mixed_precision="bf16" if config.bf16 else "no",
+    )
     stage = runs.StageRun("ppo", config.run, config.runs_dir)
+    set_seed(config.seed)
 
-    # step 1. inputs: policy/reference (SFT), reward model, its statistics, prompts; tokenizers must match.
+    # step 1. inputs: the policy (SFT), the reward models and their statistics, the prompts.
     sft_path = runs.stage_output(config.run, "sft", config.runs_dir, config.sft_model_path)
-    rm_path = runs.stage_output(config.run, "rm", config.runs_dir, config.reward_model_path)
-    from reward.compat import check_tokenizers_match
-
-    check_tokenizers_match(sft_path, rm_path)
-    stats_file = read_reward_stats(config, rm_path)
+    rm_paths = [runs.stage_output(config.run, "rm", config.runs_dir, p) for p in config.reward_model_path or [None]]
+    if config.generation_backend == "vllm":
+        check_vllm_available()
     tokenizer = AutoTokenizer.from_pretrained(sft_path, padding_side="left")
-    with state.main_process_first():
+    with accelerator.main_process_first():
         rows, prompts_path = load_prompts(config.prompts, config.runs_dir, config.num_prompts)
-    train_rows, eval_rows = rows[config.eval_prompts :], rows[: config.eval_prompts]
-    train_dataset, dropped = tokenize_prompts(train_rows, tokenizer, config.max_prompt_length)
-    eval_dataset, _ = tokenize_prompts(eval_rows, tokenizer, config.max_prompt_length)
-    rubric = load_rubric(
-        config.rubric or ("pipeline.demo_data:house_style_score" if config.prompts == "demo" else None)
-    )
+    train_rows, train_ids, dropped = tokenize_prompts(rows[config.eval_prompts :], tokenizer, config.max_prompt_length)
+    eval_rows, eval_ids, _ = tokenize_prompts(rows[: config.eval_prompts], tokenizer, config.max_prompt_length)
+    order = PromptOrder(len(train_rows), config.seed)
+    rubric = load_rubric(config.rubric)
+    models = build_models(config, accelerator, sft_path, rm_paths, tokenizer)
 
-    policy = AutoModelForCausalLM.from_pretrained(sft_path)
-    ref_policy = None if config.use_lora else AutoModelForCausalLM.from_pretrained(sft_path)
-    value_model = AutoModelForSequenceClassification.from_pretrained(rm_path, num_labels=1)
-    rollout_stats = RolloutStats()
-    mean, std = (stats_file["mean"], stats_file["std"]) if config.normalize_rewards else (0.0, 1.0)
-    reward_model = ShapedRewardModel(
-        AutoModelForSequenceClassification.from_pretrained(rm_path, num_labels=1), mean, std,
-        config.length_penalty, rollout_stats,
-    )  # fmt: skip
-    peft_config = None
-    if config.use_lora:
-        peft_config = lora_config(config.lora_r, config.lora_alpha, config.lora_dropout,
-                                  config.lora_target_modules, "CAUSAL_LM")  # fmt: skip
-        if config.value_lora:
-            add_value_adapters(value_model, config)
-    parameters = {"policy_parameters": count_parameters(policy), "value_parameters": count_parameters(value_model),
-                  "value_trainable_parameters": count_parameters(value_model, trainable=True)}  # fmt: skip
-
-    # step 2. resume: train only the remaining episodes, on the whole run's learning-rate schedule.
-    total_episodes = config.total_episodes
-    checkpoint = None
+    # step 2. resume: the latest checkpoint's weights, optimizer, schedule, KL coefficient and history.
+    start_step, episode, history, resumed_at = 0, 0, [], []
     if config.resume:
-        found = list_checkpoints(config.output_dir)
-        if not found:
-            raise FileNotFoundError(
-                f"resume: no checkpoint in {config.output_dir}. Run without RESUME=1 to start anew."
-            )
-        checkpoint = found[-1]
-    tracker = Tracker(config.report_to, config.run, "ppo", stage.dir, runs.config_dict(config), state.is_main_process)
-    meta = json.loads((checkpoint / "meta.json").read_text()) if checkpoint else None
-    world_batch = config.per_device_train_batch_size * config.gradient_accumulation_steps * state.num_processes
-    schedule_steps = -(-total_episodes // world_batch)
-    if meta:
-        config.total_episodes = max(total_episodes - meta["episode"], world_batch)
-        config.kl_coef = meta["kl_coef"]
-
-    trainer = StagePPOTrainer(
-        args=config, processing_class=tokenizer, model=policy, ref_model=ref_policy, reward_model=reward_model,
-        value_model=value_model, train_dataset=train_dataset, eval_dataset=eval_dataset, peft_config=peft_config,
-        schedule_steps=schedule_steps, rollout_stats=rollout_stats,
-    )  # fmt: skip
-    instrument_generation(trainer.accelerator.unwrap_model(trainer.model).policy, rollout_stats, tokenizer, rubric)
-    kl_controller = (
-        AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon) if config.adaptive_kl else None
+        path, meta, history = checkpoint.latest(config)
+        accelerator.load_state(str(path / "accelerate"))
+        start_step, episode, resumed_at = (
+            meta["global_step"],
+            meta["episode"],
+            [*meta["resumed_at"], meta["global_step"]],
+        )
+        history = history[:start_step]
+        accelerator.print(f"[ppo] resuming from {path} at step {start_step}, episode {episode}")
+    tracker = Tracker(
+        config.report_to, config.run, "ppo", stage.dir, runs.config_dict(config), accelerator.is_main_process
     )
-    step_callback = PPOStepCallback(rollout_stats, kl_controller)
-    # First, so the metrics it adds are in the dict when the W&B/trackio callbacks log it.
-    trainer.callback_handler.callbacks.insert(0, step_callback)
-    trainer.add_callback(CheckpointCallback(trainer, config))
-    if checkpoint:
-        trainer.accelerator.load_state(str(checkpoint / "accelerate"))
-        trainer.lr_scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt"))
-        trainer.add_callback(ResumeCallback(meta))
-        if state.is_main_process:
-            print(f"[ppo] resuming from {checkpoint} at step {meta['global_step']}, episode {meta['episode']}")
 
-    # step 3. train.
+    # step 3. train: each step generates, scores and learns from world x local_batch_size rollouts.
+    world_batch = config.local_batch_size * accelerator.num_processes
+    num_steps = -(-config.total_episodes // world_batch)
+    sample_every = max(1, num_steps // config.num_sample_generations) if config.num_sample_generations else 0
+    started = time.perf_counter()
+    progress = tqdm_steps(accelerator, start_step, num_steps)
     try:
-        trainer.train()
+        for step in range(start_step, num_steps):
+            timer = Timer()
+            with timer("step"):
+                positions = order.positions(
+                    step, accelerator.process_index, accelerator.num_processes, config.local_batch_size
+                )
+                batch_rows = [train_rows[order.prompt_at(p)] for p in positions]
+                batch_ids = [train_ids[order.prompt_at(p)] for p in positions]
+                batch = rollout(
+                    config,
+                    accelerator,
+                    models,
+                    tokenizer,
+                    batch_rows,
+                    batch_ids,
+                    sample_seeds(config.seed, positions),
+                    timer,
+                )
+                with timer("advantages"):
+                    compute_advantages(config, accelerator, models.kl.value, batch)
+                with timer("optimisation"):
+                    stats = optimise(config, accelerator, models, batch, tokenizer.pad_token_id, step)
+                models.scheduler.step()
+            episode += world_batch
+            metrics = step_metrics(config, accelerator, models, batch, stats, timer, rubric, tokenizer)
+            metrics.update(
+                episode=episode,
+                lr=models.scheduler.get_last_lr()[0],
+                elapsed_s=time.perf_counter() - started,
+                eps=episode / max(time.perf_counter() - started, 1e-9),
+            )
+            models.kl.update(metrics["objective/kl"], n_steps=world_batch)  # takes effect from the next step
+            history.append({"step": step + 1, **metrics})
+            if (step + 1) % config.logging_steps == 0:
+                tracker.log({f"train/{k}": v for k, v in metrics.items()}, step=step + 1)
+            if sample_every and step % sample_every == 0:
+                log_samples(config, accelerator, models, tokenizer, eval_rows, eval_ids, tracker, step + 1)
+            if config.checkpoint_steps and (step + 1) % config.checkpoint_steps == 0 and step + 1 < num_steps:
+                meta = {
+                    "global_step": step + 1,
+                    "episode": episode,
+                    "resumed_at": resumed_at,
+                    "settings": checkpoint.trajectory_settings(config),
+                }
+                checkpoint.save(
+                    accelerator,
+                    Path(config.output_dir) / f"checkpoint-{step + 1}",
+                    meta,
+                    history,
+                    config.checkpoints_to_keep,
+                )
+            progress.update(1)
+            progress.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.2f}")
     except torch.OutOfMemoryError as err:
         raise RuntimeError(OOM_ADVICE) from err
+    progress.close()
 
-    # step 4. save the policy: gathered on every rank (ZeRO-3), written by the main process.
-    model_dir, adapter_dir = stage.dir / "model", stage.dir / "adapter"
-    state_dict = trainer.accelerator.get_state_dict(trainer.model)
-    release_zero3_init()
-    if state.is_main_process:
-        policy_state = {k.removeprefix("policy."): v for k, v in state_dict.items() if k.startswith("policy.")}
-        unwrapped = trainer.accelerator.unwrap_model(trainer.model).policy
-        unwrapped.save_pretrained(adapter_dir if config.use_lora else model_dir, state_dict=policy_state)
-        if not config.use_lora:
-            tokenizer.save_pretrained(model_dir)
-        del policy_state, unwrapped
-    global_step, episodes = trainer.state.global_step, trainer.state.episode
-    # The merge loads the base model once more: free the four training models first, or that is the run's peak.
-    del trainer, state_dict, policy, ref_policy, value_model, reward_model
+    # step 4. save the policy: gathered on every rank (ZeRO-3), written by the main process (or each node's).
+    model_dir, adapter_dir = save_policy(config, accelerator, models, sft_path, tokenizer, stage.dir)
+    final_kl_coef, parameters, notes = models.kl.value, models.parameters, models.notes
+    normalisation = [{"path": str(rm.path), "mean": rm.mean, "std": rm.std} for rm in models.reward_models]
+    # The merge loads the base model once more: free the training models first, or that is the run's peak.
+    del models
+    accelerator.free_memory()
     gc.collect()
-    if state.is_main_process and config.use_lora and config.merge_lora:
+    if config.use_lora and config.merge_lora and is_writer(config, accelerator):
         merge_adapter(sft_path, adapter_dir, model_dir, tokenizer)
-    state.wait_for_everyone()
-    if not state.is_main_process:
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
         return {}
 
-    history = step_callback.history
-    with open(stage.dir / "history.jsonl", "w") as fh:
-        fh.writelines(json.dumps(h) + "\n" for h in history)
+    # step 5. finish: history, summary, tracker.
+    checkpoint.write_history(stage.dir / "history.jsonl", history)
     metrics = ppo_metrics(history)
-    metrics.update(global_step=global_step, episodes=episodes, prompts_dropped_too_long=dropped,
-                   final_kl_coef=config.kl_coef, reward_normalisation={"mean": mean, "std": std}, **parameters)  # fmt: skip
+    metrics.update(
+        global_step=num_steps,
+        episodes=episode,
+        prompts_dropped_too_long=dropped,
+        final_kl_coef=final_kl_coef,
+        resumed_at_steps=resumed_at,
+        reward_normalisation=normalisation,
+        **parameters,
+    )
     tracker.summary({k: v for k, v in metrics.items() if isinstance(v, int | float)})
     summary = stage.finish(
-        config, metrics=metrics,
-        inputs={"sft_model": sft_path, "reward_model": rm_path, "prompts": prompts_path},
-        outputs={"model": model_dir, "history": stage.dir / "history.jsonl", "checkpoints": config.output_dir},
-        extra={"tracking": tracker.record},
-    )  # fmt: skip
+        config,
+        metrics=metrics,
+        inputs={
+            "sft_model": sft_path,
+            **{f"reward_model_{i}": p for i, p in enumerate(rm_paths)},
+            "prompts": prompts_path,
+        },
+        outputs={
+            "model": model_dir,
+            "value_model": stage.dir / "value_model",
+            "history": stage.dir / "history.jsonl",
+            "checkpoints": config.output_dir,
+        },
+        extra={"tracking": tracker.record, "notes": notes},
+    )
     tracker.finish()
     print(
-        f"[ppo] done in {runs.format_duration(summary['wall_time_s'])} | {metrics['episodes']} episodes | "
+        f"[ppo] done in {runs.format_duration(summary['wall_time_s'])} | {episode} episodes | "
         f"score {metrics.get('score_first', 0):.3f} -> {metrics.get('score_last', 0):.3f} | "
         f"kl {metrics.get('kl_last', 0):.3f} | model: {model_dir}"
     )
     return summary
 
 
-def add_value_adapters(value_model, config: PPOStageConfig) -> None:
-    """LoRA adapters in the value model, in place; its scalar head stays trainable.
+# ---------------------------------------------------------------------------------------------------------------
+# Set-up
 
-    TRL gives the adapter to the policy only and trains the value model in full: with LoRA, the value model's
-    gradients and Adam moments (three times its weights) were then most of the memory LoRA was meant to save. The
-    head is trained in full because it starts as the reward model's, which scores rewards rather than returns.
+
+def build_models(
+    config: PPOStageConfig, accelerator: Accelerator, sft_path: Path, rm_paths: list[Path], tokenizer
+) -> Models:
+    frozen_dtype = torch.bfloat16 if config.bf16 else torch.float32
+    reward_models = rewards.load_reward_models(
+        rm_paths, config.reward_stats, config.normalize_rewards, tokenizer, frozen_dtype
+    )
+    notes = [note for rm in reward_models if (note := rm.note())]
+    value_path = config.value_model_path or (rm_paths[0] if reward_models[0].shares_policy_tokenizer else sft_path)
+    if value_path == sft_path and not config.value_model_path:
+        notes.append(
+            "the critic starts from the SFT model with a new scalar head: the reward model's tokenizer "
+            "differs from the policy's"
+        )
+
+    policy = AutoModelForCausalLM.from_pretrained(sft_path)
+    value_model = AutoModelForSequenceClassification.from_pretrained(value_path, num_labels=1)
+    value_model.config.pad_token_id = tokenizer.pad_token_id
+    ref = None if config.use_lora else AutoModelForCausalLM.from_pretrained(sft_path, dtype=frozen_dtype)
+    if config.use_lora:
+        from peft import get_peft_model
+
+        policy = get_peft_model(
+            policy,
+            lora_config(
+                config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules, "CAUSAL_LM"
+            ),
+        )
+        if config.value_lora:
+            add_value_adapters(
+                value_model,
+                lora_config(
+                    config.lora_r,
+                    config.lora_alpha,
+                    config.lora_dropout,
+                    config.lora_target_modules,
+                    "SEQ_CLS",
+                    exclude_modules=["score"],
+                ),
+            )
+    for module in (policy, value_model, ref):
+        if module is not None:
+            disable_dropout(module)
+    if config.gradient_checkpointing:
+        for module in (policy, value_model):
+            module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    parameters = {
+        "policy_parameters": count_parameters(policy),
+        "value_parameters": count_parameters(value_model),
+        "value_trainable_parameters": count_parameters(value_model, trainable=True),
+    }
+
+    model = PolicyAndValue(policy, value_model)
+    optimizer = torch.optim.AdamW(
+        optimizer_groups(model, config.weight_decay),
+        lr=config.learning_rate,
+        betas=(config.adam_beta1, config.adam_beta2),
+        eps=config.adam_epsilon,
+    )
+    num_steps = -(-config.total_episodes // (config.local_batch_size * accelerator.num_processes))
+    scheduler = get_scheduler(
+        config.lr_scheduler_type,
+        optimizer,
+        num_warmup_steps=int(config.warmup_ratio * num_steps),
+        num_training_steps=num_steps,
+    )
+    fill_deepspeed_config(config, accelerator)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    kl = AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon, adaptive=config.adaptive_kl)
+    accelerator.register_for_checkpointing(scheduler, kl)
+
+    deepspeed = getattr(accelerator.state, "deepspeed_plugin", None) is not None
+    if deepspeed:
+        from trl.models.utils import prepare_deepspeed
+
+        ref = prepare_deepspeed(ref, accelerator) if ref is not None else None
+        for rm in reward_models:
+            rm.model = prepare_deepspeed(rm.model, accelerator)
+    else:
+        ref = ref.to(accelerator.device).eval() if ref is not None else None
+        for rm in reward_models:
+            rm.model = rm.model.to(accelerator.device)
+    generator = None
+    if config.generation_backend == "vllm":
+        generator = VLLMGenerator(
+            sft_path, tokenizer, config, config.use_lora, config.seed + accelerator.process_index
+        )
+    return Models(model, ref, reward_models, optimizer, scheduler, kl, generator, parameters, notes)
+
+
+def fill_deepspeed_config(config: PPOStageConfig, accelerator: Accelerator) -> None:
+    """The DeepSpeed JSON's "auto" batch sizes and clipping, from the stage config: accelerate fills them from a
+    prepared dataloader, and this loop prepares none (its prompt order is its own, for exact resume)."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return
+    values = {
+        "train_micro_batch_size_per_gpu": config.per_device_train_batch_size,
+        "gradient_accumulation_steps": config.micro_batches_per_mini_batch,
+        "train_batch_size": config.per_device_train_batch_size
+        * config.micro_batches_per_mini_batch
+        * accelerator.num_processes,
+        "gradient_clipping": config.max_grad_norm or 0.0,
+    }
+    for key, value in values.items():
+        if plugin.deepspeed_config.get(key, "auto") == "auto":
+            plugin.deepspeed_config[key] = value
+
+
+def tqdm_steps(accelerator: Accelerator, start: int, total: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc="ppo", unit="step", disable=not accelerator.is_local_main_process)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The phases of a step
+
+
+def rollout(
+    config: PPOStageConfig,
+    accelerator: Accelerator,
+    models: Models,
+    tokenizer,
+    rows: list[dict],
+    prompt_ids: list[list[int]],
+    seeds: torch.Tensor,
+    timer: Timer,
+) -> Batch:
+    """Phase 1-3: generate the responses, score them, and compute the reference log-probs and the values."""
+    from trl.models.utils import unwrap_model_for_generation
+
+    pad, device = tokenizer.pad_token_id, accelerator.device
+    stop = tokenizer.eos_token_id if config.stop_token == "eos" else None
+    queries = left_pad(prompt_ids, pad).to(device)
+    chunk = config.local_rollout_forward_batch_size
+    unwrapped = accelerator.unwrap_model(models.model)
+
+    # phase 1. generate: the policy's weights are gathered once for the whole rollout under ZeRO-3.
+    with timer("generation"):
+        unwrapped.eval()
+        responses, logprobs = [], []
+        if models.generator is not None:
+            responses = [models.generator.generate(queries, seeds, pad, stop)]
+        else:
+            with unwrap_model_for_generation(models.model, accelerator) as gathered:
+                for i in range(0, len(queries), chunk):
+                    out, logp = hf_generate(
+                        gathered.policy,
+                        queries[i : i + chunk],
+                        seeds[i : i + chunk].to(device),
+                        pad_token_id=pad,
+                        stop_token_id=stop,
+                        max_new_tokens=config.response_length,
+                        temperature=config.temperature,
+                    )
+                    responses.append(out)
+                    logprobs.append(logp)
+        width = max(r.shape[1] for r in responses)
+        responses = torch.cat([pad_right(r, width, pad) for r in responses])
+        responses = truncate_after_stop(responses, stop, pad)
+    if stop is not None:
+        lengths = response_lengths(responses, stop, pad)
+    else:
+        lengths = first_true(responses == pad)
+    mask = torch.arange(width, device=device)[None, :] < lengths[:, None]
+    texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+    batch = Batch(rows, queries, responses, None, mask, lengths, texts)
+    query_responses = torch.cat([queries, responses], dim=1)
+    context = queries.shape[1]
+
+    ref_logprobs, values, raw = [], [], []
+    with torch.no_grad():
+        for i in range(0, len(queries), chunk):
+            part = trim_right(query_responses[i : i + chunk], context, lengths[i : i + chunk])
+            tokens = part[:, context:]
+            # phase 2. score: every reward model, on the truncated responses.
+            with timer("scoring"):
+                prompts = [r["prompt"] for r in rows[i : i + chunk]]
+                raw.append(
+                    torch.stack(
+                        [
+                            rewards.score_with(rm, part, pad, prompts, texts[i : i + chunk], context)
+                            for rm in models.reward_models
+                        ]
+                    )
+                )
+            # phase 3. the reference's log-probs and the critic's values (and the policy's, for vLLM rollouts).
+            with timer("reference"):
+                ref_model = models.ref if models.ref is not None else unwrapped.policy
+                adapter_off = unwrapped.policy.disable_adapter() if models.ref is None else nullcontext()
+                with adapter_off:
+                    logits = response_logits(ref_model, part, context, pad, config.temperature)
+                ref_logprobs.append(pad_right(gathered_logprobs(logits, tokens), width, 0.0))
+                if models.generator is not None:
+                    logits = response_logits(unwrapped.policy, part, context, pad, config.temperature)
+                    logprobs.append(gathered_logprobs(logits, tokens))
+                del logits
+            with timer("value"):
+                values.append(
+                    pad_right(response_values(unwrapped.value_model, part, context, pad).float(), width, 0.0)
+                )
+    batch.logprobs = torch.cat([pad_right(lp, width, 0.0) for lp in logprobs]) * mask
+    batch.ref_logprobs = torch.cat(ref_logprobs) * mask
+    batch.values = torch.cat(values) * mask
+    batch.raw_scores = torch.cat(raw, dim=1)
+
+    # The score PPO optimises: each model's normalised score, combined; a per-token length cost; the EOS penalty.
+    batch.member_scores, scores = rewards.combine(
+        batch.raw_scores, models.reward_models, config.reward_aggregation, config.reward_std_coef
+    )
+    scores = scores - length_penalty(lengths, config.length_penalty)
+    if config.missing_eos_penalty is not None:
+        ended = (responses == tokenizer.eos_token_id).any(dim=1)
+        scores = torch.where(ended, scores, scores - config.missing_eos_penalty)
+    batch.scores = scores
+    unwrapped.train()
+    return batch
+
+
+def compute_advantages(config: PPOStageConfig, accelerator: Accelerator, kl_coef: float, batch: Batch) -> None:
+    """Phase 4: per-token rewards (KL penalty, score at the last token), GAE, and advantages whitened over every
+    process's rollouts (so two processes compute what one would)."""
+    mask = batch.mask.float()
+    batch.kl = kl_per_token(batch.logprobs, batch.ref_logprobs, config.kl_estimator) * mask
+    last = (batch.lengths - 1).clamp(min=0)
+    token_reward, batch.non_score = token_rewards(batch.kl, batch.scores, last, kl_coef, mask)
+    if config.whiten_rewards:
+        token_reward = whiten(token_reward, mask, global_sums(accelerator, token_reward, mask), shift_mean=False)
+    advantages, batch.returns = gae(token_reward, batch.values, mask, config.gamma, config.lam)
+    batch.advantages = whiten(advantages, mask, global_sums(accelerator, advantages, mask))
+
+
+def optimise(
+    config: PPOStageConfig, accelerator: Accelerator, models: Models, batch: Batch, pad: int, step: int
+) -> dict[str, float]:
+    """Phase 5: ``num_ppo_epochs`` passes over the rollouts in mini-batches, each one optimiser step.
+
+    A mini-batch's loss is the mean over its tokens on every process: each micro-batch's summed loss is divided by
+    the mini-batch's token count, so batch 1 x accumulation 8 makes the same update as batch 8 x 1, and two
+    processes the update of one. (accelerate divides by the accumulation steps, DDP averages over processes: the
+    factor below undoes both.)
     """
-    from peft import inject_adapter_in_model
+    model, context = models.model, batch.queries.shape[1]
+    query_responses = torch.cat([batch.queries, batch.responses], dim=1)
+    mini = config.local_batch_size // config.num_mini_batches
+    micro = config.per_device_train_batch_size
+    totals = {k: 0.0 for k in ("pg", "vf", "clipfrac", "vf_clipfrac", "approxkl", "ratio", "entropy", "tokens")}
+    ratios = []
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step * 1009 + accelerator.process_index)
+    for _ in range(config.num_ppo_epochs):
+        order = torch.randperm(config.local_batch_size, generator=generator)
+        for start in range(0, config.local_batch_size, mini):
+            indices = order[start : start + mini].to(batch.mask.device)
+            tokens = accelerator.reduce(batch.mask[indices].sum().float(), "sum").item()
+            scale = config.micro_batches_per_mini_batch * accelerator.num_processes / max(tokens, 1.0)
+            for m in range(0, mini, micro):
+                idx = indices[m : m + micro]
+                part = trim_right(query_responses[idx], context, batch.lengths[idx])
+                width = part.shape[1] - context
+                mask = batch.mask[idx, :width].float()
+                with accelerator.accumulate(model):
+                    logits, values = model(part, context, pad, config.temperature)
+                    logprobs = gathered_logprobs(logits, part[:, context:])
+                    pg, pg_stats = policy_loss(
+                        logprobs, batch.logprobs[idx, :width], batch.advantages[idx, :width], mask, config.cliprange
+                    )
+                    vf, vf_clipped = value_loss(
+                        values.float(),
+                        batch.values[idx, :width],
+                        batch.returns[idx, :width],
+                        mask,
+                        config.cliprange_value,
+                    )
+                    accelerator.backward((pg + config.vf_coef * vf) * scale)
+                    if config.max_grad_norm and accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                    models.optimizer.step()
+                    models.optimizer.zero_grad()
+                with torch.no_grad():
+                    n = float(mask.sum())
+                    entropy = (entropy_from_logits(logits) * mask).sum()
+                    for key, value in (
+                        ("pg", pg),
+                        ("vf", vf),
+                        ("clipfrac", pg_stats["clipfrac"]),
+                        ("vf_clipfrac", vf_clipped),
+                        ("approxkl", pg_stats["approxkl"]),
+                        ("ratio", pg_stats["ratio"]),
+                        ("entropy", entropy),
+                    ):
+                        totals[key] += float(value)
+                    totals["tokens"] += n
+                    ratios.append(float(pg_stats["ratio"]) / max(n, 1.0))
+                del logits, values
+    keys = list(totals)
+    summed = accelerator.reduce(
+        torch.tensor([totals[k] for k in keys], dtype=torch.float64, device=batch.mask.device), "sum"
+    ).tolist()
+    totals = dict(zip(keys, summed, strict=True))
+    n = max(totals.pop("tokens"), 1.0)
+    out = {k: v / n for k, v in totals.items()}
+    out["ratio_var"] = float(torch.tensor(ratios).var()) if len(ratios) > 1 else 0.0
+    return out
 
-    adapters = lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules,
-                           "SEQ_CLS", exclude_modules=["score"])  # fmt: skip
-    inject_adapter_in_model(adapters, value_model)  # freezes every weight but the adapters'
-    value_model.score.requires_grad_(True)
+
+# ---------------------------------------------------------------------------------------------------------------
+# Helpers of the phases
 
 
-def count_parameters(model: torch.nn.Module, trainable: bool = False) -> int:
-    # Under ZeRO-3 a weight is partitioned as it loads: its full size is `ds_numel`.
-    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if not trainable or p.requires_grad)
+def pad_right(tensor: torch.Tensor, width: int, value) -> torch.Tensor:
+    if tensor.shape[1] >= width:
+        return tensor[:, :width]
+    return torch.nn.functional.pad(tensor, (0, width - tensor.shape[1]), value=value)
+
+
+def trim_right(query_responses: torch.Tensor, context: int, lengths: torch.Tensor) -> torch.Tensor:
+    """Drop the response columns that are padding in every row: they change nothing the loop reads."""
+    return query_responses[:, : context + max(int(lengths.max()), 1)]
+
+
+def global_sums(accelerator: Accelerator, values: torch.Tensor, mask: torch.Tensor) -> tuple[float, float, float]:
+    sums = torch.tensor(whitening_sums(values, mask), dtype=torch.float64, device=values.device)
+    return tuple(accelerator.reduce(sums, "sum").tolist())
+
+
+def step_metrics(
+    config: PPOStageConfig,
+    accelerator: Accelerator,
+    models: Models,
+    batch: Batch,
+    stats: dict[str, float],
+    timer: Timer,
+    rubric,
+    tokenizer,
+) -> dict[str, float]:
+    """TRL's PPO metric names, plus the rollout figures, the per-model scores and the phase timings."""
+
+    def mean(value: torch.Tensor) -> float:
+        return accelerator.reduce(value.float().mean().detach(), "mean").item()
+
+    mask = batch.mask.float()
+    metrics = {
+        "objective/kl": mean(batch.kl.sum(1)),
+        "objective/entropy": mean((-batch.logprobs * mask).sum(1)),
+        "objective/non_score_reward": mean(batch.non_score.sum(1)),
+        "objective/scores": mean(batch.scores),
+        "policy/approxkl_avg": stats["approxkl"],
+        "policy/clipfrac_avg": stats["clipfrac"],
+        "policy/entropy_avg": stats["entropy"],
+        "loss/policy_avg": stats["pg"],
+        "loss/value_avg": stats["vf"],
+        "val/clipfrac_avg": stats["vf_clipfrac"],
+        "val/ratio": stats["ratio"],
+        "val/ratio_var": stats["ratio_var"],
+        "val/num_eos_tokens": accelerator.reduce((batch.responses == tokenizer.eos_token_id).sum(), "sum").item(),
+        "objective/kl_coef": models.kl.value,
+        "rollout/response_length": mean(batch.lengths),
+        "rollout/eos_rate": mean((batch.responses == tokenizer.eos_token_id).any(dim=1)),
+        "rollout/raw_score": mean(batch.raw_scores.mean(dim=0)),
+    }
+    metrics["objective/rlhf_reward"] = metrics["objective/non_score_reward"] + metrics["objective/scores"]
+    if len(models.reward_models) > 1:
+        for i in range(len(models.reward_models)):
+            metrics[f"reward/model_{i}"] = mean(batch.member_scores[i])
+        metrics["reward/std"] = mean(batch.member_scores.std(dim=0))
+    if rubric is not None:
+        gold = torch.tensor(
+            [rubric(r["prompt"][-1]["content"], t) for r, t in zip(batch.rows, batch.texts, strict=True)]
+        )
+        metrics["rollout/gold_score"] = mean(gold.to(accelerator.device))
+    for name, seconds in timer.spent.items():
+        metrics[f"timing/{name}_s"] = seconds
+    other = sum(v for k, v in timer.spent.items() if k != "step")
+    metrics["timing/other_s"] = max(timer.spent.get("step", 0.0) - other, 0.0)
+    return metrics
+
+
+@torch.no_grad()
+def log_samples(
+    config: PPOStageConfig,
+    accelerator: Accelerator,
+    models: Models,
+    tokenizer,
+    rows: list[dict],
+    ids: list[list[int]],
+    tracker: Tracker,
+    step: int,
+) -> None:
+    """A table of greedy replies to the held-out prompts, with their scores, for the dashboards."""
+    from trl.models.utils import unwrap_model_for_generation
+
+    if not rows:  # every process takes part: under ZeRO-3 the gathering of the weights is collective
+        return
+    n = min(len(rows), config.per_device_eval_batch_size)
+    queries = left_pad(ids[:n], tokenizer.pad_token_id).to(accelerator.device)
+    stop = tokenizer.eos_token_id if config.stop_token == "eos" else None
+    with unwrap_model_for_generation(models.model, accelerator) as gathered:
+        gathered.eval()
+        out = gathered.policy.generate(
+            input_ids=queries.masked_fill(queries == tokenizer.pad_token_id, 0),
+            attention_mask=(queries != tokenizer.pad_token_id).long(),
+            do_sample=False,
+            max_new_tokens=config.response_length,
+            eos_token_id=stop,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        gathered.train()
+    responses = truncate_after_stop(out[:, queries.shape[1] :], stop, tokenizer.pad_token_id)
+    texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+    part = torch.cat([queries, responses], dim=1)
+    raw = torch.stack(
+        [
+            rewards.score_with(
+                rm, part, tokenizer.pad_token_id, [r["prompt"] for r in rows[:n]], texts, queries.shape[1]
+            )
+            for rm in models.reward_models
+        ]
+    )
+    _, scores = rewards.combine(raw, models.reward_models, config.reward_aggregation, config.reward_std_coef)
+    tracker.log_table(
+        "samples",
+        ["step", "prompt", "response", "score"],
+        [[step, r["prompt"][-1]["content"], t, float(s)] for r, t, s in zip(rows[:n], texts, scores, strict=True)],
+        step=step,
+    )
+
+
+def is_writer(config: PPOStageConfig, accelerator: Accelerator) -> bool:
+    return accelerator.is_local_main_process if config.save_on_each_node else accelerator.is_main_process
+
+
+def save_policy(
+    config: PPOStageConfig, accelerator: Accelerator, models: Models, sft_path: Path, tokenizer, stage_dir: Path
+) -> tuple[Path, Path]:
+    model_dir, adapter_dir = stage_dir / "model", stage_dir / "adapter"
+    state_dict = accelerator.get_state_dict(models.model)  # gathers ZeRO-3 shards on every rank
+    release_zero3_init()
+    if is_writer(config, accelerator):
+        unwrapped = accelerator.unwrap_model(models.model)
+        policy_state = {k.removeprefix("policy."): v for k, v in state_dict.items() if k.startswith("policy.")}
+        unwrapped.policy.save_pretrained(adapter_dir if config.use_lora else model_dir, state_dict=policy_state)
+        if not config.use_lora:
+            tokenizer.save_pretrained(model_dir)
+        # The critic too, to continue from or to inspect (with LoRA: its adapters and head included).
+        value_state = {
+            k.removeprefix("value_model."): v for k, v in state_dict.items() if k.startswith("value_model.")
+        }
+        unwrapped.value_model.save_pretrained(stage_dir / "value_model", state_dict=value_state)
+    accelerator.wait_for_everyone()
+    return model_dir, adapter_dir
 
 
 def ppo_metrics(history: list[dict[str, float]]) -> dict[str, float]:
@@ -367,7 +753,7 @@ def ppo_metrics(history: list[dict[str, float]]) -> dict[str, float]:
         "response_length_last": avg(last, "rollout/response_length"),
         "eos_rate_last": avg(last, "rollout/eos_rate"),
     }
-    for phase in ("generation", "scoring", "optimisation", "step"):
+    for phase in ("generation", "scoring", "reference", "value", "advantages", "optimisation", "step"):
         out[f"timing_{phase}_s_mean"] = avg(history, f"timing/{phase}_s")
     return {k: v for k, v in out.items() if v is not None}
 

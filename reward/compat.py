@@ -1,32 +1,16 @@
-"""The reward model reads the policy's token ids as they are (TRL never re-tokenizes), so their tokenizers must match.
+"""Whether a reward model reads its policy's token ids as they are: the reward stage checks the tokenizer it saves.
 
-A mismatch would not crash: the reward model would score different words than the policy wrote, and PPO would
-optimise noise. So it is checked before any model is loaded, and refused with a message saying what to do.
+The PPO stage accepts a reward model with another tokenizer (it re-tokenizes the decoded text for it); this check
+is for the reward stage itself, whose model must keep the SFT tokenizer byte for byte.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer
 
-SPECIAL = ("bos_token", "eos_token", "pad_token", "unk_token")
-
-
-def tokenizer_differences(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase, limit: int = 3) -> list[str]:
-    """What differs between two tokenizers in ways that change token ids; empty when they are interchangeable."""
-    differences = []
-    vocab_a, vocab_b = a.get_vocab(), b.get_vocab()
-    if len(vocab_a) != len(vocab_b):
-        differences.append(f"vocabulary size {len(vocab_a)} vs {len(vocab_b)}")
-    changed = sorted(token for token in vocab_a.keys() | vocab_b.keys() if vocab_a.get(token) != vocab_b.get(token))
-    if changed:
-        shown = ", ".join(f"{token!r} ({vocab_a.get(token)} vs {vocab_b.get(token)})" for token in changed[:limit])
-        differences.append(f"{len(changed)} tokens with different ids, e.g. {shown}")
-    for name in SPECIAL:
-        if getattr(a, name) != getattr(b, name):
-            differences.append(f"{name} {getattr(a, name)!r} vs {getattr(b, name)!r}")
-    return differences
+from pipeline.models import tokenizer_differences
 
 
 def check_tokenizers_match(policy_path: str | Path, reward_path: str | Path) -> None:

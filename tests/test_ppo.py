@@ -1,12 +1,15 @@
-"""The PPO stage on micro models: one process, 2 processes under ZeRO-2 and ZeRO-3, LoRA, resume, and its errors."""
+"""The PPO stage on micro models: training and its outputs, LoRA, exact resume after SIGKILL, reward models with their
+own tokenizer and several at once, the invariants (accumulation, processes, ZeRO), and the errors before training."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,43 +21,76 @@ from tests.conftest import REPO, read_jsonl
 from tests.wandb_records import find_run_file, history_keys
 
 
-@pytest.fixture
-def ppo_run(tmp_path, micro_model) -> Path:
+def make_ppo_run(root: Path, micro_model: str) -> Path:
     """A run folder with an 'SFT model' (the micro base) and a 'reward model' (the same, with a scalar head)."""
-    shutil.copytree(micro_model, tmp_path / "t" / "sft" / "model")
+    shutil.copytree(micro_model, root / "t" / "sft" / "model")
     tokenizer = AutoTokenizer.from_pretrained(micro_model)
     torch.manual_seed(0)
     rm = AutoModelForSequenceClassification.from_pretrained(micro_model, num_labels=1)
     rm.config.pad_token_id = tokenizer.pad_token_id
-    rm.save_pretrained(tmp_path / "t" / "rm" / "model")
-    tokenizer.save_pretrained(tmp_path / "t" / "rm" / "model")
-    (tmp_path / "t" / "rm" / "reward_stats.json").write_text(json.dumps({"mean": 0.1, "std": 2.0}))
-    return tmp_path
+    rm.save_pretrained(root / "t" / "rm" / "model")
+    tokenizer.save_pretrained(root / "t" / "rm" / "model")
+    (root / "t" / "rm" / "reward_stats.json").write_text(json.dumps({"mean": 0.1, "std": 2.0}))
+    return root
+
+
+@pytest.fixture
+def ppo_run(tmp_path, micro_model) -> Path:
+    return make_ppo_run(tmp_path, micro_model)
 
 
 def ppo_args(runs_dir: Path, *extra: str) -> list[str]:
     return [
-        "--config", str(REPO / "configs" / "ppo.yaml"), "--run", "t", "--runs_dir", str(runs_dir),
-        "--total_episodes", "32", "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2",
-        "--response_length", "12", "--num_prompts", "40", "--eval_prompts", "8", "--num_sample_generations", "0",
-        "--local_rollout_forward_batch_size", "8", "--per_device_eval_batch_size", "4", "--learning_rate", "1e-3",
-        "--checkpoint_steps", "2", "--report_to", "none", *extra,
-    ]  # fmt: skip
+        "--config",
+        str(REPO / "configs" / "ppo.yaml"),
+        "--run",
+        "t",
+        "--runs_dir",
+        str(runs_dir),
+        "--total_episodes",
+        "32",
+        "--per_device_train_batch_size",
+        "4",
+        "--gradient_accumulation_steps",
+        "2",
+        "--response_length",
+        "12",
+        "--num_prompts",
+        "40",
+        "--eval_prompts",
+        "8",
+        "--num_sample_generations",
+        "0",
+        "--local_rollout_forward_batch_size",
+        "8",
+        "--per_device_eval_batch_size",
+        "4",
+        "--learning_rate",
+        "1e-3",
+        "--checkpoint_steps",
+        "2",
+        "--report_to",
+        "none",
+        *extra,
+    ]
 
 
 def run_ppo(args: list[str]) -> dict:
     from trl import TrlParser
 
-    from ppo.train import PPOStageConfig, main
+    from ppo.config import PPOStageConfig
+    from ppo.train import main
 
     (config,) = TrlParser((PPOStageConfig,)).parse_args_and_config(args)
     return main(config)
 
 
+def weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(model_dir / "model.safetensors")
+
+
 def changed(model_dir: Path, base_dir: Path, name: str = "model.layers.0.self_attn.q_proj.weight") -> bool:
-    return not torch.equal(
-        load_file(model_dir / "model.safetensors")[name], load_file(base_dir / "model.safetensors")[name]
-    )
+    return not torch.equal(weights(model_dir)[name], weights(base_dir)[name])
 
 
 def test_ppo_trains_logs_and_saves_a_plain_model(ppo_run):
@@ -62,30 +98,62 @@ def test_ppo_trains_logs_and_saves_a_plain_model(ppo_run):
     stage = ppo_run / "t" / "ppo"
     metrics = summary["metrics"]
     assert metrics["global_step"] == 4 and metrics["episodes"] == 32
-    for key in ("timing_generation_s_mean", "timing_scoring_s_mean", "timing_optimisation_s_mean", "kl_last",
-                "gold_score_last", "eos_rate_last", "response_length_last"):  # fmt: skip
+    for key in (
+        "timing_generation_s_mean",
+        "timing_scoring_s_mean",
+        "timing_reference_s_mean",
+        "timing_value_s_mean",
+        "timing_optimisation_s_mean",
+        "kl_last",
+        "gold_score_last",
+        "eos_rate_last",
+        "response_length_last",
+    ):
         assert key in metrics, key
-    assert metrics["reward_normalisation"] == {"mean": 0.1, "std": 2.0}
-    # The adaptive controller moved the coefficient away from its start.
-    assert metrics["final_kl_coef"] != pytest.approx(0.05, abs=1e-12)
+    assert metrics["reward_normalisation"][0]["mean"] == 0.1 and metrics["reward_normalisation"][0]["std"] == 2.0
+    # The adaptive controller moved the coefficient away from where configs/ppo.yaml starts it.
+    assert metrics["final_kl_coef"] != pytest.approx(0.1, abs=1e-12)
 
     history = read_jsonl(stage / "history.jsonl")
     assert [h["step"] for h in history] == [1, 2, 3, 4]
+    assert [h["episode"] for h in history] == [8, 16, 24, 32]
     assert all(h["timing/generation_s"] > 0 and h["timing/scoring_s"] > 0 for h in history)
-    # The shaped score is the normalised raw score minus the length penalty, (raw - 0.1) / 2 - 0.01 * length, minus
-    # TRL's missing_eos_penalty (1.0 in configs/ppo.yaml) for the responses that never ended.
+    # The controller's coefficient of each step is the one the previous step's KL moved it to.
+    assert history[0]["objective/kl_coef"] == pytest.approx(0.1) and history[3]["objective/kl_coef"] != 0.1
+    # The score is the normalised raw score minus the length penalty, (raw - 0.1) / 2 - 0.01 * length, minus the
+    # missing_eos_penalty (1.0 in configs/ppo.yaml) for the responses that never ended.
     for h in history:
         expected = (h["rollout/raw_score"] - 0.1) / 2.0 - 0.01 * h["rollout/response_length"]
         expected -= 1.0 * (1 - h["rollout/eos_rate"])
         assert h["objective/scores"] == pytest.approx(expected, abs=1e-4)
+        assert h["objective/rlhf_reward"] == pytest.approx(h["objective/scores"] + h["objective/non_score_reward"])
 
     model = AutoModelForCausalLM.from_pretrained(stage / "model")
     assert model.config.model_type == "llama"
     assert changed(stage / "model", ppo_run / "t" / "sft" / "model")
-    # The Trainer's W&B callback prefixes training metrics with "train/".
+    AutoModelForSequenceClassification.from_pretrained(stage / "value_model")
     keys = history_keys(find_run_file(stage / "wandb"))
-    wanted = ["objective/kl", "objective/scores", "objective/kl_coef", "timing/generation_s", "timing/scoring_s",
-              "timing/optimisation_s", "rollout/eos_rate", "rollout/response_length", "rollout/gold_score"]  # fmt: skip
+    wanted = [
+        "objective/kl",
+        "objective/scores",
+        "objective/rlhf_reward",
+        "objective/non_score_reward",
+        "objective/kl_coef",
+        "policy/approxkl_avg",
+        "policy/clipfrac_avg",
+        "loss/policy_avg",
+        "loss/value_avg",
+        "val/clipfrac_avg",
+        "val/ratio",
+        "timing/generation_s",
+        "timing/scoring_s",
+        "timing/reference_s",
+        "timing/value_s",
+        "timing/optimisation_s",
+        "rollout/eos_rate",
+        "rollout/response_length",
+        "rollout/gold_score",
+    ]
     assert {f"train/{key}" for key in wanted} <= keys
 
     # make eval on the outputs: SFT against PPO on held-out prompts.
@@ -103,37 +171,79 @@ def test_ppo_trains_logs_and_saves_a_plain_model(ppo_run):
         assert (eval_dir / png).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_fixed_kl_coefficient_stays_fixed(ppo_run):
+    history_path = ppo_run / "t" / "ppo" / "history.jsonl"
+    run_ppo(ppo_args(ppo_run, "--total_episodes", "16"))
+    assert {h["objective/kl_coef"] for h in read_jsonl(history_path)} == {0.1}
+
+
 def test_ppo_lora_merges_and_uses_the_adapter_free_reference(ppo_run):
     metrics = run_ppo(ppo_args(ppo_run, "--use_lora", "true", "--lora_r", "4"))["metrics"]
     stage = ppo_run / "t" / "ppo"
     # The value model trains its adapters and scalar head only: r=4 on every linear layer of the micro model.
     assert 0 < metrics["value_trainable_parameters"] < 0.1 * metrics["value_parameters"]
     assert (stage / "adapter" / "adapter_config.json").exists()
-    weights = load_file(stage / "model" / "model.safetensors")
-    assert not any("lora" in key for key in weights)
+    assert not any("lora" in key for key in weights(stage / "model"))
     assert changed(stage / "model", ppo_run / "t" / "sft" / "model")
     AutoModelForCausalLM.from_pretrained(stage / "model")
+    # The first step's KL is measured against the policy with its adapter off, which starts as the SFT model itself.
+    first = read_jsonl(stage / "history.jsonl")[0]
+    assert first["objective/kl"] == pytest.approx(0.0, abs=1e-4)
 
 
-def test_resume_continues_the_step_counter_and_schedule(ppo_run):
-    args = ppo_args(ppo_run, "--checkpoints_to_keep", "5")
-    run_ppo(args)
-    stage = ppo_run / "t" / "ppo"
-    uninterrupted = read_jsonl(stage / "history.jsonl")
+def test_resume_after_sigkill_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, micro_model):
+    args = ["--total_episodes", "48", "--checkpoints_to_keep", "5"]
+    straight = make_ppo_run(tmp_path / "straight", micro_model)
+    run_ppo(ppo_args(straight, *args))
 
-    shutil.rmtree(stage / "checkpoints" / "checkpoint-4")  # as if it crashed after step 2's checkpoint
-    summary = run_ppo([*args, "--resume", "true"])
-    resumed = read_jsonl(stage / "history.jsonl")
-    assert summary["metrics"]["global_step"] == 4
-    assert [h["step"] for h in resumed] == [3, 4]
-    assert [h["episode"] for h in resumed] == [24, 32]
-    # The learning rate continues the whole run's linear schedule, not a fresh one.
-    assert [h["lr"] for h in resumed] == pytest.approx([h["lr"] for h in uninterrupted[2:]])
+    killed = make_ppo_run(tmp_path / "killed", micro_model)
+    checkpoints = killed / "t" / "ppo" / "checkpoints"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ppo.train", *ppo_args(killed, *args)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while not (checkpoints / "checkpoint-2" / "meta.json").exists():
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    # The guard: it really died mid-run, after step 2's checkpoint and before finishing.
+    assert process.returncode == -signal.SIGKILL
+    assert not (killed / "t" / "ppo" / "summary.json").exists()
+
+    summary = run_ppo(ppo_args(killed, *args, "--resume", "true"))
+    for name in ("model", "value_model"):
+        a, b = weights(straight / "t" / "ppo" / name), weights(killed / "t" / "ppo" / name)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{name} differs from the uninterrupted run's"
+    # The history and the summary cover the whole run, and say where it was resumed.
+    history = read_jsonl(killed / "t" / "ppo" / "history.jsonl")
+    straight_history = read_jsonl(straight / "t" / "ppo" / "history.jsonl")
+    assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6]
+    for key in ("objective/scores", "objective/kl", "lr", "episode"):
+        assert [h[key] for h in history] == [h[key] for h in straight_history], key
+    resumed_from = summary["metrics"]["resumed_at_steps"]
+    assert len(resumed_from) == 1 and resumed_from[0] in (2, 4)
+    assert summary["metrics"]["score_first"] == pytest.approx(history[0]["objective/scores"])
 
 
 def test_resume_without_checkpoint_says_what_to_do(ppo_run):
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    from ppo.checkpoint import ResumeError
+
+    with pytest.raises(ResumeError, match="no checkpoint"):
         run_ppo(ppo_args(ppo_run, "--resume", "true"))
+
+
+def test_resume_with_other_settings_names_them(ppo_run):
+    from ppo.checkpoint import ResumeError
+
+    run_ppo(ppo_args(ppo_run, "--total_episodes", "24"))  # 3 steps: a checkpoint after step 2
+    with pytest.raises(ResumeError, match="kl_coef: 0.1 -> 0.3"):
+        run_ppo(ppo_args(ppo_run, "--total_episodes", "24", "--resume", "true", "--kl_coef", "0.3"))
 
 
 def test_missing_reward_model_names_the_stage_to_run(ppo_run):
@@ -144,28 +254,199 @@ def test_missing_reward_model_names_the_stage_to_run(ppo_run):
         run_ppo(ppo_args(ppo_run))
 
 
-def test_tokenizer_mismatch_stops_the_run_at_start(ppo_run):
-    rm_dir = ppo_run / "t" / "rm" / "model"
-    tokenizer = AutoTokenizer.from_pretrained(rm_dir)
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<|tool|>"]})
-    tokenizer.save_pretrained(rm_dir)
-    with pytest.raises(ValueError, match="tokenizer"):
-        run_ppo(ppo_args(ppo_run))
+def other_tokenizer_reward_model(path: Path) -> Path:
+    """A reward model with a tokenizer of its own: 512 tokens learnt on the demo text, another chat template."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from pipeline.base_model import train_tokenizer
+    from pipeline.demo_data import corpus_texts
+
+    tokenizer = train_tokenizer(corpus_texts(seed=1)[:400], 512)
+    tokenizer.chat_template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(1)
+    LlamaForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    (path / "reward_stats.json").write_text(json.dumps({"mean": 0.0, "std": 1.0}))
+    return path
+
+
+def test_a_reward_model_with_its_own_tokenizer_scores_the_decoded_text(ppo_run):
+    rm_dir = other_tokenizer_reward_model(ppo_run / "other_rm")
+    policy_tokenizer = AutoTokenizer.from_pretrained(ppo_run / "t" / "sft" / "model")
+    assert len(AutoTokenizer.from_pretrained(rm_dir)) != len(policy_tokenizer)
+    summary = run_ppo(ppo_args(ppo_run, "--reward_model_path", str(rm_dir)))
+    assert summary["metrics"]["global_step"] == 4
+    notes = " ".join(summary["notes"])
+    assert "tokenizer differs from the policy's" in notes and "vocabulary size" in notes
+    assert "critic starts from the SFT model" in notes
+    history = read_jsonl(ppo_run / "t" / "ppo" / "history.jsonl")
+    assert all(torch.isfinite(torch.tensor(h["rollout/raw_score"])) for h in history)
+
+
+def test_the_text_a_foreign_reward_model_reads_is_its_own_template(ppo_run):
+    from ppo.rewards import load_reward_models, render_for
+
+    rm_dir = other_tokenizer_reward_model(ppo_run / "other_rm")
+    policy_tokenizer = AutoTokenizer.from_pretrained(ppo_run / "t" / "sft" / "model")
+    (rm,) = load_reward_models([rm_dir], None, True, policy_tokenizer, torch.float32)
+    text = render_for(rm, [{"role": "user", "content": "Where is my order?"}], "Hi Sam, it ships today.")
+    assert text == "[user] Where is my order?\n[assistant] Hi Sam, it ships today.\n"
+
+
+def test_several_reward_models_combined_by_mean_minus_std(ppo_run):
+    second = ppo_run / "t" / "rm2"
+    shutil.copytree(ppo_run / "t" / "rm" / "model", second)
+    model = AutoModelForSequenceClassification.from_pretrained(second)
+    torch.manual_seed(7)
+    model.score.weight.data.normal_()  # another head: the two models disagree
+    model.save_pretrained(second)
+    (second / "reward_stats.json").write_text(json.dumps({"mean": 0.0, "std": 1.0}))
+    first = str(ppo_run / "t" / "rm" / "model")
+    run_ppo(
+        ppo_args(
+            ppo_run,
+            "--reward_model_path",
+            first,
+            str(second),
+            "--reward_aggregation",
+            "mean_minus_std",
+            "--reward_std_coef",
+            "0.5",
+        )
+    )
+    for h in read_jsonl(ppo_run / "t" / "ppo" / "history.jsonl"):
+        assert h["reward/std"] > 0
+        # The mean over rollouts of (mean - 0.5 std) is the mean of each model's mean minus 0.5 times the mean std.
+        expected = (h["reward/model_0"] + h["reward/model_1"]) / 2 - 0.5 * h["reward/std"]
+        assert h["objective/scores"] == pytest.approx(expected - 1.0 * (1 - h["rollout/eos_rate"]), abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--reward_aggregation", "median"], "unknown 'median'"),
+        (["--reward_aggregation", "mean_minus_std"], "at least 2 reward models"),
+        (["--generation_backend", "vllm"], "needs a CUDA GPU"),
+    ],
+)
+def test_bad_settings_stop_before_training(ppo_run, extra, message):
+    if "vllm" in extra and torch.cuda.is_available():
+        pytest.skip("a GPU is present: the vLLM check passes")
+    rm = str(ppo_run / "t" / "rm" / "model")
+    with pytest.raises((ValueError, RuntimeError), match=message):
+        run_ppo(ppo_args(ppo_run, "--reward_model_path", rm, *extra))
     assert not (ppo_run / "t" / "ppo" / "model").exists()
+
+
+def test_a_reward_model_that_cannot_load_is_named(ppo_run):
+    from ppo.rewards import MissingRewardModel
+
+    broken = ppo_run / "broken_rm"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    with pytest.raises(MissingRewardModel, match=r"reward_model_path\[1\] = .*broken_rm"):
+        run_ppo(ppo_args(ppo_run, "--reward_model_path", str(ppo_run / "t" / "rm" / "model"), str(broken)))
+    assert not (ppo_run / "t" / "ppo" / "model").exists()
+
+
+def one_update(runs_dir: Path, per_device: int, accumulation: int, *extra: str) -> dict[str, torch.Tensor]:
+    run_ppo(
+        ppo_args(
+            runs_dir,
+            "--total_episodes",
+            "8",
+            "--per_device_train_batch_size",
+            str(per_device),
+            "--gradient_accumulation_steps",
+            str(accumulation),
+            "--num_ppo_epochs",
+            "1",
+            "--checkpoint_steps",
+            "0",
+            *extra,
+        )
+    )
+    return weights(runs_dir / "t" / "ppo" / "model")
+
+
+def assert_same_update(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], base: dict[str, torch.Tensor]) -> None:
+    """Equal up to float summation order. Adam's first step is about lr * sign(gradient), and for a gradient near its
+    epsilon (1e-8) the order of the sums shows: the bound is 1% of the largest change (1e-3 here), not 1e-6."""
+    for k in base:
+        update_a, update_b = a[k] - base[k], b[k] - base[k]
+        assert update_a.abs().max() > 1e-4, f"the update did nothing to {k}"
+        assert (update_a - update_b).abs().max() <= 0.01 * update_a.abs().max(), k
+        assert (update_a - update_b).abs().mean() <= 1e-5 * update_a.abs().max(), k
+
+
+def test_batch_1_with_accumulation_8_makes_the_update_of_batch_8(tmp_path, micro_model):
+    base = weights(Path(micro_model))
+    eight = one_update(make_ppo_run(tmp_path / "a", micro_model), 8, 1)
+    accumulated = one_update(make_ppo_run(tmp_path / "b", micro_model), 1, 8)
+    assert_same_update(eight, accumulated, base)
+
+
+def launch(runs_dir: Path, accelerate_config: str, processes: int, *args: str) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "configs" / "accelerate" / f"{accelerate_config}.yaml"),
+        "--num_processes",
+        str(processes),
+        "-m",
+        "ppo.train",
+        *ppo_args(runs_dir, *args),
+    ]
+    proc = subprocess.run(
+        cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
 
 @pytest.mark.parametrize(("zero", "lora"), [(2, False), (3, False), (2, True)])
 def test_two_processes_under_deepspeed(ppo_run, zero, lora):
     extra = ["--use_lora", "true", "--lora_r", "4"] if lora else []
-    cmd = [sys.executable, "-m", "accelerate.commands.launch",
-           "--config_file", str(REPO / "configs" / "accelerate" / f"zero{zero}.yaml"), "--num_processes", "2",
-           "-m", "ppo.train", *ppo_args(ppo_run, *extra)]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    launch(ppo_run, f"zero{zero}", 2, *extra)
     stage = ppo_run / "t" / "ppo"
     summary = json.loads((stage / "summary.json").read_text())
     # 2 processes x 8 rollouts per step: 32 episodes in 2 steps.
     assert summary["metrics"]["global_step"] == 2
     AutoModelForCausalLM.from_pretrained(stage / "model")
     assert changed(stage / "model", ppo_run / "t" / "sft" / "model")
+
+
+@pytest.mark.parametrize("zero", [2, 3])
+def test_two_processes_under_zero_make_the_first_update_of_one(tmp_path, micro_model, zero):
+    """The same 8 rollouts (sampling is seeded per rollout), advantages whitened over both processes, the loss
+    normalised by both processes' tokens: two processes of 4 make one process's update of 8."""
+    base = weights(Path(micro_model))
+    one = one_update(make_ppo_run(tmp_path / "one", micro_model), 8, 1)
+    two_dir = make_ppo_run(tmp_path / "two", micro_model)
+    launch(
+        two_dir,
+        f"zero{zero}",
+        2,
+        "--total_episodes",
+        "8",
+        "--per_device_train_batch_size",
+        "4",
+        "--gradient_accumulation_steps",
+        "1",
+        "--num_ppo_epochs",
+        "1",
+        "--checkpoint_steps",
+        "0",
+    )
+    assert_same_update(one, weights(two_dir / "t" / "ppo" / "model"), base)

@@ -1,0 +1,188 @@
+"""The PPO stage's settings (``configs/ppo.yaml``), parsed by ``trl.TrlParser``.
+
+Where a setting means the same as in TRL 1.12's ``PPOConfig``, it has TRL's name and default, so a TRL user's PPO
+YAML carries over: ``kl_coef``, ``cliprange``, ``cliprange_value``, ``vf_coef``, ``gamma``, ``lam``,
+``num_ppo_epochs``, ``num_mini_batches``, ``response_length``, ``temperature``, ``missing_eos_penalty``,
+``total_episodes``, ``local_rollout_forward_batch_size``, ``kl_estimator``, ``whiten_rewards``, and the optimiser's
+``learning_rate`` / ``lr_scheduler_type`` / ``warmup_ratio`` / ``weight_decay`` / ``adam_*``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipeline import runs
+
+AGGREGATIONS = ("mean", "min", "mean_minus_std")
+BACKENDS = ("hf", "vllm")
+
+
+@dataclass
+class PPOStageConfig:
+    # --- run and inputs ------------------------------------------------------------------------------------------
+    run: str = field(default=runs.DEFAULT_RUN, metadata={"help": "Run name: outputs go to <runs_dir>/<run>/ppo/."})
+    runs_dir: str = "runs"
+    output_dir: str | None = field(default=None, metadata={"help": "Checkpoints; default <run>/ppo/checkpoints."})
+    sft_model_path: str | None = field(default=None, metadata={"help": "Policy and reference; default: run's SFT."})
+    reward_model_path: list[str] | None = field(
+        default=None, metadata={"help": "One or more reward models; default: the run's RM output."}
+    )
+    reward_stats: list[str] | None = field(
+        default=None, metadata={"help": "reward_stats.json per reward model; default: beside each model."}
+    )
+    reward_aggregation: str = field(default="mean", metadata={"help": "Several RMs: mean, min or mean_minus_std."})
+    reward_std_coef: float = field(default=1.0, metadata={"help": "k in mean_minus_std: mean - k * std."})
+    value_model_path: str | None = field(
+        default=None,
+        metadata={"help": "Critic init; default: the first RM when it shares the policy's tokenizer, else the SFT."},
+    )
+    prompts: str = field(default="demo", metadata={"help": "'demo' (the prompt pool) or a file with 'prompt'."})
+    num_prompts: int | None = None
+    eval_prompts: int = field(default=16, metadata={"help": "Prompts held out from training for sample tables."})
+    max_prompt_length: int = field(default=256, metadata={"help": "Longer prompts are dropped (and counted)."})
+    rubric: str | None = field(default=None, metadata={"help": "module:function gold score logged per step."})
+
+    # --- rollouts ------------------------------------------------------------------------------------------------
+    total_episodes: int | None = field(default=None, metadata={"help": "Rollouts to train on."})
+    per_device_train_batch_size: int = 64
+    gradient_accumulation_steps: int = 1
+    num_mini_batches: int = 1
+    local_rollout_forward_batch_size: int = field(
+        default=64, metadata={"help": "Per process: prompts generated and scored at once."}
+    )
+    response_length: int = 53
+    temperature: float = 0.7
+    stop_token: str | None = field(default=None, metadata={"help": "'eos': responses end at the EOS token."})
+    generation_backend: str = field(default="hf", metadata={"help": "hf (transformers generate) or vllm (GPU)."})
+    vllm_gpu_memory_utilization: float = 0.3
+    seed: int = 42
+
+    # --- rewards and KL ------------------------------------------------------------------------------------------
+    normalize_rewards: bool = field(default=True, metadata={"help": "Scale scores by the RM's training mean/std."})
+    missing_eos_penalty: float | None = None
+    length_penalty: float = field(default=0.0, metadata={"help": "Subtracted from the score per response token."})
+    kl_coef: float = 0.05
+    kl_estimator: str = "k1"
+    adaptive_kl: bool = field(default=False, metadata={"help": "Adapt the KL coefficient toward target_kl."})
+    target_kl: float = 6.0
+    kl_horizon: float = 10000.0
+    whiten_rewards: bool = False
+
+    # --- PPO -----------------------------------------------------------------------------------------------------
+    num_ppo_epochs: int = 4
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    gamma: float = 1.0
+    lam: float = 0.95
+    learning_rate: float = 3e-6
+    lr_scheduler_type: str = "linear"
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float | None = field(default=None, metadata={"help": "Clip gradients to this norm (None: off)."})
+    bf16: bool | None = field(default=None, metadata={"help": "Default: on when a GPU with bf16 support is present."})
+    gradient_checkpointing: bool = False
+
+    # --- LoRA ----------------------------------------------------------------------------------------------------
+    use_lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: str = "all-linear"
+    merge_lora: bool = field(default=True, metadata={"help": "Save the policy with the adapter merged in."})
+    value_lora: bool = field(default=True, metadata={"help": "With use_lora: adapters in the value model too."})
+
+    # --- checkpoints, logging ------------------------------------------------------------------------------------
+    checkpoint_steps: int = field(default=10, metadata={"help": "Save a resumable checkpoint every N steps (0: off)."})
+    checkpoints_to_keep: int = 2
+    resume: bool = field(default=False, metadata={"help": "Continue from the latest checkpoint of this run."})
+    save_on_each_node: bool = field(default=False, metadata={"help": "Several machines without a shared disk."})
+    logging_steps: int = 1
+    num_sample_generations: int = field(default=10, metadata={"help": "Sample tables of eval prompts over the run."})
+    per_device_eval_batch_size: int = 8
+    report_to: str | None = field(default="wandb", metadata={"help": "wandb (offline without a key), trackio, none."})
+    run_name: str | None = None
+
+    def __post_init__(self):
+        from pipeline.distributed import fill_run_defaults
+
+        fill_run_defaults(self, "ppo")
+        if isinstance(self.reward_model_path, str):  # one path in YAML
+            self.reward_model_path = [self.reward_model_path]
+        if isinstance(self.reward_stats, str):
+            self.reward_stats = [self.reward_stats]
+        if self.total_episodes is None:
+            raise ValueError("Set total_episodes (rollouts to train on), e.g. total_episodes: 1024.")
+        positive = (
+            "total_episodes",
+            "per_device_train_batch_size",
+            "gradient_accumulation_steps",
+            "num_mini_batches",
+            "local_rollout_forward_batch_size",
+            "response_length",
+            "num_ppo_epochs",
+            "per_device_eval_batch_size",
+            "logging_steps",
+        )
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        for name in ("temperature", "learning_rate", "kl_horizon"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+        for name in ("cliprange", "cliprange_value", "vf_coef", "kl_coef", "weight_decay", "length_penalty"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        for name in ("gamma", "lam", "warmup_ratio"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}.")
+        local_batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        if (
+            local_batch % self.num_mini_batches
+            or (local_batch // self.num_mini_batches) % self.per_device_train_batch_size
+        ):
+            raise ValueError(
+                f"per_device_train_batch_size x gradient_accumulation_steps ({local_batch}) must split into "
+                f"num_mini_batches ({self.num_mini_batches}) mini-batches of whole micro-batches of "
+                f"{self.per_device_train_batch_size}: make gradient_accumulation_steps a multiple of num_mini_batches."
+            )
+        if self.stop_token not in (None, "eos"):
+            raise ValueError(f"stop_token must be 'eos' or unset, got {self.stop_token!r}.")
+        if self.kl_estimator not in ("k1", "k3"):
+            raise ValueError(f"kl_estimator must be 'k1' or 'k3', got {self.kl_estimator!r}.")
+        if self.reward_aggregation not in AGGREGATIONS:
+            raise ValueError(
+                f"reward_aggregation: unknown {self.reward_aggregation!r}; choose one of {', '.join(AGGREGATIONS)}."
+            )
+        if self.reward_aggregation == "mean_minus_std" and self.reward_model_path and len(self.reward_model_path) < 2:
+            raise ValueError(
+                "reward_aggregation: mean_minus_std needs at least 2 reward models (the std of one is undefined); "
+                "list several under reward_model_path, or use reward_aggregation: mean."
+            )
+        if self.reward_stats and self.reward_model_path and len(self.reward_stats) != len(self.reward_model_path):
+            raise ValueError(
+                f"reward_stats lists {len(self.reward_stats)} files for {len(self.reward_model_path)} reward models: "
+                "give one per model, in the same order, or leave it unset to read reward_stats.json beside each."
+            )
+        if self.generation_backend not in BACKENDS:
+            raise ValueError(
+                f"generation_backend must be one of {', '.join(BACKENDS)}, got {self.generation_backend!r}."
+            )
+        if self.adaptive_kl and self.target_kl <= 0:
+            raise ValueError(f"target_kl must be positive with adaptive_kl, got {self.target_kl}.")
+        if self.use_lora and self.lora_r <= 0:
+            raise ValueError(f"lora_r must be positive, got {self.lora_r}.")
+        if self.lr_scheduler_type not in ("linear", "constant", "cosine"):
+            raise ValueError(f"lr_scheduler_type must be linear, constant or cosine, got {self.lr_scheduler_type!r}.")
+
+    @property
+    def local_batch_size(self) -> int:
+        """Rollouts per process per step."""
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps
+
+    @property
+    def micro_batches_per_mini_batch(self) -> int:
+        return self.local_batch_size // self.num_mini_batches // self.per_device_train_batch_size

@@ -1,0 +1,129 @@
+"""Reward models as PPO reads them: one or several, each with its own tokenizer and training statistics.
+
+A reward model that shares the policy's tokenizer scores the policy's token ids as they are. One with another
+tokenizer (or chat template) gets the conversation as text: the prompt's messages and the decoded response, rendered
+with its own chat template and tokenized with its own tokenizer. Scores are normalised with each model's
+``reward_stats.json`` and then combined: ``mean``, ``min`` (the worst case) or ``mean - k * std``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+
+from pipeline.models import tokenizer_differences
+from ppo.algorithm import aggregate_scores
+from ppo.models import disable_dropout, last_token_scores
+from ppo.shaping import first_true, normalise_scores
+
+
+@dataclass
+class RewardModel:
+    path: Path
+    model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    mean: float
+    std: float
+    shares_policy_tokenizer: bool
+    differences: list[str] = field(default_factory=list)
+
+    def note(self) -> str | None:
+        if self.shares_policy_tokenizer:
+            return None
+        return (
+            f"{self.path}: its tokenizer differs from the policy's ({'; '.join(self.differences)}); responses are "
+            "decoded and re-tokenized with its own chat template"
+        )
+
+
+class MissingRewardModel(FileNotFoundError):
+    pass
+
+
+def read_stats(model_path: Path, stats_path: str | None, normalise: bool) -> tuple[float, float]:
+    candidates = (
+        [Path(stats_path)]
+        if stats_path
+        else [model_path / "reward_stats.json", model_path.parent / "reward_stats.json"]
+    )
+    for path in candidates:
+        if path.exists():
+            stats = json.loads(path.read_text())
+            return (float(stats["mean"]), float(stats["std"])) if normalise else (0.0, 1.0)
+    if normalise:
+        raise FileNotFoundError(
+            f"normalize_rewards needs the reward model's training statistics, looked in: {[str(p) for p in candidates]}. "
+            "Give --reward_stats PATH (one per reward model), or --normalize_rewards false."
+        )
+    return 0.0, 1.0
+
+
+def load_reward_models(
+    paths: list[Path],
+    stats: list[str] | None,
+    normalise: bool,
+    policy_tokenizer: PreTrainedTokenizerBase,
+    dtype: torch.dtype,
+) -> list[RewardModel]:
+    """Every reward model, or an error naming the one that cannot load and why, before anything trains."""
+    out = []
+    for i, path in enumerate(paths):
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
+        except (OSError, ValueError) as error:
+            raise MissingRewardModel(
+                f"reward_model_path[{i}] = {path}: cannot load a reward model there ({str(error).splitlines()[0]}). "
+                "It must be a folder with a sequence-classification model (num_labels=1) and its tokenizer, as "
+                "`make rm` writes to runs/<run>/rm/model."
+            ) from error
+        mean, std = read_stats(path, stats[i] if stats else None, normalise)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model.eval().requires_grad_(False)
+        disable_dropout(model)
+        differences = tokenizer_differences(policy_tokenizer, tokenizer)
+        out.append(RewardModel(path, model, tokenizer, mean, std, not differences, differences))
+    return out
+
+
+def render_for(rm: RewardModel, prompt: list[dict[str, str]], response: str) -> str:
+    """The conversation as the reward model reads it: its own chat template, or plain text without one."""
+    messages = [*prompt, {"role": "assistant", "content": response}]
+    if rm.tokenizer.chat_template:
+        return rm.tokenizer.apply_chat_template(messages, tokenize=False)
+    return "\n\n".join(m["content"] for m in messages)
+
+
+@torch.no_grad()
+def score_with(
+    rm: RewardModel,
+    query_responses: torch.Tensor,
+    policy_pad: int,
+    prompts: list[list[dict]],
+    responses_text: list[str],
+    context_length: int,
+) -> torch.Tensor:
+    """Raw scores ``[B]`` of one reward model on truncated rollouts."""
+    device = query_responses.device
+    if rm.shares_policy_tokenizer:
+        attention = query_responses != policy_pad
+        last = context_length + first_true(query_responses[:, context_length:] == policy_pad) - 1
+        ids = query_responses.masked_fill(~attention, 0)
+        return last_token_scores(rm.model, ids, attention.long(), last)
+    texts = [render_for(rm, p, r) for p, r in zip(prompts, responses_text, strict=True)]
+    batch = rm.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False, padding_side="right").to(
+        device
+    )
+    last = batch["attention_mask"].sum(1) - 1
+    return last_token_scores(rm.model, batch["input_ids"], batch["attention_mask"], last)
+
+
+def combine(raw: torch.Tensor, models: list[RewardModel], how: str, k: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised scores per model ``[M, B]`` and their aggregate ``[B]``."""
+    normalised = torch.stack([normalise_scores(raw[i], m.mean, m.std) for i, m in enumerate(models)])
+    return normalised, aggregate_scores(normalised, how, k) if len(models) > 1 else normalised[0]
