@@ -65,6 +65,9 @@ class SFTStageConfig(SFTConfig):
         default="wandb", metadata={"help": "wandb (offline without a key), trackio or none."}
     )
     bf16: bool | None = field(default=None, metadata={"help": "Default: on when a GPU with bf16 support is present."})
+    # pad_to_multiple_of keeps TRL's "auto": no padding on CPU and CUDA (extra pad tokens only cost compute there),
+    # 128 on Neuron, which compiles once per shape. loss_type stays "nll" (configs/sft.yaml says so): cross-entropy
+    # through TRL's fused LM head, in tiles without the full logits; "chunked_nll" is now an alias of it.
 
     def __post_init__(self):
         fill_training_defaults(self, "sft")
@@ -168,10 +171,11 @@ class PackedRowsCollator:
 
 
 def packed_rows_needed(config: SFTStageConfig, model) -> bool:
-    from trl.trainer.sft_trainer import FLASH_ATTENTION_VARIANTS
+    # TRL 1.16 no longer lists the FlashAttention variants; transformers' own check covers them (and any new kernel).
+    from transformers.utils.generic import is_flash_attention_requested
 
     bfd = config.packing and config.packing_strategy in ("bfd", "bfd_split")
-    return bfd and model.config._attn_implementation not in FLASH_ATTENTION_VARIANTS
+    return bfd and not is_flash_attention_requested(model.config)
 
 
 def main(config: SFTStageConfig) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from transformers.trainer_utils import get_last_checkpoint
 from trl import RewardConfig, RewardTrainer, TrlParser
+from trl.trainer.utils import pad
 
 from pipeline import runs
 from pipeline.data import DataError, read_table
@@ -74,6 +75,8 @@ class RMStageConfig(RewardConfig):
         default="wandb", metadata={"help": "wandb (offline without a key), trackio or none."}
     )
     bf16: bool | None = field(default=None, metadata={"help": "Default: on when a GPU with bf16 support is present."})
+    # pad_to_multiple_of keeps TRL's "auto": no padding on CPU and CUDA (extra pad tokens only cost compute there),
+    # 128 on Neuron, which compiles once per shape. The K-way collator pads to it as TRL's pair collator does.
 
     def __post_init__(self):
         fill_training_defaults(self, "rm")
@@ -99,6 +102,7 @@ class RankingCollator:
     """
 
     pad_token_id: int
+    pad_to_multiple_of: int | None = None
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         sequences = [torch.tensor(ids) for example in examples for ids in example["response_ids"]]
@@ -111,8 +115,8 @@ class RankingCollator:
                 ranks.append(ranking + [0] * (k - len(ranking)))
                 ranking_item.append(i)
         return {
-            "input_ids": pad_sequence(sequences, batch_first=True, padding_value=self.pad_token_id),
-            "attention_mask": pad_sequence([torch.ones_like(s) for s in sequences], batch_first=True),
+            "input_ids": pad(sequences, self.pad_token_id, "right", self.pad_to_multiple_of),
+            "attention_mask": pad([torch.ones_like(s) for s in sequences], 0, "right", self.pad_to_multiple_of),
             "response_mask": response_mask,
             "ranks": torch.tensor(ranks),
             "ranking_item": torch.tensor(ranking_item),
@@ -121,6 +125,10 @@ class RankingCollator:
 
 class KWayRewardTrainer(RewardTrainer):
     """RewardTrainer on whole rankings, with ``reward.losses.kway_ranking_loss``; data comes tokenized."""
+
+    # This loss is a mean over the batch's rankings, not scaled for gradient accumulation: Trainer divides it by the
+    # accumulation steps.
+    loss_is_scaled_for_ga = False
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         return dataset  # tokenized (and too-long rankings dropped) by reward.data
@@ -358,7 +366,7 @@ def main(config: RMStageConfig) -> dict[str, Any]:
     tracker = Tracker(config.report_to, config.run, "rm", stage.dir, runs.config_dict(config), state.is_main_process)
     trainer_class, collator = RewardTrainer, None
     if config.loss == "kway":
-        trainer_class, collator = KWayRewardTrainer, RankingCollator(tokenizer.pad_token_id)
+        trainer_class, collator = KWayRewardTrainer, RankingCollator(tokenizer.pad_token_id, config.pad_to_multiple_of)
     trainer = trainer_class(
         model=str(model_path), args=config, data_collator=collator, train_dataset=data.train,
         eval_dataset=data.eval, processing_class=tokenizer, peft_config=peft_config,

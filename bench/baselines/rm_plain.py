@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 from datasets import load_dataset
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 from trl import RewardConfig, RewardTrainer, TrlParser
 
 
@@ -24,6 +24,8 @@ class ScriptArguments:
 
 def main(script: ScriptArguments, config: RewardConfig) -> None:
     tokenizer = AutoTokenizer.from_pretrained(script.model_name_or_path)
+    # The score head is initialised here, before RewardTrainer seeds: seed first, as TRL does for a model it loads.
+    set_seed(config.seed)
     model = AutoModelForSequenceClassification.from_pretrained(
         script.model_name_or_path, num_labels=1, dtype=torch.float32
     )
@@ -32,6 +34,7 @@ def main(script: ScriptArguments, config: RewardConfig) -> None:
     trainer = RewardTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
     trainer.train()
     trainer.save_model(config.output_dir)
+    trainer.end()  # the trackers and the process group finish here, as in TRL's own scripts
 
 
 if __name__ == "__main__":

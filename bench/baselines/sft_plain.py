@@ -31,6 +31,7 @@ def main(script: ScriptArguments, config: SFTConfig) -> None:
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
     trainer.train()
     trainer.save_model(config.output_dir)
+    trainer.end()  # the trackers and the process group finish here, as in TRL's own scripts
 
 
 if __name__ == "__main__":
