@@ -23,7 +23,7 @@ def merge_adapter(base_path: str | Path, adapter_dir: Path, out_dir: Path, token
 
     base = (model_class or AutoModelForCausalLM).from_pretrained(base_path, dtype=torch.float32)
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
-    merged.save_pretrained(out_dir)
+    save_here(merged, out_dir)
     tokenizer.save_pretrained(out_dir)
 
 
@@ -46,3 +46,16 @@ def tokenizer_differences(a, b, limit: int = 3) -> list[str]:
     if (a.chat_template or None) != (b.chat_template or None):
         differences.append("chat templates differ")
     return differences
+
+
+def save_here(model, directory: str | Path, **kwargs) -> None:
+    """``model.save_pretrained`` from this process, whatever its global rank.
+
+    Once a process group exists, transformers 5 writes on global rank 0 only (``should_save_on_this_rank``); a stage
+    whose every node writes its own copy (machines without a shared disk) calls this on each node's main process.
+    """
+    model.should_save_on_this_rank = lambda is_main_process: is_main_process
+    try:
+        model.save_pretrained(directory, **kwargs)
+    finally:
+        del model.should_save_on_this_rank

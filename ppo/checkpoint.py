@@ -47,6 +47,8 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
 
 
 def save(accelerator, path: Path, meta: dict[str, Any], history: list[dict], keep: int) -> None:
+    """Resuming needs the checkpoints on a disk every node sees: accelerate writes the full weights on the main
+    process only."""
     accelerator.save_state(str(path / "accelerate"))  # every process: its shards, the optimizer, RNG
     if accelerator.is_main_process:
         write_history(path / "history.jsonl", history)

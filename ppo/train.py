@@ -29,7 +29,7 @@ from trl import TrlParser
 from pipeline import runs
 from pipeline.candidates import load_prompts
 from pipeline.distributed import configure_cpu_deepspeed, release_zero3_init
-from pipeline.models import lora_config, merge_adapter
+from pipeline.models import lora_config, merge_adapter, save_here
 from pipeline.rubric import load_rubric
 from pipeline.tracking import Tracker
 from ppo import checkpoint, rewards
@@ -134,7 +134,9 @@ def main(config: PPOStageConfig) -> dict[str, Any]:
     if config.generation_backend == "vllm":
         check_vllm_available()
     tokenizer = AutoTokenizer.from_pretrained(sft_path, padding_side="left")
-    with accelerator.main_process_first():
+    # The demo prompts are written once per disk: by each node's main process when nodes have their own.
+    first = accelerator.local_main_process_first if config.save_on_each_node else accelerator.main_process_first
+    with first():
         rows, prompts_path = load_prompts(config.prompts, config.runs_dir, config.num_prompts)
     train_rows, train_ids, dropped = tokenize_prompts(rows[config.eval_prompts :], tokenizer, config.max_prompt_length)
     eval_rows, eval_ids, _ = tokenize_prompts(rows[: config.eval_prompts], tokenizer, config.max_prompt_length)
@@ -710,23 +712,38 @@ def is_writer(config: PPOStageConfig, accelerator: Accelerator) -> bool:
     return accelerator.is_local_main_process if config.save_on_each_node else accelerator.is_main_process
 
 
+def full_state_dict(config: PPOStageConfig, accelerator: Accelerator, model: torch.nn.Module) -> dict:
+    """The whole model's weights where they are written. Under ZeRO-3 accelerate gathers them on global rank 0 only;
+    with ``save_on_each_node`` every node writes, so each weight is gathered on every process in turn."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if not (config.save_on_each_node and plugin is not None and plugin.zero_stage == 3):
+        return accelerator.get_state_dict(model)
+    import deepspeed
+
+    state = {}
+    for name, param in accelerator.unwrap_model(model).named_parameters():
+        with deepspeed.zero.GatheredParameters([param]):
+            state[name] = param.detach().cpu().clone()
+    return state
+
+
 def save_policy(
     config: PPOStageConfig, accelerator: Accelerator, models: Models, sft_path: Path, tokenizer, stage_dir: Path
 ) -> tuple[Path, Path]:
     model_dir, adapter_dir = stage_dir / "model", stage_dir / "adapter"
-    state_dict = accelerator.get_state_dict(models.model)  # gathers ZeRO-3 shards on every rank
+    state_dict = full_state_dict(config, accelerator, models.model)
     release_zero3_init()
     if is_writer(config, accelerator):
         unwrapped = accelerator.unwrap_model(models.model)
         policy_state = {k.removeprefix("policy."): v for k, v in state_dict.items() if k.startswith("policy.")}
-        unwrapped.policy.save_pretrained(adapter_dir if config.use_lora else model_dir, state_dict=policy_state)
+        save_here(unwrapped.policy, adapter_dir if config.use_lora else model_dir, state_dict=policy_state)
         if not config.use_lora:
             tokenizer.save_pretrained(model_dir)
         # The critic too, to continue from or to inspect (with LoRA: its adapters and head included).
         value_state = {
             k.removeprefix("value_model."): v for k, v in state_dict.items() if k.startswith("value_model.")
         }
-        unwrapped.value_model.save_pretrained(stage_dir / "value_model", state_dict=value_state)
+        save_here(unwrapped.value_model, stage_dir / "value_model", state_dict=value_state)
     accelerator.wait_for_everyone()
     return model_dir, adapter_dir
 
