@@ -423,6 +423,8 @@ def rollout(
         unwrapped.eval()
         responses, logprobs = [], []
         if models.generator is not None:
+            with unwrap_model_for_generation(models.model, accelerator) as gathered:
+                models.generator.push(gathered.policy)  # the last update's weights (with LoRA: the adapter only)
             responses = [models.generator.generate(queries, seeds, pad, stop)]
         else:
             with unwrap_model_for_generation(models.model, accelerator) as gathered:

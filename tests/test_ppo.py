@@ -450,3 +450,15 @@ def test_two_processes_under_zero_make_the_first_update_of_one(tmp_path, micro_m
         "0",
     )
     assert_same_update(one, weights(two_dir / "t" / "ppo" / "model"), base)
+
+
+@pytest.mark.gpu
+def test_vllm_backend_trains_and_pushes_the_weights(ppo_run):
+    """On a GPU with the vllm extra: rollouts from vLLM, the policy's weights pushed into it after each update."""
+    import importlib.util
+
+    if not torch.cuda.is_available() or importlib.util.find_spec("vllm") is None:
+        pytest.skip("needs a CUDA GPU and `pip install -e .[vllm]`; the HF backend is tested on the CPU above")
+    summary = run_ppo(ppo_args(ppo_run, "--generation_backend", "vllm", "--vllm_gpu_memory_utilization", "0.2"))
+    assert summary["metrics"]["global_step"] == 4
+    assert changed(ppo_run / "t" / "ppo" / "model", ppo_run / "t" / "sft" / "model")
