@@ -50,6 +50,12 @@ class PPOStageConfig:
     local_rollout_forward_batch_size: int = field(
         default=64, metadata={"help": "Per process: prompts generated and scored at once."}
     )
+    generation_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Per process: rollouts generated at once; default all of the step's (fewer decoding steps)."
+        },
+    )
     response_length: int = 53
     temperature: float = 0.7
     stop_token: str | None = field(default=None, metadata={"help": "'eos': responses end at the EOS token."})
@@ -130,6 +136,8 @@ class PPOStageConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.generation_batch_size is not None and self.generation_batch_size < 1:
+            raise ValueError(f"generation_batch_size must be at least 1, got {self.generation_batch_size}.")
         for name in ("temperature", "learning_rate", "kl_horizon"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
