@@ -128,108 +128,44 @@ def main(config: PPOStageConfig) -> dict[str, Any]:
     stage = runs.StageRun("ppo", config.run, config.runs_dir)
     set_seed(config.seed)
 
-    # step 1. inputs: the policy (SFT), the reward models and their statistics, the prompts.
+    # step 1. inputs: the policy (SFT), the reward models and their statistics, the prompts; then the models.
     sft_path = runs.stage_output(config.run, "sft", config.runs_dir, config.sft_model_path)
     rm_paths = [runs.stage_output(config.run, "rm", config.runs_dir, p) for p in config.reward_model_path or [None]]
     if config.generation_backend == "vllm":
         check_vllm_available()
     tokenizer = AutoTokenizer.from_pretrained(sft_path, padding_side="left")
-    # The demo prompts are written once per disk: by each node's main process when nodes have their own.
-    first = accelerator.local_main_process_first if config.save_on_each_node else accelerator.main_process_first
-    with first():
-        rows, prompts_path = load_prompts(config.prompts, config.runs_dir, config.num_prompts)
-    train_rows, train_ids, dropped = tokenize_prompts(rows[config.eval_prompts :], tokenizer, config.max_prompt_length)
-    eval_rows, eval_ids, _ = tokenize_prompts(rows[: config.eval_prompts], tokenizer, config.max_prompt_length)
-    order = PromptOrder(len(train_rows), config.seed)
+    prompts = load_ppo_prompts(config, accelerator, tokenizer)
     rubric = load_rubric(config.rubric)
     models = build_models(config, accelerator, sft_path, rm_paths, tokenizer)
 
     # step 2. resume: the latest checkpoint's weights, optimizer, schedule, KL coefficient and history.
-    start_step, episode, history, resumed_at = 0, 0, [], []
-    if config.resume:
-        path, meta, history = checkpoint.latest(config)
-        accelerator.load_state(str(path / "accelerate"))
-        start_step, episode, resumed_at = (
-            meta["global_step"],
-            meta["episode"],
-            [*meta["resumed_at"], meta["global_step"]],
-        )
-        history = history[:start_step]
-        accelerator.print(f"[ppo] resuming from {path} at step {start_step}, episode {episode}")
+    progress = resume(config, accelerator) if config.resume else Progress()
     tracker = Tracker(
         config.report_to, config.run, "ppo", stage.dir, runs.config_dict(config), accelerator.is_main_process
     )
 
-    # step 3. train: each step generates, scores and learns from world x local_batch_size rollouts.
-    world_batch = config.local_batch_size * accelerator.num_processes
-    num_steps = -(-config.total_episodes // world_batch)
-    sample_every = max(1, num_steps // config.num_sample_generations) if config.num_sample_generations else 0
-    started = time.perf_counter()
-    progress = tqdm_steps(accelerator, start_step, num_steps)
+    # step 3. train: each step generates, scores and learns from processes x local_batch_size rollouts.
+    num_steps = -(-config.total_episodes // (config.local_batch_size * accelerator.num_processes))
+    bar = tqdm_steps(accelerator, progress.step, num_steps)
     try:
-        for step in range(start_step, num_steps):
-            timer = Timer()
-            with timer("step"):
-                positions = order.positions(
-                    step, accelerator.process_index, accelerator.num_processes, config.local_batch_size
-                )
-                batch_rows = [train_rows[order.prompt_at(p)] for p in positions]
-                batch_ids = [train_ids[order.prompt_at(p)] for p in positions]
-                batch = rollout(
-                    config,
-                    accelerator,
-                    models,
-                    tokenizer,
-                    batch_rows,
-                    batch_ids,
-                    sample_seeds(config.seed, positions),
-                    timer,
-                )
-                with timer("advantages"):
-                    compute_advantages(config, accelerator, models.kl.value, batch)
-                with timer("optimisation"):
-                    stats = optimise(config, accelerator, models, batch, tokenizer.pad_token_id, step)
-                models.scheduler.step()
-            episode += world_batch
-            metrics = step_metrics(config, accelerator, models, batch, stats, timer, rubric, tokenizer)
-            metrics.update(
-                episode=episode,
-                lr=models.scheduler.get_last_lr()[0],
-                elapsed_s=time.perf_counter() - started,
-                eps=episode / max(time.perf_counter() - started, 1e-9),
-            )
-            models.kl.update(metrics["objective/kl"], n_steps=world_batch)  # takes effect from the next step
-            history.append({"step": step + 1, **metrics})
-            if (step + 1) % config.logging_steps == 0:
-                tracker.log({f"train/{k}": v for k, v in metrics.items()}, step=step + 1)
-            if sample_every and step % sample_every == 0:
-                log_samples(config, accelerator, models, tokenizer, eval_rows, eval_ids, tracker, step + 1)
-            if config.checkpoint_steps and (step + 1) % config.checkpoint_steps == 0 and step + 1 < num_steps:
-                meta = {
-                    "global_step": step + 1,
-                    "episode": episode,
-                    "resumed_at": resumed_at,
-                    "settings": checkpoint.trajectory_settings(config),
-                }
-                checkpoint.save(
-                    accelerator,
-                    Path(config.output_dir) / f"checkpoint-{step + 1}",
-                    meta,
-                    history,
-                    config.checkpoints_to_keep,
-                )
-            progress.update(1)
-            progress.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.2f}")
+        while progress.step < num_steps:
+            metrics = train_step(config, accelerator, models, prompts, tokenizer, rubric, progress, tracker, num_steps)
+            bar.update(1)
+            bar.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.2f}")
     except torch.OutOfMemoryError as err:
         raise RuntimeError(OOM_ADVICE) from err
-    progress.close()
+    bar.close()
 
-    # step 4. save the policy: gathered on every rank (ZeRO-3), written by the main process (or each node's).
-    model_dir, adapter_dir = save_policy(config, accelerator, models, sft_path, tokenizer, stage.dir)
-    final_kl_coef, parameters, notes = models.kl.value, models.parameters, models.notes
-    normalisation = [{"path": str(rm.path), "mean": rm.mean, "std": rm.std} for rm in models.reward_models]
-    # The merge loads the base model once more: free the training models first, or that is the run's peak.
-    del models
+    # step 4. save the policy and the critic (gathered under ZeRO-3), then free the training models.
+    model_dir, adapter_dir = save_policy(config, accelerator, models, tokenizer, stage.dir)
+    extra = {
+        "final_kl_coef": models.kl.value,
+        "prompts_dropped_too_long": prompts.dropped,
+        **models.parameters,
+        "reward_normalisation": [{"path": str(m.path), "mean": m.mean, "std": m.std} for m in models.reward_models],
+    }
+    notes = models.notes
+    del models  # the LoRA merge loads the base model once more: without this, that would be the run's peak
     accelerator.free_memory()
     gc.collect()
     if config.use_lora and config.merge_lora and is_writer(config, accelerator):
@@ -238,18 +174,15 @@ def main(config: PPOStageConfig) -> dict[str, Any]:
     if not accelerator.is_main_process:
         return {}
 
-    # step 5. finish: history, summary, tracker.
-    checkpoint.write_history(stage.dir / "history.jsonl", history)
-    metrics = ppo_metrics(history)
-    metrics.update(
-        global_step=num_steps,
-        episodes=episode,
-        prompts_dropped_too_long=dropped,
-        final_kl_coef=final_kl_coef,
-        resumed_at_steps=resumed_at,
-        reward_normalisation=normalisation,
-        **parameters,
-    )
+    # step 5. finish: the history and summary of every step since the run began, and the tracker.
+    checkpoint.write_history(stage.dir / "history.jsonl", progress.history)
+    metrics = {
+        **ppo_metrics(progress.history),
+        "global_step": progress.step,
+        "episodes": progress.episode,
+        "resumed_at_steps": progress.resumed_at,
+        **extra,
+    }
     tracker.summary({k: v for k, v in metrics.items() if isinstance(v, int | float)})
     summary = stage.finish(
         config,
@@ -257,7 +190,7 @@ def main(config: PPOStageConfig) -> dict[str, Any]:
         inputs={
             "sft_model": sft_path,
             **{f"reward_model_{i}": p for i, p in enumerate(rm_paths)},
-            "prompts": prompts_path,
+            "prompts": prompts.path,
         },
         outputs={
             "model": model_dir,
@@ -269,11 +202,124 @@ def main(config: PPOStageConfig) -> dict[str, Any]:
     )
     tracker.finish()
     print(
-        f"[ppo] done in {runs.format_duration(summary['wall_time_s'])} | {episode} episodes | "
+        f"[ppo] done in {runs.format_duration(summary['wall_time_s'])} | {progress.episode} episodes | "
         f"score {metrics.get('score_first', 0):.3f} -> {metrics.get('score_last', 0):.3f} | "
         f"kl {metrics.get('kl_last', 0):.3f} | model: {model_dir}"
     )
     return summary
+
+
+def train_step(
+    config: PPOStageConfig,
+    accelerator: Accelerator,
+    models: Models,
+    prompts: Prompts,
+    tokenizer,
+    rubric,
+    progress: Progress,
+    tracker: Tracker,
+    num_steps: int,
+) -> dict[str, float]:
+    """One PPO step, its metrics, the KL coefficient's update, logging and the checkpoint."""
+    step, world_batch, timer = progress.step, config.local_batch_size * accelerator.num_processes, Timer()
+    with timer("step"):
+        positions = prompts.order.positions(
+            step, accelerator.process_index, accelerator.num_processes, config.local_batch_size
+        )
+        picked = [prompts.order.prompt_at(p) for p in positions]
+        # phases 1-3. generate, score, reference log-probs and values.
+        batch = rollout(
+            config,
+            accelerator,
+            models,
+            tokenizer,
+            [prompts.train_rows[i] for i in picked],
+            [prompts.train_ids[i] for i in picked],
+            sample_seeds(config.seed, positions),
+            timer,
+        )
+        # phase 4. rewards and advantages.
+        with timer("advantages"):
+            compute_advantages(config, accelerator, models.kl.value, batch)
+        # phase 5. PPO epochs over mini-batches.
+        with timer("optimisation"):
+            stats = optimise(config, accelerator, models, batch, tokenizer.pad_token_id, step)
+        models.scheduler.step()
+    progress.step, progress.episode = step + 1, progress.episode + world_batch
+    metrics = step_metrics(config, accelerator, models, batch, stats, timer, rubric, tokenizer)
+    elapsed = progress.elapsed_before + time.perf_counter() - progress.started
+    metrics.update(
+        episode=progress.episode,
+        lr=models.scheduler.get_last_lr()[0],
+        elapsed_s=elapsed,
+        eps=progress.episode / max(elapsed, 1e-9),
+    )
+    models.kl.update(metrics["objective/kl"], n_steps=world_batch)  # takes effect from the next step
+    progress.history.append({"step": progress.step, **metrics})
+    if progress.step % config.logging_steps == 0:
+        tracker.log({f"train/{k}": v for k, v in metrics.items()}, step=progress.step)
+    every = max(1, num_steps // config.num_sample_generations) if config.num_sample_generations else 0
+    if every and step % every == 0:
+        log_samples(config, accelerator, models, tokenizer, prompts, tracker, progress.step)
+    if config.checkpoint_steps and progress.step % config.checkpoint_steps == 0 and progress.step < num_steps:
+        meta = {
+            "global_step": progress.step,
+            "episode": progress.episode,
+            "resumed_at": progress.resumed_at,
+            "elapsed_s": elapsed,
+            "settings": checkpoint.trajectory_settings(config),
+        }
+        checkpoint.save(
+            accelerator,
+            Path(config.output_dir) / f"checkpoint-{progress.step}",
+            meta,
+            progress.history,
+            config.checkpoints_to_keep,
+        )
+    return metrics
+
+
+@dataclass
+class Prompts:
+    train_rows: list[dict]
+    train_ids: list[list[int]]
+    eval_rows: list[dict]
+    eval_ids: list[list[int]]
+    dropped: int
+    path: Path
+    order: PromptOrder
+
+
+@dataclass
+class Progress:
+    """Where the run is: its step, episodes and the history of every step since it began (across resumes)."""
+
+    step: int = 0
+    episode: int = 0
+    history: list[dict] = field(default_factory=list)
+    resumed_at: list[int] = field(default_factory=list)
+    elapsed_before: float = 0.0  # training seconds before the last resume
+    started: float = field(default_factory=time.perf_counter)
+
+
+def load_ppo_prompts(config: PPOStageConfig, accelerator: Accelerator, tokenizer) -> Prompts:
+    # The demo prompts are written once per disk: by each node's main process when nodes have their own.
+    first = accelerator.local_main_process_first if config.save_on_each_node else accelerator.main_process_first
+    with first():
+        rows, path = load_prompts(config.prompts, config.runs_dir, config.num_prompts)
+    train_rows, train_ids, dropped = tokenize_prompts(rows[config.eval_prompts :], tokenizer, config.max_prompt_length)
+    eval_rows, eval_ids, _ = tokenize_prompts(rows[: config.eval_prompts], tokenizer, config.max_prompt_length)
+    return Prompts(
+        train_rows, train_ids, eval_rows, eval_ids, dropped, path, PromptOrder(len(train_rows), config.seed)
+    )
+
+
+def resume(config: PPOStageConfig, accelerator: Accelerator) -> Progress:
+    path, meta, history = checkpoint.latest(config)
+    accelerator.load_state(str(path / "accelerate"))
+    step = meta["global_step"]
+    accelerator.print(f"[ppo] resuming from {path} at step {step}, episode {meta['episode']}")
+    return Progress(step, meta["episode"], history[:step], [*meta["resumed_at"], step], meta.get("elapsed_s", 0.0))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -683,12 +729,12 @@ def log_samples(
     accelerator: Accelerator,
     models: Models,
     tokenizer,
-    rows: list[dict],
-    ids: list[list[int]],
+    prompts: Prompts,
     tracker: Tracker,
     step: int,
 ) -> None:
     """A table of greedy replies to the held-out prompts, with their scores, for the dashboards."""
+    rows, ids = prompts.eval_rows, prompts.eval_ids
     from trl.models.utils import unwrap_model_for_generation
 
     if not rows:  # every process takes part: under ZeRO-3 the gathering of the weights is collective
@@ -747,7 +793,7 @@ def full_state_dict(config: PPOStageConfig, accelerator: Accelerator, model: tor
 
 
 def save_policy(
-    config: PPOStageConfig, accelerator: Accelerator, models: Models, sft_path: Path, tokenizer, stage_dir: Path
+    config: PPOStageConfig, accelerator: Accelerator, models: Models, tokenizer, stage_dir: Path
 ) -> tuple[Path, Path]:
     model_dir, adapter_dir = stage_dir / "model", stage_dir / "adapter"
     state_dict = full_state_dict(config, accelerator, models.model)
