@@ -105,7 +105,7 @@ ppo: setup  ## stage 4: PPO against the reward model (configs/ppo.yaml)
 eval: setup  ## the SFT policy against the PPO policy on held-out prompts: summary, report.md, plots
 	$(PY) -m ppo.evaluate --config $(EVAL_CONFIG) --run $(RUN) $(ARGS)
 
-bench: setup  ## benchmarks: each stage against plain TRL, packing, K-way loss, LoRA, ZeRO, labeling under load
+bench: setup  ## benchmarks: each stage against plain TRL (PPO: TRL 1.12 in bench/.oracle, built once), packing, LoRA, ZeRO, labeling
 	$(PY) -m bench $(ARGS)
 
 test: setup  ## the test suite (CPU, tiny models, a few minutes)

@@ -96,6 +96,18 @@ def main(argv: list[str] | None = None) -> int:
         help="OMP_NUM_THREADS of every measured program (default: unset, torch uses all cores).",
     )
     parser.add_argument("--keep", action="store_true", help="Keep the scratch folder (logs, outputs of every run).")
+    parser.add_argument(
+        "--oracle",
+        choices=("build", "existing", "skip"),
+        default="build",
+        help="The ppo case's TRL 1.12 oracle venv (bench/.oracle): build it when missing (default), run it only if "
+        "it exists already, or skip it.",
+    )
+    parser.add_argument(
+        "--ppo_run",
+        default=None,
+        help="A run folder (with sft/model and rm/model) for the ppo case, instead of the models it builds once.",
+    )
     args = parser.parse_args(argv)
 
     names = [c.strip() for c in args.cases.split(",") if c.strip()]
@@ -112,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"bench-{stamp}-"))
-    ws = Workspace(Path(args.runs_dir).resolve(), work, args.quick, repeats, warmup, args.threads)
+    ws = Workspace(Path(args.runs_dir).resolve(), work, args.quick, repeats, warmup, args.threads, args.oracle,
+                   Path(args.ppo_run).resolve() if args.ppo_run else None, out, stamp)  # fmt: skip
     load_before = _load()
     command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
     print(f"bench: cases {', '.join(names)}; {repeats} round(s) after {warmup} warm-up; scratch {work}", flush=True)

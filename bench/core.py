@@ -127,12 +127,13 @@ def _kill_tree(pid: int) -> None:
 
 
 def harness_cmd(module: str, args: list[str], metrics: Path, *, ppo: bool = False,
-                launch: list[str] | None = None) -> list[str]:  # fmt: skip
-    """``python -m bench.harness ... -m MODULE ARGS``, under ``accelerate launch LAUNCH`` when given."""
+                launch: list[str] | None = None, python: str = PYTHON) -> list[str]:  # fmt: skip
+    """``python -m bench.harness ... -m MODULE ARGS``, under ``accelerate launch LAUNCH`` when given; ``python``
+    is another interpreter (the TRL 1.12 oracle's venv) when given."""
     harness = ["--metrics", str(metrics), *(["--ppo"] if ppo else []), "-m", module, *args]
     if launch is None:
-        return [PYTHON, "-m", "bench.harness", *harness]
-    return [PYTHON, "-m", "accelerate.commands.launch", *launch, "-m", "bench.harness", *harness]
+        return [python, "-m", "bench.harness", *harness]
+    return [python, "-m", "accelerate.commands.launch", *launch, "-m", "bench.harness", *harness]
 
 
 def accelerate_launch(config: str, processes: int, threads: int) -> list[str]:
@@ -284,6 +285,16 @@ def check_target(result: CaseResult, name: str, value: float | None, op: str, ta
     result.comparisons.append(row)
 
 
+def check_within(result: CaseResult, name: str, value: float | None, low: float | None, high: float | None,
+                 how: str) -> None:  # fmt: skip
+    """A target that one figure lies in a range (another variant's spread); ``how`` says what the range is."""
+    row: dict[str, Any] = {"name": name, "value": value, "unit": "", "low": low, "high": high}
+    row["target"] = f"in [{_fmt(low)}, {_fmt(high)}] ({how})" if low is not None and high is not None else how
+    if value is not None and low is not None and high is not None:
+        row["met"] = low <= value <= high
+    result.comparisons.append(row)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Reports
 # ---------------------------------------------------------------------------------------------------------------
@@ -293,7 +304,8 @@ SHOWN = {
     "samples_per_s": "samples/s", "pairs_per_s": "pairs/s", "tokens_per_s": "tokens/s", "episodes_per_s": "episodes/s",
     "step_s": "s/step", "generation_s_per_step": "s/step", "reference_s_per_step": "s/step",
     "value_s_per_step": "s/step", "scoring_s_per_step": "s/step", "optimisation_s_per_step": "s/step",
-    "stage_generation_s": "s/step", "stage_scoring_s": "s/step", "stage_optimisation_s": "s/step",
+    "rm_score_last_quarter": "", "gold_score_last_quarter": "", "kl_last_quarter": "", "rm_score_first": "",
+    "gold_score_first": "",
     "padding_share": "", "mfu": "", "peak_rss_mb": "MB", "peak_tree_rss_mb": "MB", "cuda_peak_allocated_mb": "MB",
     "submits_per_s": "submits/s", "p50_ms": "ms", "p95_ms": "ms", "p99_ms": "ms", "errors": "", "sent": "",
     "acknowledged": "", "stored": "", "lost": "", "next_item_p99_ms": "ms", "server_cpu_ms_per_request": "ms",
@@ -375,6 +387,10 @@ class Workspace:
     repeats: int
     warmup: int
     threads: int | None = None  # OMP_NUM_THREADS of every measured program (None: torch's default)
+    oracle: str = "build"  # the TRL 1.12 oracle venv: build it when missing, use it only if "existing", or "skip"
+    ppo_run: Path | None = None  # a run folder whose sft/model and rm/model the PPO case uses instead of its own
+    out: Path | None = None  # the results folder, for figures a case draws (PNG)
+    stamp: str = ""  # the results' file stem
 
     def env(self) -> dict[str, str]:
         return child_env(self.threads)

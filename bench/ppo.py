@@ -1,26 +1,33 @@
-"""PPO: the project's stage (``ppo.train``) against plain TRL, full against LoRA, one process against two under ZeRO.
+"""PPO: the project's stage (``ppo.train``) against TRL 1.12's PPOTrainer (the oracle), full against LoRA, one
+process against two under ZeRO.
 
-Policy and reference are the embedded tiny Llama; the reward and value models are a stand-in built from it with a
-scalar head (as ``tests/test_ppo.py`` does), so PPO runs without the reward stage. Every program gets the same PPO
-flags and the same demo prompts. Episodes/s is the steady state after the first step; the phase times come from the
-harness (identical wrapping of TRL's loop for both programs); the stage's own ``timing/*`` figures from its
-``history.jsonl`` are reported beside them.
+``ppo``: the stage and the oracle (``bench/baselines/ppo_plain.py`` in its own TRL 1.12 venv, ``bench/oracle.py``)
+on the same models, prompts, flags and seeds, one seed per round. The models are a short SFT run of the embedded
+tiny Llama and a reward model trained by the project's own stages on demo replies ranked by the demo's gold rubric,
+built once and cached under ``runs_dir/_bench/`` (or ``--ppo_run DIR``), so the learning curves (RM score, gold
+score, KL against episodes) mean something. The stage's steps are read from its ``history.jsonl`` (its loop has no
+transformers callbacks); the oracle's from the harness, which also times TRL's phases. ``ppo_lora`` and
+``ppo_zero`` run the stage alone, on a stand-in reward model (the tiny Llama with a scalar head).
 """
 
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import statistics
 from pathlib import Path
 
+from bench import oracle
 from bench.core import (
-    TARGET_VS_TRL,
+    PYTHON,
+    BenchError,
     CaseResult,
     Comparison,
     Shape,
     Workspace,
     accelerate_launch,
+    check_within,
     compare,
     harness_cmd,
     random_llama,
@@ -31,8 +38,19 @@ from bench.core import (
 )
 
 TARGET_LORA_MEMORY = ("<=", 0.7)
+TARGET_SPEED = (">=", 1.3)  # the stage's own loop is to be clearly faster than TRL's, on the same work
+TARGET_MEMORY = ("<=", 1.0)
+RUBRIC = "pipeline.demo_data:house_style_score"
+PHASES = ("generation", "reference", "value", "scoring", "optimisation")
 # About 60M parameters: large enough that the models' own memory shows next to the runtime's.
 WIDE = Shape(hidden=768, layers=8, heads=12, intermediate=2048)
+# The recipe of the cached SFT policy and reward model; a new name when it changes, so the cache is rebuilt.
+TRAINED = "ppo-models-v1"
+SFT_FLAGS = ["--num_train_epochs", "1", "--eval_strategy", "no", "--eval_on_start", "false", "--save_strategy",
+             "no", "--load_best_model_at_end", "false", "--early_stopping_patience", "0", "--num_samples", "0",
+             "--report_to", "none"]  # fmt: skip
+RM_FLAGS = ["--num_train_epochs", "1", "--save_strategy", "no", "--report_to", "none"]
+RM_PROMPTS = 300  # x 4 ranked replies: held-out agreement with the rubric is above 90% after one epoch
 
 
 def build_inputs(ws: Workspace, base: str) -> dict[str, Path]:
@@ -57,85 +75,318 @@ def build_inputs(ws: Workspace, base: str) -> dict[str, Path]:
     return paths
 
 
+def write_ranked_export(
+    export_dir: Path, demo_dir: Path, k: int = 4, seed: int = 0, prompts: int | None = None
+) -> None:
+    """K replies per demo prompt in distinct demo styles, ranked by the gold rubric: an export as the labeling
+    stage writes it (rankings.jsonl for the K-way loss, preferences.jsonl pairs), labels marked simulated."""
+    import re
+
+    from labeling_ui.export import ranking_to_pairs
+    from pipeline import demo_data as demo
+
+    rng = random.Random(seed)
+    export_dir.mkdir(parents=True, exist_ok=True)
+    rankings, preferences = [], []
+    for line in (demo_dir / "prompts.jsonl").read_text().splitlines()[:prompts]:
+        row = json.loads(line)
+        email = row["prompt"][-1]["content"]
+        first, last = re.search(r"^From: (\S+) (\S+)", email, re.MULTILINE).groups()
+        slots = demo._slots(rng) | {"first": first, "last": last}
+        scenario = demo.SCENARIO_BY_NAME[row["scenario"]]
+        apology, step, terse, extra = (rng.choice(options).format(**slots) if options else None for options in
+                                       (scenario.apologies, scenario.steps, scenario.terse, scenario.extras))  # fmt: skip
+        parts = demo.ReplyParts(first, last, demo.TITLES.get(first), f"order #{slots['order']}", apology, step,
+                                terse, extra)  # fmt: skip
+        responses = [demo.STYLE_WRITERS[style](parts, rng) for style in rng.sample(list(demo.STYLE_WRITERS), k)]
+        gold = [round(demo.house_style_score(email, r), 3) for r in responses]
+        ranks = [sorted(set(gold), reverse=True).index(g) + 1 for g in gold]  # dense, 1 = best
+        if len(set(ranks)) < 2:
+            continue
+        item = {"group_id": row["id"], "item_id": f"{row['id']}-1", "labeler": "rubric", "simulated": True}
+        rankings.append({**item, "prompt": row["prompt"], "responses": responses, "ranks": ranks, "is_gold": False})
+        for chosen, rejected, gap in ranking_to_pairs(responses, ranks):
+            preferences.append({**item, "prompt": row["prompt"], "rank_gap": gap,
+                                "chosen": [{"role": "assistant", "content": responses[chosen]}],
+                                "rejected": [{"role": "assistant", "content": responses[rejected]}]})  # fmt: skip
+    for name, rows in (("rankings.jsonl", rankings), ("preferences.jsonl", preferences)):
+        (export_dir / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = {"stage": "export", "metrics": {"pairs": len(preferences), "all_simulated": True}}
+    (export_dir / "summary.json").write_text(json.dumps(summary))
+
+
+def trained_inputs(ws: Workspace) -> dict[str, Path]:
+    """An SFT policy and a reward model made by the project's own stages, built once into the runs cache.
+
+    SFT: one epoch of ``pipeline.sft`` on the demo split (configs/sft.yaml otherwise). Reward model: ``reward.train``
+    (configs/rm.yaml: the K-way loss) on the demo prompts, each with 4 replies in distinct demo styles ranked by the
+    gold rubric. ``--ppo_run DIR`` uses that run folder's models instead.
+    """
+    stats = ws.work / "ppo_inputs" / "identity_stats.json"
+    stats.parent.mkdir(parents=True, exist_ok=True)
+    # Scores are not normalised (mean 0, std 1): TRL's PPO has no normalisation, and both sides get the same scores.
+    stats.write_text(json.dumps({"mean": 0.0, "std": 1.0}))
+    root = ws.ppo_run or ws.runs_dir / "_bench" / TRAINED / "m"
+    paths = {"sft": root / "sft" / "model", "rm": root / "rm" / "model", "stats": stats,
+             "rm_summary": root / "rm" / "summary.json"}  # fmt: skip
+    if paths["rm"].is_dir() and paths["sft"].is_dir():
+        return paths
+    if ws.ppo_run:
+        raise BenchError(f"--ppo_run {ws.ppo_run}: expected sft/model and rm/model in it")
+    print(f"  [ppo] building the SFT policy and reward model once, into {root.parent} (about 3 minutes on 2 idle "
+          "cores)", flush=True)  # fmt: skip
+    ws.model()  # the embedded tiny Llama and the demo data, cached
+    # Built in a side folder, renamed into place when complete; a stage whose summary.json exists (written last)
+    # is not run again, so an interrupted build goes on where it stopped.
+    partial = root.parent.with_name(f".{TRAINED}.partial")
+    for cached in ("_data", "_models"):
+        link = partial / cached
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.is_symlink():
+            link.symlink_to((ws.runs_dir / cached).resolve(), target_is_directory=True)
+    write_ranked_export(partial / "m" / "export", ws.demo_dir(), prompts=RM_PROMPTS)
+    common = ["--run", "m", "--runs_dir", str(partial)]
+    for module, stage, config, flags in (("pipeline.sft", "sft", "configs/sft.yaml", SFT_FLAGS),
+                                         ("reward.train", "rm", "configs/rm.yaml", RM_FLAGS)):  # fmt: skip
+        if (partial / "m" / stage / "summary.json").exists():
+            continue
+        print(f"  [ppo] python -m {module} ...", flush=True)
+        cmd = [PYTHON, "-m", module, "--config", config, *common, *flags]
+        figures = run_process(cmd, partial / f"{module}.log.txt", ws.env(), timeout=1800)
+        print(f"  [ppo] {module}: {figures['wall_s']:.0f} s", flush=True)
+    summary = json.loads((partial / "m" / "rm" / "summary.json").read_text()).get("metrics", {})
+    print(f"  [ppo] reward model: held-out agreement with the gold rubric "
+          f"{summary.get('eval_gold_accuracy', float('nan')):.1%}", flush=True)  # fmt: skip
+    for cached in ("_data", "_models"):
+        (partial / cached).unlink()
+    shutil.rmtree(root.parent, ignore_errors=True)
+    partial.rename(root.parent)
+    return paths
+
+
 def ppo_flags(steps: int, world_size: int = 1, batch: int = 8, accumulation: int = 2, response_length: int = 32,
-              ppo_epochs: int = 2) -> list[str]:  # fmt: skip
+              ppo_epochs: int = 2, seed: int = 0, learning_rate: float = 2e-5) -> list[str]:  # fmt: skip
     """The PPO flags both programs get. One step is batch x accumulation x processes episodes."""
     flags = {
         "total_episodes": steps * batch * accumulation * world_size, "per_device_train_batch_size": batch,
         "gradient_accumulation_steps": accumulation, "num_mini_batches": 1, "num_ppo_epochs": ppo_epochs,
         "local_rollout_forward_batch_size": batch, "response_length": response_length, "temperature": 0.7,
-        "learning_rate": 2e-5, "kl_coef": 0.05, "missing_eos_penalty": 1.0, "stop_token": "eos", "seed": 0,
-        "num_sample_generations": 0, "per_device_eval_batch_size": batch, "logging_steps": 1, "report_to": "none",
-        "bf16": "false", "gradient_checkpointing": "false", "save_strategy": "no", "num_prompts": 200, "eval_prompts": 16, "max_prompt_length": 256,
+        "learning_rate": learning_rate, "kl_coef": 0.05, "missing_eos_penalty": 1.0, "stop_token": "eos", "seed": seed,
+        "logging_steps": 1, "report_to": "none", "bf16": "false", "num_prompts": 200, "eval_prompts": 16,
+        "max_prompt_length": 256, "num_sample_generations": 0, "per_device_eval_batch_size": batch,
+        "gradient_checkpointing": "false",
     }  # fmt: skip
+    return _as_flags(flags)
+
+
+# TRL's PPOTrainer saves checkpoints unless told not to (the stage's are off with --checkpoint_steps 0).
+ORACLE_FLAGS = {"save_strategy": "no"}
+
+
+def _as_flags(flags: dict) -> list[str]:
     return [f"--{k}" if i % 2 == 0 else str(v) for k, v in flags.items() for i in (0, 1)]
 
 
-def stage_metrics(run_dir: Path, skip: int) -> dict[str, float]:
-    """The stage's own per-step timings (``timing/*`` in history.jsonl), averaged over the measured steps."""
-    path = run_dir / "bench" / "ppo" / "history.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()][skip:]
-    out = {}
-    for phase in ("generation", "scoring", "optimisation"):
-        values = [r[f"timing/{phase}_s"] for r in rows if f"timing/{phase}_s" in r]
+def read_history(path: Path) -> list[dict]:
+    if not path.exists():
+        raise BenchError(f"the run wrote no {path}")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def history_metrics(rows: list[dict], skip: int) -> dict[str, float]:
+    """Steady-state figures from a per-step history (``elapsed_s``, ``episode``, ``timing/*``) after ``skip`` steps."""
+    if len(rows) <= skip:
+        raise BenchError(f"only {len(rows)} steps in the history; need more than the {skip} skipped")
+    first, measured = (rows[skip - 1] if skip else None), rows[skip:]
+    elapsed = measured[-1]["elapsed_s"] - (first["elapsed_s"] if first else 0.0)
+    episodes = measured[-1]["episode"] - (first["episode"] if first else 0)
+    out = {"steady_s": elapsed, "step_s": elapsed / len(measured), "episodes_per_s": episodes / elapsed}
+    for phase in PHASES:
+        values = [r[f"timing/{phase}_s"] for r in measured if f"timing/{phase}_s" in r]
         if values:
-            out[f"stage_{phase}_s"] = statistics.mean(values)
+            out[f"{phase}_s_per_step"] = statistics.mean(values)
+    if all("timing/step_s" in r for r in measured):
+        # Optimisation as the harness takes it for TRL's loop: the step less its four rollout phases (advantages
+        # and the PPO epochs), so both sides split a step the same way.
+        rollout = [sum(r.get(f"timing/{p}_s", 0.0) for p in PHASES[:4]) for r in measured]
+        out["optimisation_s_per_step"] = statistics.mean(max(r["timing/step_s"] - x, 0.0)
+                                                         for r, x in zip(measured, rollout, strict=True))  # fmt: skip
+    return out
+
+
+CURVES = {"rm_score": "objective/scores", "gold_score": "rollout/gold_score", "kl": "objective/kl"}
+
+
+def learning_figures(rows: list[dict]) -> dict:
+    """The curves (value per step against episodes) and their first and last-quarter means, as the stage's
+    summary takes them (a quarter of the run, at least one step)."""
+    window = max(1, len(rows) // 4)
+    out: dict = {"curve": {"episode": [r.get("episode") for r in rows]}}
+    for name, key in CURVES.items():
+        values = [r.get(key) for r in rows]
+        out["curve"][name] = values
+        last, head = [v for v in values[-window:] if v is not None], [v for v in values[:window] if v is not None]
+        if last:
+            out[f"{name}_last_quarter"] = statistics.mean(last)
+        if head and name != "kl":
+            out[f"{name}_first"] = statistics.mean(head)
     return out
 
 
 class PPORunner:
-    def __init__(self, ws: Workspace, case: str, base: str, steps: int, skip: int, **flag_kwargs):
+    def __init__(self, ws: Workspace, case: str, base: str | None, steps: int, skip: int, **flag_kwargs):
         self.ws, self.case, self.steps, self.skip, self.flag_kwargs = ws, case, steps, skip, flag_kwargs
-        self.inputs = build_inputs(ws, base)
+        self.inputs = trained_inputs(ws) if base is None else build_inputs(ws, base)
+        self.rubric: list[str] = []
 
-    def stage(self, name: str, extra: list[str] = (), launch: list[str] | None = None, world_size: int = 1):
-        def go(round_: int) -> dict[str, float]:
+    def flags(self, seed: int = 0, world_size: int = 1) -> list[str]:
+        return [*ppo_flags(self.steps, world_size, seed=seed, **self.flag_kwargs), *self.rubric]
+
+    def stage(self, name: str, extra: list[str] = (), launch: list[str] | None = None, world_size: int = 1,
+              seeded: bool = False):  # fmt: skip
+        """``python -m ppo.train`` as users run it (under ``accelerate launch LAUNCH`` when given); its steps from
+        its history.jsonl. ``seeded``: round r runs with seed r."""
+
+        def go(round_: int) -> dict:
             run_dir = self.ws.run_dir(self.case, name, round_)
-            metrics = run_dir / "metrics"
             args = ["--config", "configs/ppo.yaml", "--run", "bench", "--runs_dir", str(run_dir),
                     "--sft_model_path", str(self.inputs["sft"]), "--reward_model_path", str(self.inputs["rm"]),
                     "--reward_stats", str(self.inputs["stats"]), "--checkpoint_steps", "0",
-                    *ppo_flags(self.steps, world_size, **self.flag_kwargs), *extra]  # fmt: skip
-            process = run_process(
-                harness_cmd("ppo.train", args, metrics, ppo=True, launch=launch), run_dir / "log.txt", self.ws.env()
-            )
-            ranks = read_ranks(metrics)
-            return {**training_metrics(ranks, self.skip), **stage_metrics(run_dir, self.skip), **process}
+                    *self.flags(round_ if seeded else 0, world_size), *extra]  # fmt: skip
+            cmd = [
+                PYTHON,
+                *(["-m", "accelerate.commands.launch", *launch] if launch else []),
+                "-m",
+                "ppo.train",
+                *args,
+            ]
+            process = run_process(cmd, run_dir / "log.txt", self.ws.env())
+            rows = read_history(run_dir / "bench" / "ppo" / "history.jsonl")
+            return {**history_metrics(rows, self.skip), **learning_figures(rows), **process}
 
         return go
 
-    def plain(self, round_: int) -> dict[str, float]:
-        run_dir = self.ws.run_dir(self.case, "plain_trl", round_)
-        metrics = run_dir / "metrics"
-        args = ["--prompts_file", str(self.ws.demo_dir() / "prompts.jsonl"), "--sft_model_path",
-                str(self.inputs["sft"]), "--reward_model_path", str(self.inputs["rm"]), "--output_dir",
-                str(run_dir / "out"), *ppo_flags(self.steps, **self.flag_kwargs)]  # fmt: skip
-        process = run_process(
-            harness_cmd("bench.baselines.ppo_plain", args, metrics, ppo=True), run_dir / "log.txt", self.ws.env()
-        )
-        return {**training_metrics(read_ranks(metrics), self.skip), **process}
+    def oracle(self, python: str):
+        """TRL 1.12's PPOTrainer (bench/baselines/ppo_plain.py) in the oracle venv, through the harness; round r
+        runs with seed r."""
+
+        def go(round_: int) -> dict:
+            run_dir = self.ws.run_dir(self.case, "oracle", round_)
+            metrics, history = run_dir / "metrics", run_dir / "out" / "history.jsonl"
+            args = ["--prompts_file", str(self.ws.demo_dir() / "prompts.jsonl"), "--sft_model_path",
+                    str(self.inputs["sft"]), "--reward_model_path", str(self.inputs["rm"]), "--output_dir",
+                    str(run_dir / "out"), "--history", str(history), *self.flags(round_),
+                    *_as_flags(ORACLE_FLAGS)]  # fmt: skip
+            cmd = harness_cmd("bench.baselines.ppo_plain", args, metrics, ppo=True, python=python)
+            process = run_process(cmd, run_dir / "log.txt", self.ws.env())
+            rows = read_history(history)
+            harness = training_metrics(read_ranks(metrics), self.skip)
+            return {**harness, **learning_figures(rows), **process}
+
+        return go
 
 
-def _settings(runner: PPORunner, model: str) -> dict:
-    return {"model": model, "reward_model": "stand-in: the same with a scalar head", "steps": runner.steps,
-            "skipped_steps": runner.skip, "flags": " ".join(ppo_flags(runner.steps, **runner.flag_kwargs))}  # fmt: skip
+def _settings(runner: PPORunner, model: str, reward_model: str = "stand-in: the same with a scalar head") -> dict:
+    return {"model": model, "reward_model": reward_model, "steps": runner.steps, "skipped_steps": runner.skip,
+            "flags": " ".join(runner.flags())}  # fmt: skip
+
+
+def oracle_python(ws: Workspace) -> tuple[str | None, str | None]:
+    """The oracle venv's Python, or why the oracle does not run."""
+    if ws.oracle == "skip":
+        return None, "the oracle (TRL 1.12 PPOTrainer) was skipped: --oracle skip"
+    if ws.oracle == "existing" and not oracle.ready():
+        return None, (f"the oracle (TRL 1.12 PPOTrainer) was skipped: --oracle existing, and {oracle.ORACLE_DIR} "
+                      "is not built (python -m bench.oracle builds it)")  # fmt: skip
+    return str(oracle.ensure()), None
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    mean = statistics.mean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"min": min(values), "max": max(values), "mean": mean, "std": std}
 
 
 def run(ws: Workspace) -> CaseResult:
-    steps, skip = (3, 1) if ws.quick else (4, 1)
-    result = CaseResult("ppo", "PPO: project stage vs plain TRL PPOTrainer")
-    runner = PPORunner(ws, "ppo", ws.model(), steps, skip)
-    result.settings = _settings(runner, "embedded:tiny-llama")
-    run_rounds(result, {"stage": runner.stage("stage"), "plain_trl": runner.plain}, **ws.rounds())
-    compare(result, Comparison("stage / plain TRL episodes/s", "episodes_per_s", "stage", "plain_trl", TARGET_VS_TRL))
-    compare(result, Comparison("stage / plain TRL peak RSS", "peak_rss_mb", "stage", "plain_trl"))
+    steps, skip = (4, 1) if ws.quick else (10, 1)
+    result = CaseResult("ppo", "PPO: project stage vs TRL 1.12 PPOTrainer (the oracle), trained reward model")
+    # configs/ppo.yaml's learning rate for the tiny demo model: the policy moves within the few steps measured.
+    runner = PPORunner(ws, "ppo", None, steps, skip, learning_rate=1e-4)
+    runner.rubric = ["--rubric", RUBRIC]
+    rm_summary = {}
+    if runner.inputs["rm_summary"].exists():
+        rm_summary = json.loads(runner.inputs["rm_summary"].read_text()).get("metrics", {})
+    result.settings = {**_settings(runner, f"SFT of the embedded tiny Llama: {runner.inputs['sft']}",
+                                   f"reward.train on rubric-ranked demo replies: {runner.inputs['rm']}"),
+                       "rm_eval_gold_accuracy": rm_summary.get("eval_gold_accuracy"),
+                       "rm_eval_accuracy": rm_summary.get("eval_accuracy"), "seeds": "round r: seed r",
+                       "oracle": {"venv": str(oracle.ORACLE_DIR), **oracle.wanted()}}  # fmt: skip
+    python, skipped = oracle_python(ws)
+    variants = {"stage": runner.stage("stage", seeded=True)}
+    if python:
+        variants["oracle"] = runner.oracle(python)
+    else:
+        print(f"  [ppo] {skipped}", flush=True)
+        result.notes.append(skipped)
+    run_rounds(result, variants, **ws.rounds())
+    compare(result, Comparison("stage / oracle episodes/s", "episodes_per_s", "stage", "oracle", TARGET_SPEED))
+    compare(result, Comparison("stage / oracle peak RSS", "peak_rss_mb", "stage", "oracle", TARGET_MEMORY))
+    for name, label in (("gold_score", "gold score"), ("rm_score", "RM score")):
+        key = f"{name}_last_quarter"
+        stage = [r[key] for r in result.runs.get("stage", []) if key in r]
+        base = [r[key] for r in result.runs.get("oracle", []) if key in r]
+        if not base:
+            continue
+        s = spread(base)
+        check_within(result, f"stage {label}, last quarter (median over seeds) vs oracle's spread",
+                     statistics.median(stage) if stage else None, s["min"], s["max"],
+                     f"min..max over {len(base)} oracle seed(s)")  # fmt: skip
+        result.comparisons[-1]["oracle_mean_2std"] = [s["mean"] - 2 * s["std"], s["mean"] + 2 * s["std"]]
+    if ws.out is not None and result.runs:
+        png = plot_curves(result, ws.out / f"{ws.stamp or 'ppo'}-ppo-curves.png")
+        if png:
+            result.notes.append(f"learning curves: {png}")
     result.notes.append(
-        "Phases (s/step, harness): generation = TRL's batch_generation; reference = the reference forward; value and "
-        "scoring = get_reward on the value and reward models; optimisation = the rest of the step (advantages, "
-        "PPO epochs). stage_* are the stage's own timing/* from history.jsonl (its scoring includes the "
-        "normalisation, its generation the gold rubric of each rollout)."
+        "Phases (s/step): the oracle's from the harness (generation = TRL's batch_generation; reference = the "
+        "reference forward; value and scoring = get_reward on the value and reward models; optimisation = the rest "
+        "of the step), the stage's from its own timing/* in history.jsonl. Scores are not normalised on either side "
+        "(reward stats mean 0, std 1). Last quarter = the mean of the last quarter of the steps of a run."
     )
     return result
+
+
+def plot_curves(result: CaseResult, path: Path) -> Path | None:
+    """RM score, gold score and KL against episodes, one line per run, the stage and the oracle in two colours."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    colours = {"stage": "tab:blue", "oracle": "tab:orange"}
+    for ax, (name, title) in zip(axes, (("rm_score", "RM score (objective/scores)"),
+                                        ("gold_score", "gold score (house_style_score)"),
+                                        ("kl", "KL (objective/kl)")), strict=True):  # fmt: skip
+        for variant, runs in result.runs.items():
+            for i, run_ in enumerate(runs):
+                curve = run_.get("curve", {})
+                points = [(e, v) for e, v in zip(curve.get("episode", []), curve.get(name, []), strict=False)
+                          if e is not None and v is not None]  # fmt: skip
+                if points:
+                    ax.plot(*zip(*points, strict=True), color=colours.get(variant, "grey"), alpha=0.8, marker=".",
+                            label=variant if i == 0 else None)  # fmt: skip
+        ax.set_title(title)
+        ax.set_xlabel("episodes")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("PPO: the stage against TRL 1.12 PPOTrainer, one line per seed")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def run_lora(ws: Workspace) -> CaseResult:

@@ -226,6 +226,8 @@ def train_step(
         positions = prompts.order.positions(
             step, accelerator.process_index, accelerator.num_processes, config.local_batch_size
         )
+        # Rows by prompt length: the chunks of the rollout then pad less. A row's sample depends on its seed alone.
+        positions = sorted(positions, key=lambda p: len(prompts.train_ids[prompts.order.prompt_at(p)]))
         picked = [prompts.order.prompt_at(p) for p in positions]
         # phases 1-3. generate, score, reference log-probs and values.
         batch = rollout(
@@ -245,6 +247,7 @@ def train_step(
         with timer("optimisation"):
             stats = optimise(config, accelerator, models, batch, tokenizer.pad_token_id, step)
         models.scheduler.step()
+        gc.collect()  # generation leaves reference cycles; collected each step, they never add up to a peak
     progress.step, progress.episode = step + 1, progress.episode + world_batch
     metrics = step_metrics(config, accelerator, models, batch, stats, timer, rubric, tokenizer)
     elapsed = progress.elapsed_before + time.perf_counter() - progress.started
