@@ -15,7 +15,7 @@ STAGE_CONFIGS = {
     "sft.yaml": "pipeline.sft:SFTStageConfig",
     "sft_hub_example.yaml": "pipeline.sft:SFTStageConfig",
     "candidates.yaml": "pipeline.candidates:CandidatesConfig",
-    "ppo.yaml": "ppo.train:PPOStageConfig",
+    "ppo.yaml": "ppo.config:PPOStageConfig",
     "eval.yaml": "ppo.evaluate:EvalConfig",
     "rm.yaml": "reward.train:RMStageConfig",
     "labeling.yaml": "labeling_ui.app:LabelingConfig",
