@@ -170,6 +170,26 @@ class PackedRowsCollator:
         return batch
 
 
+def score_labelled_positions_only() -> None:
+    """Let TRL's fused LM head skip the prompt positions on CPU too.
+
+    TRL 1.16 scores only the positions that have a label on Triton devices, and every position elsewhere, to keep
+    Neuron's tile shapes fixed. On CPU that runs the LM head over the prompts as well: plain TRL SFT on the demo data
+    ran at 9.2 samples/s against 14.3 with TRL 1.12; scoring the labelled positions gives 13.1, with the same losses.
+    """
+    import trl.trainer.utils as trl_utils
+
+    if getattr(trl_utils._use_triton, "cpu_compact", False):
+        return
+    use_triton = trl_utils._use_triton
+
+    def compact(device) -> bool:
+        return device.type == "cpu" or use_triton(device)
+
+    compact.cpu_compact = True
+    trl_utils._use_triton = compact
+
+
 def packed_rows_needed(config: SFTStageConfig, model) -> bool:
     # TRL 1.16 no longer lists the FlashAttention variants; transformers' own check covers them (and any new kernel).
     from transformers.utils.generic import is_flash_attention_requested
@@ -204,6 +224,7 @@ def main(config: SFTStageConfig) -> dict[str, Any]:
     # step 2. train, evaluating every eval_steps (and at step 0 when eval_on_start, which gives the base model's loss).
     tracker = Tracker(config.report_to, config.run, "sft", stage.dir, runs.config_dict(config), state.is_main_process)
     callbacks = [EarlyStoppingCallback(config.early_stopping_patience)] if config.early_stopping_patience else []
+    score_labelled_positions_only()
     trainer = SFTTrainer(
         model=model,
         args=config,
