@@ -65,7 +65,7 @@ $(VENV)/.installed: pyproject.toml
 		|| echo "note: no /usr/bin/chromium (apt-get install chromium): the browser tests will be skipped"
 	touch $@
 
-demo: setup  ## the whole pipeline on the embedded model with simulated labelers (about 10 min on 2 CPU cores)
+demo: setup  ## the whole pipeline on the embedded model with simulated labelers (about 14 min on 2 CPU cores)
 	$(PY) -m pipeline run --config configs/pipeline.yaml --run $(RUN) $(ARGS)
 
 pipeline: setup  ## the whole pipeline from configs/pipeline.yaml; finished stages are skipped
