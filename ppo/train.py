@@ -136,6 +136,8 @@ def main(config: PPOStageConfig) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(sft_path, padding_side="left")
     prompts = load_ppo_prompts(config, accelerator, tokenizer)
     rubric = load_rubric(config.rubric)
+    if rubric is not None:  # said out loud: a rubric written for other prompts would score these silently
+        accelerator.print(f"[ppo] gold rubric {config.rubric} scores every rollout (rollout/gold_score)")
     models = build_models(config, accelerator, sft_path, rm_paths, tokenizer)
 
     # step 2. resume: the latest checkpoint's weights, optimizer, schedule, KL coefficient and history.
@@ -181,6 +183,7 @@ def main(config: PPOStageConfig) -> dict[str, Any]:
         "global_step": progress.step,
         "episodes": progress.episode,
         "resumed_at_steps": progress.resumed_at,
+        "gold_rubric": config.rubric,
         **extra,
     }
     tracker.summary({k: v for k, v in metrics.items() if isinstance(v, int | float)})
