@@ -7,6 +7,7 @@ positions alone (``logits_to_keep``), not on the prompt, and the critic's scalar
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -51,8 +52,15 @@ def model_inputs(query_responses: torch.Tensor, pad_token_id: int) -> dict[str, 
 
 
 def _keeps_logits(model: nn.Module) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    base = getattr(model, "module", model)  # a DeepSpeed engine passes its keyword arguments on to its module
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
+    return _forward_takes_logits_to_keep(type(base))
+
+
+@functools.cache
+def _forward_takes_logits_to_keep(model_class: type) -> bool:
+    # Read once per class: the forwards call this for every chunk and micro-batch.
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
 def response_logits(

@@ -18,6 +18,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from ppo.algorithm import gumbel_noise
+from ppo.shaping import first_true
 
 
 class GumbelSampler(LogitsProcessor):
@@ -164,8 +165,6 @@ def truncate_after_stop(responses: torch.Tensor, stop_token_id: int | None, pad_
     """Everything after the first stop token becomes padding (the stop token itself stays)."""
     if stop_token_id is None:
         return responses
-    from ppo.shaping import first_true
-
     stop = first_true(responses == stop_token_id)
     after = torch.arange(responses.shape[1], device=responses.device)[None, :] > stop[:, None]
     return responses.masked_fill(after, pad_token_id)

@@ -25,6 +25,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, get_scheduler
 from trl import TrlParser
+from trl.models.utils import unwrap_model_for_generation
 
 from pipeline import runs
 from pipeline.candidates import load_prompts
@@ -463,8 +464,6 @@ def rollout(
     timer: Timer,
 ) -> Batch:
     """Phase 1-3: generate the responses, score them, and compute the reference log-probs and the values."""
-    from trl.models.utils import unwrap_model_for_generation
-
     pad, device = tokenizer.pad_token_id, accelerator.device
     stop = tokenizer.eos_token_id if config.stop_token == "eos" else None
     queries = left_pad(prompt_ids, pad).to(device)
@@ -741,8 +740,6 @@ def log_samples(
 ) -> None:
     """A table of greedy replies to the held-out prompts, with their scores, for the dashboards."""
     rows, ids = prompts.eval_rows, prompts.eval_ids
-    from trl.models.utils import unwrap_model_for_generation
-
     if not rows:  # every process takes part: under ZeRO-3 the gathering of the weights is collective
         return
     n = min(len(rows), config.per_device_eval_batch_size)
