@@ -75,10 +75,10 @@ report: setup  ## rebuild runs/$(RUN)/report.md and report.html from the stages'
 	$(PY) -m pipeline report --config $(PIPELINE_CONFIG) --run $(RUN)
 
 data: setup  ## write the demo data set into runs/_data/
-	$(PY) -c "from pipeline.demo_data import ensure_demo_data; print(ensure_demo_data())"
+	$(PY) -c "from pipeline.demo.data import ensure_demo_data; print(ensure_demo_data())"
 
 base-model: setup  ## build the embedded tiny base model into runs/_models/
-	$(PY) -m pipeline.base_model --preset tiny-llama
+	$(PY) -m pipeline.demo.base_model --preset tiny-llama
 
 sft: setup  ## stage 1: supervised fine-tuning (configs/sft.yaml)
 	$(LAUNCH) -m pipeline.sft --config $(SFT_CONFIG) $(STAGE_ARGS)

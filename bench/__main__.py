@@ -45,11 +45,15 @@ def machine(load_before: str) -> dict:
     except (OSError, StopIteration):
         pass
     return {
-        "cpu": cpu, "cpus": os.cpu_count(), "memory_gb": psutil.virtual_memory().total / 2**30,
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "memory_gb": psutil.virtual_memory().total / 2**30,
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "python": platform.python_version(), "platform": platform.platform(),
-        "load_before": load_before, "load_after": _load(),
-    }  # fmt: skip
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_before": load_before,
+        "load_after": _load(),
+    }
 
 
 def versions() -> dict[str, str]:
@@ -124,8 +128,18 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"bench-{stamp}-"))
-    ws = Workspace(Path(args.runs_dir).resolve(), work, args.quick, repeats, warmup, args.threads, args.oracle,
-                   Path(args.ppo_run).resolve() if args.ppo_run else None, out, stamp)  # fmt: skip
+    ws = Workspace(
+        Path(args.runs_dir).resolve(),
+        work,
+        args.quick,
+        repeats,
+        warmup,
+        args.threads,
+        args.oracle,
+        Path(args.ppo_run).resolve() if args.ppo_run else None,
+        out,
+        stamp,
+    )
     load_before = _load()
     command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
     print(f"bench: cases {', '.join(names)}; {repeats} round(s) after {warmup} warm-up; scratch {work}", flush=True)
@@ -153,10 +167,17 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
     report = {
-        "started": started.isoformat(timespec="seconds"), "command": command, "wall_s": time.perf_counter() - t0,
-        "repeats": repeats, "warmup": warmup, "quick": args.quick, "threads": args.threads, "machine": machine(load_before),
-        "versions": versions(), "cases": {name: r.as_dict() for name, r in results.items()},
-    }  # fmt: skip
+        "started": started.isoformat(timespec="seconds"),
+        "command": command,
+        "wall_s": time.perf_counter() - t0,
+        "repeats": repeats,
+        "warmup": warmup,
+        "quick": args.quick,
+        "threads": args.threads,
+        "machine": machine(load_before),
+        "versions": versions(),
+        "cases": {name: r.as_dict() for name, r in results.items()},
+    }
     json_path, md_path = out / f"{stamp}.json", out / f"{stamp}.md"
     json_path.write_text(json.dumps(report, indent=1) + "\n")
     table = markdown(report)

@@ -34,8 +34,10 @@ def _rankings(tokenizer, demo_dir: Path, k: int, n: int, seed: int = 0) -> list[
     for i in range(n):
         prompt = rows[i * k]["prompt"]
         replies = [row["completion"] for row in rows[i * k : (i + 1) * k]]
-        ids = [list(tokenizer.apply_chat_template(prompt + reply, tokenize=True, return_dict=True)["input_ids"])
-               for reply in replies]  # fmt: skip
+        ids = [
+            list(tokenizer.apply_chat_template(prompt + reply, tokenize=True, return_dict=True)["input_ids"])
+            for reply in replies
+        ]
         rankings.append({"response_ids": ids, "rankings": [rng.sample(range(1, k + 1), k)]})
     return rankings
 
@@ -88,8 +90,8 @@ def run(repeats: int = 5, model: str = "embedded:tiny-llama", runs_dir: str = "r
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl.trainer.reward_trainer import DataCollatorForPreference, suppress_seqcls_warning
 
-    from pipeline.base_model import resolve_model
-    from pipeline.demo_data import ensure_demo_data
+    from pipeline.demo.base_model import resolve_model
+    from pipeline.demo.data import ensure_demo_data
     from reward.train import RankingCollator
 
     demo_dir = ensure_demo_data(runs_dir)

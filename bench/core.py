@@ -74,8 +74,13 @@ def run_process(cmd: list[str], log: Path, env: dict[str, str], timeout: float =
         out.write(" ".join(cmd) + "\n\n")
         out.flush()
         start = time.perf_counter()
-        proc = subprocess.Popen([PYTHON, "-m", "bench.launch", str(peak_file), *cmd], cwd=REPO, env=env,
-                                stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+        proc = subprocess.Popen(
+            [PYTHON, "-m", "bench.launch", str(peak_file), *cmd],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
         tree_peak = [0.0]
         done = threading.Event()
 
@@ -104,8 +109,12 @@ def run_process(cmd: list[str], log: Path, env: dict[str, str], timeout: float =
         reason = "timed out" if wall >= timeout else f"exit code {proc.returncode}"
         raise BenchError(f"{' '.join(cmd[:8])} ... {reason} (log: {log}):\n{tail}")
     peak_kb = json.loads(peak_file.read_text())["ru_maxrss_kb"]
-    return {"wall_s": wall, "peak_rss_mb": peak_kb / 1024, "peak_tree_rss_mb": tree_peak[0] / 2**20,
-            "load_1m": os.getloadavg()[0]}  # fmt: skip
+    return {
+        "wall_s": wall,
+        "peak_rss_mb": peak_kb / 1024,
+        "peak_tree_rss_mb": tree_peak[0] / 2**20,
+        "load_1m": os.getloadavg()[0],
+    }
 
 
 def _rss(process) -> int:
@@ -126,8 +135,15 @@ def _kill_tree(pid: int) -> None:
         pass
 
 
-def harness_cmd(module: str, args: list[str], metrics: Path, *, ppo: bool = False,
-                launch: list[str] | None = None, python: str = PYTHON) -> list[str]:  # fmt: skip
+def harness_cmd(
+    module: str,
+    args: list[str],
+    metrics: Path,
+    *,
+    ppo: bool = False,
+    launch: list[str] | None = None,
+    python: str = PYTHON,
+) -> list[str]:
     """``python -m bench.harness ... -m MODULE ARGS``, under ``accelerate launch LAUNCH`` when given; ``python``
     is another interpreter (the TRL 1.12 oracle's venv) when given."""
     harness = ["--metrics", str(metrics), *(["--ppo"] if ppo else []), "-m", module, *args]
@@ -138,8 +154,14 @@ def harness_cmd(module: str, args: list[str], metrics: Path, *, ppo: bool = Fals
 
 def accelerate_launch(config: str, processes: int, threads: int) -> list[str]:
     """accelerate's arguments for ``configs/accelerate/<config>.yaml``; ``threads`` torch threads per process."""
-    return ["--config_file", str(REPO / "configs" / "accelerate" / f"{config}.yaml"), "--num_processes",
-            str(processes), "--num_cpu_threads_per_process", str(threads)]  # fmt: skip
+    return [
+        "--config_file",
+        str(REPO / "configs" / "accelerate" / f"{config}.yaml"),
+        "--num_processes",
+        str(processes),
+        "--num_cpu_threads_per_process",
+        str(threads),
+    ]
 
 
 def read_ranks(metrics: Path) -> list[dict[str, Any]]:
@@ -224,11 +246,15 @@ class CaseResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "title": self.title, "settings": self.settings, "skipped": self.skipped, "error": self.error,
-            "wall_s": self.wall_s, "notes": self.notes,
+            "title": self.title,
+            "settings": self.settings,
+            "skipped": self.skipped,
+            "error": self.error,
+            "wall_s": self.wall_s,
+            "notes": self.notes,
             "variants": {name: {"runs": runs, "stats": summarise(runs)} for name, runs in self.runs.items()},
             "comparisons": self.comparisons,
-        }  # fmt: skip
+        }
 
 
 def summarise(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -240,8 +266,9 @@ def stats(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
-def run_rounds(result: CaseResult, variants: dict[str, Callable[[int], dict[str, float]]], repeats: int,
-               warmup: int) -> None:  # fmt: skip
+def run_rounds(
+    result: CaseResult, variants: dict[str, Callable[[int], dict[str, float]]], repeats: int, warmup: int
+) -> None:
     """Run every variant once per round, the order reversed every other round; keep the rounds after the warm-up."""
     names = list(variants)
     for round_ in range(warmup + repeats):
@@ -256,8 +283,9 @@ def run_rounds(result: CaseResult, variants: dict[str, Callable[[int], dict[str,
 
 def compare(result: CaseResult, comparison: Comparison) -> None:
     """Per-round ratios of ``metric`` (variant / baseline), their median, min and max, and whether the target holds."""
-    by_round = {name: {r["round"]: r for r in result.runs.get(name, [])} for name in (comparison.variant,
-                                                                                     comparison.baseline)}  # fmt: skip
+    by_round = {
+        name: {r["round"]: r for r in result.runs.get(name, [])} for name in (comparison.variant, comparison.baseline)
+    }
     ratios = [
         by_round[comparison.variant][r][comparison.metric] / base[comparison.metric]
         for r, base in sorted(by_round[comparison.baseline].items())
@@ -265,8 +293,13 @@ def compare(result: CaseResult, comparison: Comparison) -> None:
         and comparison.metric in by_round[comparison.variant][r]
         and base.get(comparison.metric)
     ]
-    row: dict[str, Any] = {"name": comparison.name, "metric": comparison.metric, "variant": comparison.variant,
-                           "baseline": comparison.baseline, "ratios": ratios}  # fmt: skip
+    row: dict[str, Any] = {
+        "name": comparison.name,
+        "metric": comparison.metric,
+        "variant": comparison.variant,
+        "baseline": comparison.baseline,
+        "ratios": ratios,
+    }
     if ratios:
         row.update(stats(ratios))
     if comparison.target:
@@ -285,8 +318,9 @@ def check_target(result: CaseResult, name: str, value: float | None, op: str, ta
     result.comparisons.append(row)
 
 
-def check_within(result: CaseResult, name: str, value: float | None, low: float | None, high: float | None,
-                 how: str) -> None:  # fmt: skip
+def check_within(
+    result: CaseResult, name: str, value: float | None, low: float | None, high: float | None, how: str
+) -> None:
     """A target that one figure lies in a range (another variant's spread); ``how`` says what the range is."""
     row: dict[str, Any] = {"name": name, "value": value, "unit": "", "low": low, "high": high}
     row["target"] = f"in [{_fmt(low)}, {_fmt(high)}] ({how})" if low is not None and high is not None else how
@@ -301,16 +335,40 @@ def check_within(result: CaseResult, name: str, value: float | None, low: float 
 
 # Metrics shown in the table, in this order, with their units; the JSON has everything.
 SHOWN = {
-    "samples_per_s": "samples/s", "pairs_per_s": "pairs/s", "tokens_per_s": "tokens/s", "episodes_per_s": "episodes/s",
-    "step_s": "s/step", "generation_s_per_step": "s/step", "reference_s_per_step": "s/step",
-    "value_s_per_step": "s/step", "scoring_s_per_step": "s/step", "optimisation_s_per_step": "s/step",
-    "rm_score_last_quarter": "", "gold_score_last_quarter": "", "kl_last_quarter": "", "rm_score_first": "",
+    "samples_per_s": "samples/s",
+    "pairs_per_s": "pairs/s",
+    "tokens_per_s": "tokens/s",
+    "episodes_per_s": "episodes/s",
+    "step_s": "s/step",
+    "generation_s_per_step": "s/step",
+    "reference_s_per_step": "s/step",
+    "value_s_per_step": "s/step",
+    "scoring_s_per_step": "s/step",
+    "optimisation_s_per_step": "s/step",
+    "rm_score_last_quarter": "",
+    "gold_score_last_quarter": "",
+    "kl_last_quarter": "",
+    "rm_score_first": "",
     "gold_score_first": "",
-    "padding_share": "", "mfu": "", "peak_rss_mb": "MB", "peak_tree_rss_mb": "MB", "cuda_peak_allocated_mb": "MB",
-    "submits_per_s": "submits/s", "p50_ms": "ms", "p95_ms": "ms", "p99_ms": "ms", "errors": "", "sent": "",
-    "acknowledged": "", "stored": "", "lost": "", "next_item_p99_ms": "ms", "server_cpu_ms_per_request": "ms",
-    "client_cpu_ms_per_request": "ms", "wall_s": "s",
-}  # fmt: skip
+    "padding_share": "",
+    "mfu": "",
+    "peak_rss_mb": "MB",
+    "peak_tree_rss_mb": "MB",
+    "cuda_peak_allocated_mb": "MB",
+    "submits_per_s": "submits/s",
+    "p50_ms": "ms",
+    "p95_ms": "ms",
+    "p99_ms": "ms",
+    "errors": "",
+    "sent": "",
+    "acknowledged": "",
+    "stored": "",
+    "lost": "",
+    "next_item_p99_ms": "ms",
+    "server_cpu_ms_per_request": "ms",
+    "client_cpu_ms_per_request": "ms",
+    "wall_s": "s",
+}
 
 
 def _fmt(value: Any) -> str:
@@ -330,24 +388,36 @@ def _fmt(value: Any) -> str:
 def markdown(report: dict[str, Any]) -> str:
     lines = [f"# Benchmarks {report['started']}", "", f"`{report['command']}`", ""]
     m = report["machine"]
-    lines += [f"Machine: {m['cpu']} ({m['cpus']} CPUs), {m['memory_gb']:.0f} GB, GPU: {m['gpu'] or 'none'}; "
-              f"load average {m['load_before']} before, {m['load_after']} after. "
-              f"Repeats: {report['repeats']} (after {report['warmup']} warm-up round), quick: {report['quick']}.",
-              ""]  # fmt: skip
+    lines += [
+        f"Machine: {m['cpu']} ({m['cpus']} CPUs), {m['memory_gb']:.0f} GB, GPU: {m['gpu'] or 'none'}; "
+        f"load average {m['load_before']} before, {m['load_after']} after. "
+        f"Repeats: {report['repeats']} (after {report['warmup']} warm-up round), quick: {report['quick']}.",
+        "",
+    ]
     targets = [(name, c) for name, case in report["cases"].items() for c in case["comparisons"]]
     if targets:
-        lines += ["## Comparisons and targets", "",
-                  "| case | comparison | median | min | max | target | met |", "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+        lines += [
+            "## Comparisons and targets",
+            "",
+            "| case | comparison | median | min | max | target | met |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for name, c in targets:
             if "ratios" in c:
                 cells = [f"{_fmt(c.get('median'))}x", _fmt(c.get("min")), _fmt(c.get("max"))]
             else:
                 cells = [f"{_fmt(c['value'])}{c.get('unit', '')}", "", ""]
-            lines.append(f"| {name} | {c['name']} | " + " | ".join(cells) + f" | {c.get('target', '')} | "
-                         f"{_fmt(c.get('met')) if 'met' in c else ''} |")  # fmt: skip
+            lines.append(
+                f"| {name} | {c['name']} | " + " | ".join(cells) + f" | {c.get('target', '')} | "
+                f"{_fmt(c.get('met')) if 'met' in c else ''} |"
+            )
         lines.append("")
-    lines += ["## Measurements", "", "| case | variant | metric | median | min | max | n |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines += [
+        "## Measurements",
+        "",
+        "| case | variant | metric | median | min | max | n |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name, case in report["cases"].items():
         if case["skipped"] or case["error"]:
             continue
@@ -358,12 +428,17 @@ def markdown(report: dict[str, Any]) -> str:
                 s = data["stats"].get(metric)
                 if s:
                     label = f"{metric} ({unit})" if unit else metric
-                    lines.append(f"| {name} | {variant} | {label} | {_fmt(s['median'])} | {_fmt(s['min'])} | "
-                                 f"{_fmt(s['max'])} | {s['n']} |")  # fmt: skip
+                    lines.append(
+                        f"| {name} | {variant} | {label} | {_fmt(s['median'])} | {_fmt(s['min'])} | "
+                        f"{_fmt(s['max'])} | {s['n']} |"
+                    )
     lines.append("")
     for name, case in report["cases"].items():
-        notes = ([f"skipped: {case['skipped']}"] if case["skipped"] else []) + (
-            [f"error: {case['error'].splitlines()[0]}"] if case["error"] else []) + case["notes"]  # fmt: skip
+        notes = (
+            ([f"skipped: {case['skipped']}"] if case["skipped"] else [])
+            + ([f"error: {case['error'].splitlines()[0]}"] if case["error"] else [])
+            + case["notes"]
+        )
         if notes:
             lines += [f"**{name}** ({case['title']}, {case['wall_s']:.0f} s):", ""]
             lines += [f"- {n}" for n in notes] + [""]
@@ -396,12 +471,12 @@ class Workspace:
         return child_env(self.threads)
 
     def demo_dir(self) -> Path:
-        from pipeline.demo_data import ensure_demo_data
+        from pipeline.demo.data import ensure_demo_data
 
         return ensure_demo_data(self.runs_dir)
 
     def model(self, name: str = "embedded:tiny-llama") -> str:
-        from pipeline.base_model import resolve_model
+        from pipeline.demo.base_model import resolve_model
 
         self.demo_dir()
         return resolve_model(name, self.runs_dir)
@@ -444,11 +519,19 @@ def random_llama(ws: Workspace, shape: Shape, max_positions: int = 2048) -> Path
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(ws.model())
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=shape.hidden, intermediate_size=shape.intermediate,
-                         num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
-                         num_key_value_heads=shape.heads, max_position_embeddings=max_positions,
-                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id, bos_token_id=None)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=shape.hidden,
+        intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.heads,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     model.generation_config.eos_token_id, model.generation_config.pad_token_id = (

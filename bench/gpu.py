@@ -35,8 +35,20 @@ from bench.sft import stage_args, training_flags
 
 TARGET_MFU = (">=", 0.35)
 # Peak dense bf16 tensor-core FLOP/s (no sparsity), from the vendors' data sheets; first match wins.
-PEAK_TFLOPS = (("H100 PCIe", 756), ("H100", 989), ("H200", 989), ("H800", 989), ("B200", 2250), ("A100", 312),
-               ("A800", 312), ("L40S", 362), ("L40", 181), ("A10G", 70), ("A10", 125), ("L4", 121))  # fmt: skip
+PEAK_TFLOPS = (
+    ("H100 PCIe", 756),
+    ("H100", 989),
+    ("H200", 989),
+    ("H800", 989),
+    ("B200", 2250),
+    ("A100", 312),
+    ("A800", 312),
+    ("L40S", 362),
+    ("L40", 181),
+    ("A10G", 70),
+    ("A10", 125),
+    ("L4", 121),
+)
 
 
 MODEL_05B = Shape(hidden=1536, layers=18, heads=12, intermediate=4096)
@@ -63,8 +75,9 @@ def run(ws: Workspace) -> CaseResult:
     import torch
 
     if not torch.cuda.is_available():
-        return CaseResult("gpu", "GPU: SFT and PPO on a 0.5B model",
-                          skipped="no CUDA GPU here (torch.cuda.is_available() is False)")  # fmt: skip
+        return CaseResult(
+            "gpu", "GPU: SFT and PPO on a 0.5B model", skipped="no CUDA GPU here (torch.cuda.is_available() is False)"
+        )
     return measure(ws, MODEL_05B)
 
 
@@ -79,8 +92,14 @@ def measure(ws: Workspace, shape: Shape) -> CaseResult:
     model = random_llama(ws, shape)
     steps, skip = (6, 2) if ws.quick else (20, 5)
     flags = training_flags(steps, batch_size=64 if gpus else 8, max_length=512, bf16=bool(gpus))
-    result.settings = {"model": f"Llama {shape}", "device": device, "gpus": gpus, "peak_flops": peak,
-                       "sft_flags": " ".join(flags), "mfu": "6N + 12LHT FLOPs per real token (PaLM)"}  # fmt: skip
+    result.settings = {
+        "model": f"Llama {shape}",
+        "device": device,
+        "gpus": gpus,
+        "peak_flops": peak,
+        "sft_flags": " ".join(flags),
+        "mfu": "6N + 12LHT FLOPs per real token (PaLM)",
+    }
     from transformers import AutoConfig
 
     vocab = AutoConfig.from_pretrained(model).vocab_size
@@ -90,8 +109,9 @@ def measure(ws: Workspace, shape: Shape) -> CaseResult:
             run_dir = ws.run_dir("gpu", name, round_)
             metrics = run_dir / "metrics"
             args = [*stage_args(run_dir, flags), "--model_name_or_path", str(model)]
-            process = run_process(harness_cmd("pipeline.sft", args, metrics, launch=launch), run_dir / "log.txt",
-                                  ws.env(), timeout=1800)  # fmt: skip
+            process = run_process(
+                harness_cmd("pipeline.sft", args, metrics, launch=launch), run_dir / "log.txt", ws.env(), timeout=1800
+            )
             out = {**training_metrics(read_ranks(metrics), skip), **process}
             mean_len = out["tokens_per_step"] / (out["samples_per_s"] * out["step_s"])
             out["model_tflops_per_s"] = out["tokens_per_s"] * flops_per_token(shape, vocab, mean_len) / 1e12
@@ -106,8 +126,9 @@ def measure(ws: Workspace, shape: Shape) -> CaseResult:
     if gpus:
         variants["sft_zero2"] = sft("sft_zero2", accelerate_launch("zero2", processes, 1))
         variants["sft_zero3"] = sft("sft_zero3", accelerate_launch("zero3", processes, 1))
-    runner = PPORunner(ws, "gpu", str(model), 2 if ws.quick else 4, 1, batch=16, accumulation=2,
-                       response_length=64, ppo_epochs=2)  # fmt: skip
+    runner = PPORunner(
+        ws, "gpu", str(model), 2 if ws.quick else 4, 1, batch=16, accumulation=2, response_length=64, ppo_epochs=2
+    )
     variants["ppo_1proc"] = runner.stage("ppo_1proc", ["--bf16", "true" if gpus else "false"])
     run_rounds(result, variants, **ws.rounds())
     sft_runs = result.runs.get("sft_1proc", [])

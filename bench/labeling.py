@@ -85,10 +85,13 @@ def prepare(url: str, prefix: str, labelers: int, items: int) -> list[str]:
         for name in names:
             store.add_user(name, PASSWORD, simulated=True)
         rows = [
-            {"prompt_id": f"{prefix}-p{i}", "prompt": f"Customer e-mail {prefix} {i}: where is my order #{i}?",
-             "candidates": [f"Reply {c} to e-mail {prefix} {i}: it ships {c + 1} days from now." for c in range(4)]}
+            {
+                "prompt_id": f"{prefix}-p{i}",
+                "prompt": f"Customer e-mail {prefix} {i}: where is my order #{i}?",
+                "candidates": [f"Reply {c} to e-mail {prefix} {i}: it ships {c + 1} days from now." for c in range(4)],
+            }
             for i in range(items)
-        ]  # fmt: skip
+        ]
         store.import_candidates(rows)
     finally:
         store.close()
@@ -102,8 +105,20 @@ class Server:
         self.port = free_port()
         self.log = log
         log.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [PYTHON, "-m", "labeling_ui", "serve", "--run", "bench", "--runs_dir", str(work), "--db", url,
-               "--port", str(self.port)]  # fmt: skip
+        cmd = [
+            PYTHON,
+            "-m",
+            "labeling_ui",
+            "serve",
+            "--run",
+            "bench",
+            "--runs_dir",
+            str(work),
+            "--db",
+            url,
+            "--port",
+            str(self.port),
+        ]
         with open(log, "wb") as out:
             self.process = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120
@@ -202,8 +217,12 @@ def load(server_url: str, names: list[str], submits_each: int, seed: int, think:
                     if think[1] > 0:
                         await asyncio.sleep(rng.uniform(*think))
                     t2 = time.perf_counter()
-                    answer = await call(client, "submit", [submission_id, item["item_id"], json.dumps(ranks), False,
-                                                           "{}", "", 4.2], session)  # fmt: skip
+                    answer = await call(
+                        client,
+                        "submit",
+                        [submission_id, item["item_id"], json.dumps(ranks), False, "{}", "", 4.2],
+                        session,
+                    )
                     t3 = time.perf_counter()
                 except (httpx.HTTPError, RuntimeError, KeyError, TypeError) as error:
                     errors.append(f"{name}: {type(error).__name__}: {str(error)[:200]}")
@@ -224,8 +243,13 @@ def load(server_url: str, names: list[str], submits_each: int, seed: int, think:
         return time.perf_counter() - t0
 
     elapsed = asyncio.run(main())
-    return {"latencies": latencies, "next_latencies": next_latencies, "acknowledged": acknowledged,
-            "errors": errors, "elapsed": elapsed}  # fmt: skip
+    return {
+        "latencies": latencies,
+        "next_latencies": next_latencies,
+        "acknowledged": acknowledged,
+        "errors": errors,
+        "elapsed": elapsed,
+    }
 
 
 def contract_check(server_url: str, name: str, submits: int = 3) -> list[str]:
@@ -281,9 +305,15 @@ def run(ws: Workspace) -> CaseResult:
         result.notes.append(f"PostgreSQL skipped: {why_not_pg}")
     else:
         kinds.append("postgresql")
-    result.settings = {"levels": list(levels), "submits_per_level": total, "rounds": 1, "candidates_per_item": 4,
-                       "overlap": 2, "client": "httpx (asyncio), Gradio's /gradio_api/call protocol, one "
-                       "connection and login per labeler; gradio_client for the contract check"}  # fmt: skip
+    result.settings = {
+        "levels": list(levels),
+        "submits_per_level": total,
+        "rounds": 1,
+        "candidates_per_item": 4,
+        "overlap": 2,
+        "client": "httpx (asyncio), Gradio's /gradio_api/call protocol, one "
+        "connection and login per labeler; gradio_client for the contract check",
+    }
 
     for kind in kinds:
         with database(kind, ws.work) as url:
@@ -291,8 +321,9 @@ def run(ws: Workspace) -> CaseResult:
             try:
                 problems = contract_check(server.url, prepare(url, f"{kind}-contract", 1, 8)[0])
                 result.notes += [f"{kind}: {problem}" for problem in problems]
-                check_target(result, f"{kind}: gradio_client contract check (3 submits), problems", len(problems),
-                             "==", 0)  # fmt: skip
+                check_target(
+                    result, f"{kind}: gradio_client contract check (3 submits), problems", len(problems), "==", 0
+                )
                 variants = {f"{kind}_{n}": level_runner(url, server, kind, n, total) for n in levels}
                 variants |= {f"{kind}_{n}_paced": level_runner(url, server, kind, n, total, THINK) for n in levels}
                 run_rounds(result, variants, repeats=1, warmup=0)
@@ -301,8 +332,14 @@ def run(ws: Workspace) -> CaseResult:
     for kind in kinds:
         runs = result.runs.get(f"{kind}_32_paced", [])
         if kind == "sqlite" and runs:
-            check_target(result, f"SQLite, 32 labelers ranking in {THINK[0]}-{THINK[1]} s: p99 submit latency",
-                         max(r["p99_ms"] for r in runs), "<", TARGET_P99_MS, " ms")  # fmt: skip
+            check_target(
+                result,
+                f"SQLite, 32 labelers ranking in {THINK[0]}-{THINK[1]} s: p99 submit latency",
+                max(r["p99_ms"] for r in runs),
+                "<",
+                TARGET_P99_MS,
+                " ms",
+            )
         runs = result.runs.get(f"{kind}_32", []) + runs
         if runs:
             check_target(result, f"{kind}, 32 labelers: errors", sum(r["errors"] for r in runs), "==", 0)
@@ -336,14 +373,24 @@ def level_runner(url: str, server: Server, kind: str, labelers: int, total: int,
         lat = [x * 1000 for x in out["latencies"]] or [float("nan")]
         nxt = [x * 1000 for x in out["next_latencies"]] or [float("nan")]
         return {
-            "labelers": labelers, "think_s": list(think), "sent": labelers * submits_each, "acknowledged": len(out["acknowledged"]),
-            "stored": found, "lost": len(out["acknowledged"]) - found, "errors": len(out["errors"]),
-            "submits_per_s": len(out["latencies"]) / out["elapsed"], "p50_ms": percentile(lat, 50),
-            "p95_ms": percentile(lat, 95), "p99_ms": percentile(lat, 99), "mean_ms": statistics.mean(lat),
-            "next_item_p50_ms": percentile(nxt, 50), "next_item_p99_ms": percentile(nxt, 99),
-            "load_s": out["elapsed"], "server_cpu_ms_per_request": 1000 * server_cpu / requests,
+            "labelers": labelers,
+            "think_s": list(think),
+            "sent": labelers * submits_each,
+            "acknowledged": len(out["acknowledged"]),
+            "stored": found,
+            "lost": len(out["acknowledged"]) - found,
+            "errors": len(out["errors"]),
+            "submits_per_s": len(out["latencies"]) / out["elapsed"],
+            "p50_ms": percentile(lat, 50),
+            "p95_ms": percentile(lat, 95),
+            "p99_ms": percentile(lat, 99),
+            "mean_ms": statistics.mean(lat),
+            "next_item_p50_ms": percentile(nxt, 50),
+            "next_item_p99_ms": percentile(nxt, 99),
+            "load_s": out["elapsed"],
+            "server_cpu_ms_per_request": 1000 * server_cpu / requests,
             "client_cpu_ms_per_request": 1000 * client_cpu / requests,
-        }  # fmt: skip
+        }
 
     return go
 

@@ -69,8 +69,11 @@ def ensure() -> Path:
     if ready():
         return python()
     start = time.perf_counter()
-    print(f"bench: creating the TRL 1.12 oracle venv in {ORACLE_DIR.relative_to(REPO)}/ (once; about 1.7 GB, a few "
-          f"minutes): {TORCH}, then {' '.join(PINS)}", flush=True)  # fmt: skip
+    print(
+        f"bench: creating the TRL 1.12 oracle venv in {ORACLE_DIR.relative_to(REPO)}/ (once; about 1.7 GB, a few "
+        f"minutes): {TORCH}, then {' '.join(PINS)}",
+        flush=True,
+    )
     shutil.rmtree(ORACLE_DIR, ignore_errors=True)
     ORACLE_DIR.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run([_python311(), "-m", "venv", str(ORACLE_DIR)], check=True)
@@ -78,8 +81,15 @@ def ensure() -> Path:
     with open(ORACLE_DIR / "install.log", "w") as log:
         _run([*pip, TORCH], log)
         _run([*pip, TORCH, *PINS], log)  # torch named again so nothing moves it
-        _run([str(python()), "-c", "import torch, trl; from trl.experimental.ppo import PPOTrainer; "
-              "print('torch', torch.__version__, 'trl', trl.__version__)"], log)  # fmt: skip
+        _run(
+            [
+                str(python()),
+                "-c",
+                "import torch, trl; from trl.experimental.ppo import PPOTrainer; "
+                "print('torch', torch.__version__, 'trl', trl.__version__)",
+            ],
+            log,
+        )
     MARKER.write_text(json.dumps(wanted()))
     print(f"bench: oracle venv ready ({time.perf_counter() - start:.0f} s)", flush=True)
     return python()

@@ -40,15 +40,30 @@ from bench.core import (
 TARGET_LORA_MEMORY = ("<=", 0.7)
 TARGET_SPEED = (">=", 1.3)  # the stage's own loop is to be clearly faster than TRL's, on the same work
 TARGET_MEMORY = ("<=", 1.0)
-RUBRIC = "pipeline.demo_data:house_style_score"
+RUBRIC = "pipeline.demo.data:house_style_score"
 PHASES = ("generation", "reference", "value", "scoring", "optimisation")
 # About 60M parameters: large enough that the models' own memory shows next to the runtime's.
 WIDE = Shape(hidden=768, layers=8, heads=12, intermediate=2048)
 # The recipe of the cached SFT policy and reward model; a new name when it changes, so the cache is rebuilt.
 TRAINED = "ppo-models-v1"
-SFT_FLAGS = ["--num_train_epochs", "1", "--eval_strategy", "no", "--eval_on_start", "false", "--save_strategy",
-             "no", "--load_best_model_at_end", "false", "--early_stopping_patience", "0", "--num_samples", "0",
-             "--report_to", "none"]  # fmt: skip
+SFT_FLAGS = [
+    "--num_train_epochs",
+    "1",
+    "--eval_strategy",
+    "no",
+    "--eval_on_start",
+    "false",
+    "--save_strategy",
+    "no",
+    "--load_best_model_at_end",
+    "false",
+    "--early_stopping_patience",
+    "0",
+    "--num_samples",
+    "0",
+    "--report_to",
+    "none",
+]
 RM_FLAGS = ["--num_train_epochs", "1", "--save_strategy", "no", "--report_to", "none"]
 RM_PROMPTS = 300  # x 4 ranked replies: held-out agreement with the rubric is above 90% after one epoch
 
@@ -82,8 +97,8 @@ def write_ranked_export(
     stage writes it (rankings.jsonl for the K-way loss, preferences.jsonl pairs), labels marked simulated."""
     import re
 
-    from labeling_ui.export import ranking_to_pairs
-    from pipeline import demo_data as demo
+    from pipeline.demo import data as demo
+    from pipeline.lib.pairs import ranking_to_pairs
 
     rng = random.Random(seed)
     export_dir.mkdir(parents=True, exist_ok=True)
@@ -94,10 +109,13 @@ def write_ranked_export(
         first, last = re.search(r"^From: (\S+) (\S+)", email, re.MULTILINE).groups()
         slots = demo._slots(rng) | {"first": first, "last": last}
         scenario = demo.SCENARIO_BY_NAME[row["scenario"]]
-        apology, step, terse, extra = (rng.choice(options).format(**slots) if options else None for options in
-                                       (scenario.apologies, scenario.steps, scenario.terse, scenario.extras))  # fmt: skip
-        parts = demo.ReplyParts(first, last, demo.TITLES.get(first), f"order #{slots['order']}", apology, step,
-                                terse, extra)  # fmt: skip
+        apology, step, terse, extra = (
+            rng.choice(options).format(**slots) if options else None
+            for options in (scenario.apologies, scenario.steps, scenario.terse, scenario.extras)
+        )
+        parts = demo.ReplyParts(
+            first, last, demo.TITLES.get(first), f"order #{slots['order']}", apology, step, terse, extra
+        )
         responses = [demo.STYLE_WRITERS[style](parts, rng) for style in rng.sample(list(demo.STYLE_WRITERS), k)]
         gold = [round(demo.house_style_score(email, r), 3) for r in responses]
         ranks = [sorted(set(gold), reverse=True).index(g) + 1 for g in gold]  # dense, 1 = best
@@ -106,9 +124,15 @@ def write_ranked_export(
         item = {"group_id": row["id"], "item_id": f"{row['id']}-1", "labeler": "rubric", "simulated": True}
         rankings.append({**item, "prompt": row["prompt"], "responses": responses, "ranks": ranks, "is_gold": False})
         for chosen, rejected, gap in ranking_to_pairs(responses, ranks):
-            preferences.append({**item, "prompt": row["prompt"], "rank_gap": gap,
-                                "chosen": [{"role": "assistant", "content": responses[chosen]}],
-                                "rejected": [{"role": "assistant", "content": responses[rejected]}]})  # fmt: skip
+            preferences.append(
+                {
+                    **item,
+                    "prompt": row["prompt"],
+                    "rank_gap": gap,
+                    "chosen": [{"role": "assistant", "content": responses[chosen]}],
+                    "rejected": [{"role": "assistant", "content": responses[rejected]}],
+                }
+            )
     for name, rows in (("rankings.jsonl", rankings), ("preferences.jsonl", preferences)):
         (export_dir / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = {"stage": "export", "metrics": {"pairs": len(preferences), "all_simulated": True}}
@@ -127,14 +151,20 @@ def trained_inputs(ws: Workspace) -> dict[str, Path]:
     # Scores are not normalised (mean 0, std 1): TRL's PPO has no normalisation, and both sides get the same scores.
     stats.write_text(json.dumps({"mean": 0.0, "std": 1.0}))
     root = ws.ppo_run or ws.runs_dir / "_bench" / TRAINED / "m"
-    paths = {"sft": root / "sft" / "model", "rm": root / "rm" / "model", "stats": stats,
-             "rm_summary": root / "rm" / "summary.json"}  # fmt: skip
+    paths = {
+        "sft": root / "sft" / "model",
+        "rm": root / "rm" / "model",
+        "stats": stats,
+        "rm_summary": root / "rm" / "summary.json",
+    }
     if paths["rm"].is_dir() and paths["sft"].is_dir():
         return paths
     if ws.ppo_run:
         raise BenchError(f"--ppo_run {ws.ppo_run}: expected sft/model and rm/model in it")
-    print(f"  [ppo] building the SFT policy and reward model once, into {root.parent} (about 3 minutes on 2 idle "
-          "cores)", flush=True)  # fmt: skip
+    print(
+        f"  [ppo] building the SFT policy and reward model once, into {root.parent} (about 3 minutes on 2 idle cores)",
+        flush=True,
+    )
     ws.model()  # the embedded tiny Llama and the demo data, cached
     # Built in a side folder, renamed into place when complete; a stage whose summary.json exists (written last)
     # is not run again, so an interrupted build goes on where it stopped.
@@ -146,8 +176,10 @@ def trained_inputs(ws: Workspace) -> dict[str, Path]:
             link.symlink_to((ws.runs_dir / cached).resolve(), target_is_directory=True)
     write_ranked_export(partial / "m" / "export", ws.demo_dir(), prompts=RM_PROMPTS)
     common = ["--run", "m", "--runs_dir", str(partial)]
-    for module, stage, config, flags in (("pipeline.sft", "sft", "configs/sft.yaml", SFT_FLAGS),
-                                         ("reward.train", "rm", "configs/rm.yaml", RM_FLAGS)):  # fmt: skip
+    for module, stage, config, flags in (
+        ("pipeline.sft", "sft", "configs/sft.yaml", SFT_FLAGS),
+        ("reward.train", "rm", "configs/rm.yaml", RM_FLAGS),
+    ):
         if (partial / "m" / stage / "summary.json").exists():
             continue
         print(f"  [ppo] python -m {module} ...", flush=True)
@@ -155,8 +187,11 @@ def trained_inputs(ws: Workspace) -> dict[str, Path]:
         figures = run_process(cmd, partial / f"{module}.log.txt", ws.env(), timeout=1800)
         print(f"  [ppo] {module}: {figures['wall_s']:.0f} s", flush=True)
     summary = json.loads((partial / "m" / "rm" / "summary.json").read_text()).get("metrics", {})
-    print(f"  [ppo] reward model: held-out agreement with the gold rubric "
-          f"{summary.get('eval_gold_accuracy', float('nan')):.1%}", flush=True)  # fmt: skip
+    print(
+        f"  [ppo] reward model: held-out agreement with the gold rubric "
+        f"{summary.get('eval_gold_accuracy', float('nan')):.1%}",
+        flush=True,
+    )
     for cached in ("_data", "_models"):
         (partial / cached).unlink()
     shutil.rmtree(root.parent, ignore_errors=True)
@@ -164,18 +199,41 @@ def trained_inputs(ws: Workspace) -> dict[str, Path]:
     return paths
 
 
-def ppo_flags(steps: int, world_size: int = 1, batch: int = 8, accumulation: int = 2, response_length: int = 32,
-              ppo_epochs: int = 2, seed: int = 0, learning_rate: float = 2e-5) -> list[str]:  # fmt: skip
+def ppo_flags(
+    steps: int,
+    world_size: int = 1,
+    batch: int = 8,
+    accumulation: int = 2,
+    response_length: int = 32,
+    ppo_epochs: int = 2,
+    seed: int = 0,
+    learning_rate: float = 2e-5,
+) -> list[str]:
     """The PPO flags both programs get. One step is batch x accumulation x processes episodes."""
     flags = {
-        "total_episodes": steps * batch * accumulation * world_size, "per_device_train_batch_size": batch,
-        "gradient_accumulation_steps": accumulation, "num_mini_batches": 1, "num_ppo_epochs": ppo_epochs,
-        "local_rollout_forward_batch_size": batch, "response_length": response_length, "temperature": 0.7,
-        "learning_rate": learning_rate, "kl_coef": 0.05, "missing_eos_penalty": 1.0, "stop_token": "eos", "seed": seed,
-        "logging_steps": 1, "report_to": "none", "bf16": "false", "num_prompts": 200, "eval_prompts": 16,
-        "max_prompt_length": 256, "num_sample_generations": 0, "per_device_eval_batch_size": batch,
+        "total_episodes": steps * batch * accumulation * world_size,
+        "per_device_train_batch_size": batch,
+        "gradient_accumulation_steps": accumulation,
+        "num_mini_batches": 1,
+        "num_ppo_epochs": ppo_epochs,
+        "local_rollout_forward_batch_size": batch,
+        "response_length": response_length,
+        "temperature": 0.7,
+        "learning_rate": learning_rate,
+        "kl_coef": 0.05,
+        "missing_eos_penalty": 1.0,
+        "stop_token": "eos",
+        "seed": seed,
+        "logging_steps": 1,
+        "report_to": "none",
+        "bf16": "false",
+        "num_prompts": 200,
+        "eval_prompts": 16,
+        "max_prompt_length": 256,
+        "num_sample_generations": 0,
+        "per_device_eval_batch_size": batch,
         "gradient_checkpointing": "false",
-    }  # fmt: skip
+    }
     return _as_flags(flags)
 
 
@@ -209,8 +267,9 @@ def history_metrics(rows: list[dict], skip: int) -> dict[str, float]:
         # Optimisation as the harness takes it for TRL's loop: the step less its four rollout phases (advantages
         # and the PPO epochs), so both sides split a step the same way.
         rollout = [sum(r.get(f"timing/{p}_s", 0.0) for p in PHASES[:4]) for r in measured]
-        out["optimisation_s_per_step"] = statistics.mean(max(r["timing/step_s"] - x, 0.0)
-                                                         for r, x in zip(measured, rollout, strict=True))  # fmt: skip
+        out["optimisation_s_per_step"] = statistics.mean(
+            max(r["timing/step_s"] - x, 0.0) for r, x in zip(measured, rollout, strict=True)
+        )
     return out
 
 
@@ -242,17 +301,37 @@ class PPORunner:
     def flags(self, seed: int = 0, world_size: int = 1) -> list[str]:
         return [*ppo_flags(self.steps, world_size, seed=seed, **self.flag_kwargs), *self.rubric]
 
-    def stage(self, name: str, extra: list[str] = (), launch: list[str] | None = None, world_size: int = 1,
-              seeded: bool = False):  # fmt: skip
+    def stage(
+        self,
+        name: str,
+        extra: list[str] = (),
+        launch: list[str] | None = None,
+        world_size: int = 1,
+        seeded: bool = False,
+    ):
         """``python -m ppo.train`` as users run it (under ``accelerate launch LAUNCH`` when given); its steps from
         its history.jsonl. ``seeded``: round r runs with seed r."""
 
         def go(round_: int) -> dict:
             run_dir = self.ws.run_dir(self.case, name, round_)
-            args = ["--config", "configs/ppo.yaml", "--run", "bench", "--runs_dir", str(run_dir),
-                    "--sft_model_path", str(self.inputs["sft"]), "--reward_model_path", str(self.inputs["rm"]),
-                    "--reward_stats", str(self.inputs["stats"]), "--checkpoint_steps", "0",
-                    *self.flags(round_ if seeded else 0, world_size), *extra]  # fmt: skip
+            args = [
+                "--config",
+                "configs/ppo.yaml",
+                "--run",
+                "bench",
+                "--runs_dir",
+                str(run_dir),
+                "--sft_model_path",
+                str(self.inputs["sft"]),
+                "--reward_model_path",
+                str(self.inputs["rm"]),
+                "--reward_stats",
+                str(self.inputs["stats"]),
+                "--checkpoint_steps",
+                "0",
+                *self.flags(round_ if seeded else 0, world_size),
+                *extra,
+            ]
             cmd = [
                 PYTHON,
                 *(["-m", "accelerate.commands.launch", *launch] if launch else []),
@@ -273,10 +352,20 @@ class PPORunner:
         def go(round_: int) -> dict:
             run_dir = self.ws.run_dir(self.case, "oracle", round_)
             metrics, history = run_dir / "metrics", run_dir / "out" / "history.jsonl"
-            args = ["--prompts_file", str(self.ws.demo_dir() / "prompts.jsonl"), "--sft_model_path",
-                    str(self.inputs["sft"]), "--reward_model_path", str(self.inputs["rm"]), "--output_dir",
-                    str(run_dir / "out"), "--history", str(history), *self.flags(round_),
-                    *_as_flags(ORACLE_FLAGS)]  # fmt: skip
+            args = [
+                "--prompts_file",
+                str(self.ws.demo_dir() / "prompts.jsonl"),
+                "--sft_model_path",
+                str(self.inputs["sft"]),
+                "--reward_model_path",
+                str(self.inputs["rm"]),
+                "--output_dir",
+                str(run_dir / "out"),
+                "--history",
+                str(history),
+                *self.flags(round_),
+                *_as_flags(ORACLE_FLAGS),
+            ]
             cmd = harness_cmd("bench.baselines.ppo_plain", args, metrics, ppo=True, python=python)
             process = run_process(cmd, run_dir / "log.txt", self.ws.env())
             rows = read_history(history)
@@ -287,8 +376,13 @@ class PPORunner:
 
 
 def _settings(runner: PPORunner, model: str, reward_model: str = "stand-in: the same with a scalar head") -> dict:
-    return {"model": model, "reward_model": reward_model, "steps": runner.steps, "skipped_steps": runner.skip,
-            "flags": " ".join(runner.flags())}  # fmt: skip
+    return {
+        "model": model,
+        "reward_model": reward_model,
+        "steps": runner.steps,
+        "skipped_steps": runner.skip,
+        "flags": " ".join(runner.flags()),
+    }
 
 
 def oracle_python(ws: Workspace) -> tuple[str | None, str | None]:
@@ -296,8 +390,10 @@ def oracle_python(ws: Workspace) -> tuple[str | None, str | None]:
     if ws.oracle == "skip":
         return None, "the oracle (TRL 1.12 PPOTrainer) was skipped: --oracle skip"
     if ws.oracle == "existing" and not oracle.ready():
-        return None, (f"the oracle (TRL 1.12 PPOTrainer) was skipped: --oracle existing, and {oracle.ORACLE_DIR} "
-                      "is not built (python -m bench.oracle builds it)")  # fmt: skip
+        return None, (
+            f"the oracle (TRL 1.12 PPOTrainer) was skipped: --oracle existing, and {oracle.ORACLE_DIR} "
+            "is not built (python -m bench.oracle builds it)"
+        )
     return str(oracle.ensure()), None
 
 
@@ -316,11 +412,17 @@ def run(ws: Workspace) -> CaseResult:
     rm_summary = {}
     if runner.inputs["rm_summary"].exists():
         rm_summary = json.loads(runner.inputs["rm_summary"].read_text()).get("metrics", {})
-    result.settings = {**_settings(runner, f"SFT of the embedded tiny Llama: {runner.inputs['sft']}",
-                                   f"reward.train on rubric-ranked demo replies: {runner.inputs['rm']}"),
-                       "rm_eval_gold_accuracy": rm_summary.get("eval_gold_accuracy"),
-                       "rm_eval_accuracy": rm_summary.get("eval_accuracy"), "seeds": "round r: seed r",
-                       "oracle": {"venv": str(oracle.ORACLE_DIR), **oracle.wanted()}}  # fmt: skip
+    result.settings = {
+        **_settings(
+            runner,
+            f"SFT of the embedded tiny Llama: {runner.inputs['sft']}",
+            f"reward.train on rubric-ranked demo replies: {runner.inputs['rm']}",
+        ),
+        "rm_eval_gold_accuracy": rm_summary.get("eval_gold_accuracy"),
+        "rm_eval_accuracy": rm_summary.get("eval_accuracy"),
+        "seeds": "round r: seed r",
+        "oracle": {"venv": str(oracle.ORACLE_DIR), **oracle.wanted()},
+    }
     python, skipped = oracle_python(ws)
     variants = {"stage": runner.stage("stage", seeded=True)}
     if python:
@@ -338,9 +440,14 @@ def run(ws: Workspace) -> CaseResult:
         if not base:
             continue
         s = spread(base)
-        check_within(result, f"stage {label}, last quarter (median over seeds) vs oracle's spread",
-                     statistics.median(stage) if stage else None, s["min"], s["max"],
-                     f"min..max over {len(base)} oracle seed(s)")  # fmt: skip
+        check_within(
+            result,
+            f"stage {label}, last quarter (median over seeds) vs oracle's spread",
+            statistics.median(stage) if stage else None,
+            s["min"],
+            s["max"],
+            f"min..max over {len(base)} oracle seed(s)",
+        )
         result.comparisons[-1]["oracle_mean_2std"] = [s["mean"] - 2 * s["std"], s["mean"] + 2 * s["std"]]
     if ws.out is not None and result.runs:
         png = plot_curves(result, ws.out / f"{ws.stamp or 'ppo'}-ppo-curves.png")
@@ -366,17 +473,31 @@ def plot_curves(result: CaseResult, path: Path) -> Path | None:
         return None
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     colours = {"stage": "tab:blue", "oracle": "tab:orange"}
-    for ax, (name, title) in zip(axes, (("rm_score", "RM score (objective/scores)"),
-                                        ("gold_score", "gold score (house_style_score)"),
-                                        ("kl", "KL (objective/kl)")), strict=True):  # fmt: skip
+    for ax, (name, title) in zip(
+        axes,
+        (
+            ("rm_score", "RM score (objective/scores)"),
+            ("gold_score", "gold score (house_style_score)"),
+            ("kl", "KL (objective/kl)"),
+        ),
+        strict=True,
+    ):
         for variant, runs in result.runs.items():
             for i, run_ in enumerate(runs):
                 curve = run_.get("curve", {})
-                points = [(e, v) for e, v in zip(curve.get("episode", []), curve.get(name, []), strict=False)
-                          if e is not None and v is not None]  # fmt: skip
+                points = [
+                    (e, v)
+                    for e, v in zip(curve.get("episode", []), curve.get(name, []), strict=False)
+                    if e is not None and v is not None
+                ]
                 if points:
-                    ax.plot(*zip(*points, strict=True), color=colours.get(variant, "grey"), alpha=0.8, marker=".",
-                            label=variant if i == 0 else None)  # fmt: skip
+                    ax.plot(
+                        *zip(*points, strict=True),
+                        color=colours.get(variant, "grey"),
+                        alpha=0.8,
+                        marker=".",
+                        label=variant if i == 0 else None,
+                    )
         ax.set_title(title)
         ax.set_xlabel("episodes")
         ax.grid(alpha=0.3)
@@ -394,13 +515,25 @@ def run_lora(ws: Workspace) -> CaseResult:
     adapter disabled (no second copy). On the 4M-parameter tiny model the Python/torch runtime is nearly all of the
     RSS, so the full run uses a wider random Llama (about 60M parameters) on which the models' own memory shows;
     --quick keeps the tiny model."""
-    result = CaseResult("ppo_lora", "PPO: LoRA (adapter-disabled reference, value adapters) vs full fine-tune, peak "
-                        "memory")  # fmt: skip
+    result = CaseResult(
+        "ppo_lora", "PPO: LoRA (adapter-disabled reference, value adapters) vs full fine-tune, peak memory"
+    )
     if ws.quick:
         runners = {"tiny": PPORunner(ws, "ppo_lora", ws.model(), 2, 1)}
     else:
-        runners = {"60m": PPORunner(ws, "ppo_lora", str(random_llama(ws, WIDE, max_positions=1024)), 2, 1, batch=4, accumulation=1,
-                                    response_length=16, ppo_epochs=1)}  # fmt: skip
+        runners = {
+            "60m": PPORunner(
+                ws,
+                "ppo_lora",
+                str(random_llama(ws, WIDE, max_positions=1024)),
+                2,
+                1,
+                batch=4,
+                accumulation=1,
+                response_length=16,
+                ppo_epochs=1,
+            )
+        }
     result.settings = {name: _settings(r, name) for name, r in runners.items()}
     lora = ["--use_lora", "true", "--lora_r", "16", "--lora_alpha", "32"]
     variants = {}
@@ -409,10 +542,15 @@ def run_lora(ws: Workspace) -> CaseResult:
         variants[f"lora_{name}"] = runner.stage(f"lora_{name}", lora)
     run_rounds(result, variants, **ws.rounds())
     for name in runners:
-        compare(result, Comparison(f"LoRA / full peak RSS ({name})", "peak_rss_mb", f"lora_{name}", f"full_{name}",
-                                   TARGET_LORA_MEMORY))  # fmt: skip
-        compare(result, Comparison(f"LoRA / full episodes/s ({name})", "episodes_per_s", f"lora_{name}",
-                                   f"full_{name}"))  # fmt: skip
+        compare(
+            result,
+            Comparison(
+                f"LoRA / full peak RSS ({name})", "peak_rss_mb", f"lora_{name}", f"full_{name}", TARGET_LORA_MEMORY
+            ),
+        )
+        compare(
+            result, Comparison(f"LoRA / full episodes/s ({name})", "episodes_per_s", f"lora_{name}", f"full_{name}")
+        )
     result.notes.append(
         "Peak RSS is the whole process: the Python, torch and TRL runtime (roughly 0.6-0.9 GB) is in both sides. "
         "With LoRA the value model gets adapters too (value_lora, the default), its scalar head trained in full."
@@ -434,11 +572,9 @@ def run_zero(ws: Workspace) -> CaseResult:
     result.settings = {**_settings(runner, "embedded:tiny-llama"), "threads_per_process": f"{cores} / processes"}
     variants = {
         "1proc": runner.stage("1proc", launch=accelerate_launch("single", 1, one)),
-        "2proc_zero2": runner.stage("2proc_zero2", launch=accelerate_launch("zero2", 2, two),
-                                    world_size=2),
-        "2proc_zero3": runner.stage("2proc_zero3", launch=accelerate_launch("zero3", 2, two),
-                                    world_size=2),
-    }  # fmt: skip
+        "2proc_zero2": runner.stage("2proc_zero2", launch=accelerate_launch("zero2", 2, two), world_size=2),
+        "2proc_zero3": runner.stage("2proc_zero3", launch=accelerate_launch("zero3", 2, two), world_size=2),
+    }
     if ws.quick:  # one of the two: ZeRO-2 starts faster
         variants.pop("2proc_zero3")
     run_rounds(result, variants, **ws.rounds())

@@ -37,20 +37,35 @@ def preference_file(ws: Workspace, pairs: int = 400) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as fh:
         for row, other in zip(rows, rows[1:], strict=False):
-            pair = {"prompt": row["prompt"], "chosen": row["completion"], "rejected": other["completion"],
-                    "group_id": row["id"]}  # fmt: skip
+            pair = {
+                "prompt": row["prompt"],
+                "chosen": row["completion"],
+                "rejected": other["completion"],
+                "group_id": row["id"],
+            }
             fh.write(json.dumps(pair) + "\n")
     return path
 
 
 def training_flags(steps: int, batch_size: int = 8) -> list[str]:
     flags = {
-        "max_steps": steps, "per_device_train_batch_size": batch_size, "gradient_accumulation_steps": 1,
-        "max_length": 512, "learning_rate": 2e-4, "lr_scheduler_type": "cosine", "warmup_steps": 2,
-        "weight_decay": 0.0, "bf16": "false", "gradient_checkpointing": "false", "seed": 0,
-        "dataloader_num_workers": 0, "logging_steps": 5, "report_to": "none", "save_strategy": "no",
+        "max_steps": steps,
+        "per_device_train_batch_size": batch_size,
+        "gradient_accumulation_steps": 1,
+        "max_length": 512,
+        "learning_rate": 2e-4,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 2,
+        "weight_decay": 0.0,
+        "bf16": "false",
+        "gradient_checkpointing": "false",
+        "seed": 0,
+        "dataloader_num_workers": 0,
+        "logging_steps": 5,
+        "report_to": "none",
+        "save_strategy": "no",
         "eval_strategy": "no",
-    }  # fmt: skip
+    }
     return [f"--{k}" if i % 2 == 0 else str(v) for k, v in flags.items() for i in (0, 1)]
 
 
@@ -62,8 +77,13 @@ def run(ws: Workspace) -> CaseResult:
     steps, skip = (6, 2) if ws.quick else (12, 3)
     model, data = ws.model(), preference_file(ws)
     flags = training_flags(steps)
-    result.settings = {"model": "embedded:tiny-llama + scalar head", "data": "400 pairs from the demo SFT split",
-                       "steps": steps, "skipped_steps": skip, "flags": " ".join(flags)}  # fmt: skip
+    result.settings = {
+        "model": "embedded:tiny-llama + scalar head",
+        "data": "400 pairs from the demo SFT split",
+        "steps": steps,
+        "skipped_steps": skip,
+        "flags": " ".join(flags),
+    }
 
     def measured(cmd: list[str], run_dir: Path) -> dict[str, float]:
         process = run_process(cmd, run_dir / "log.txt", ws.env())
@@ -74,8 +94,21 @@ def run(ws: Workspace) -> CaseResult:
     def stage(round_: int) -> dict[str, float]:
         run_dir = ws.run_dir("rm", "stage", round_)
         # The plain script is TRL's pairwise loss; the stage's K-way loss is bench_kway's subject (case kway).
-        args = ["--config", "configs/rm.yaml", "--run", "bench", "--runs_dir", str(run_dir), "--loss", "pairwise",
-                "--model_name_or_path", model, "--preferences", str(data), *flags]  # fmt: skip
+        args = [
+            "--config",
+            "configs/rm.yaml",
+            "--run",
+            "bench",
+            "--runs_dir",
+            str(run_dir),
+            "--loss",
+            "pairwise",
+            "--model_name_or_path",
+            model,
+            "--preferences",
+            str(data),
+            *flags,
+        ]
         return measured(harness_cmd("reward.train", args, run_dir / "metrics"), run_dir)
 
     def plain(round_: int) -> dict[str, float]:
@@ -104,9 +137,11 @@ def run_kway(ws: Workspace) -> CaseResult:
         result.skipped = "bench/bench_kway.py does not exist yet"
         return result
     repeats = 1 if ws.quick else ws.repeats
-    code = ("import inspect, json; from bench.bench_kway import run; "
-            f"kwargs = {{'runs_dir': {str(ws.runs_dir)!r}}} if 'runs_dir' in inspect.signature(run).parameters else {{}}; "
-            f"print(json.dumps(run(repeats={repeats}, **kwargs)))")  # fmt: skip
+    code = (
+        "import inspect, json; from bench.bench_kway import run; "
+        f"kwargs = {{'runs_dir': {str(ws.runs_dir)!r}}} if 'runs_dir' in inspect.signature(run).parameters else {{}}; "
+        f"print(json.dumps(run(repeats={repeats}, **kwargs)))"
+    )
     log = ws.work / "kway" / "log.txt"
     process = run_process([PYTHON, "-c", code], log, ws.env())
     printed = [line for line in log.read_text().splitlines() if line.startswith("{")]

@@ -22,7 +22,7 @@ from bench.core import (
     run_rounds,
     training_metrics,
 )
-from pipeline.distributed import threads_per_process
+from pipeline.lib.launch import threads_per_process
 
 TARGET_PACKING = (">=", 1.3)
 
@@ -30,20 +30,46 @@ TARGET_PACKING = (">=", 1.3)
 def training_flags(steps: int, batch_size: int = 8, max_length: int = 384, bf16: bool = False) -> list[str]:
     """The flags both programs get: everything that decides the work done per step."""
     flags = {
-        "max_steps": steps, "per_device_train_batch_size": batch_size, "gradient_accumulation_steps": 1,
-        "max_length": max_length, "learning_rate": 1e-3, "lr_scheduler_type": "cosine", "warmup_steps": 2,
-        "weight_decay": 0.0, "completion_only_loss": "true", "bf16": str(bf16).lower(), "gradient_checkpointing": "false",
-        "seed": 0, "dataloader_num_workers": 0, "logging_steps": 5, "report_to": "none", "save_strategy": "no",
+        "max_steps": steps,
+        "per_device_train_batch_size": batch_size,
+        "gradient_accumulation_steps": 1,
+        "max_length": max_length,
+        "learning_rate": 1e-3,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 2,
+        "weight_decay": 0.0,
+        "completion_only_loss": "true",
+        "bf16": str(bf16).lower(),
+        "gradient_checkpointing": "false",
+        "seed": 0,
+        "dataloader_num_workers": 0,
+        "logging_steps": 5,
+        "report_to": "none",
+        "save_strategy": "no",
         "eval_strategy": "no",
-    }  # fmt: skip
+    }
     return [f"--{k}" if i % 2 == 0 else str(v) for k, v in flags.items() for i in (0, 1)]
 
 
 def stage_args(run_dir: Path, flags: list[str], config: Path | None = None) -> list[str]:
     """``pipeline.sft`` as ``make sft`` runs it, minus what the plain script does not do (eval, samples, saves)."""
-    return ["--config", str(config or "configs/sft.yaml"), "--run", "bench", "--runs_dir", str(run_dir),
-            "--eval_on_start", "false", "--load_best_model_at_end", "false", "--early_stopping_patience", "0",
-            "--num_samples", "0", *flags]  # fmt: skip
+    return [
+        "--config",
+        str(config or "configs/sft.yaml"),
+        "--run",
+        "bench",
+        "--runs_dir",
+        str(run_dir),
+        "--eval_on_start",
+        "false",
+        "--load_best_model_at_end",
+        "false",
+        "--early_stopping_patience",
+        "0",
+        "--num_samples",
+        "0",
+        *flags,
+    ]
 
 
 def measured(ws: Workspace, cmd: list[str], metrics: Path, log: Path, skip: int) -> dict[str, float]:
@@ -57,8 +83,14 @@ def run(ws: Workspace) -> CaseResult:
     result = CaseResult("sft", "SFT: project stage vs plain TRL SFTTrainer")
     model, demo = ws.model(), ws.demo_dir()
     flags = training_flags(steps)
-    result.settings = {"model": "embedded:tiny-llama", "data": "demo sft_train", "steps": steps, "skipped_steps": skip,
-                       "flags": " ".join(flags), "threads": "torch default (all cores)"}  # fmt: skip
+    result.settings = {
+        "model": "embedded:tiny-llama",
+        "data": "demo sft_train",
+        "steps": steps,
+        "skipped_steps": skip,
+        "flags": " ".join(flags),
+        "threads": "torch default (all cores)",
+    }
 
     def stage(round_: int, launch: list[str] | None = None, name: str = "stage") -> dict[str, float]:
         run_dir = ws.run_dir("sft", name, round_)
@@ -69,8 +101,15 @@ def run(ws: Workspace) -> CaseResult:
     def plain(round_: int) -> dict[str, float]:
         run_dir = ws.run_dir("sft", "plain", round_)
         metrics = run_dir / "metrics"
-        args = ["--model_name_or_path", model, "--train_file", str(demo / "sft_train.jsonl"),
-                "--output_dir", str(run_dir / "out"), *flags]  # fmt: skip
+        args = [
+            "--model_name_or_path",
+            model,
+            "--train_file",
+            str(demo / "sft_train.jsonl"),
+            "--output_dir",
+            str(run_dir / "out"),
+            *flags,
+        ]
         return measured(
             ws, harness_cmd("bench.baselines.sft_plain", args, metrics), metrics, run_dir / "log.txt", skip
         )
@@ -88,8 +127,10 @@ def run(ws: Workspace) -> CaseResult:
     compare(result, Comparison("stage / plain TRL tokens/s", "tokens_per_s", "stage", "plain_trl", TARGET_VS_TRL))
     compare(result, Comparison("stage / plain TRL peak RSS", "peak_rss_mb", "stage", "plain_trl"))
     if "stage_make_launch" in variants:
-        compare(result, Comparison("`make sft` launch / python -m samples/s", "samples_per_s", "stage_make_launch",
-                                   "stage"))  # fmt: skip
+        compare(
+            result,
+            Comparison("`make sft` launch / python -m samples/s", "samples_per_s", "stage_make_launch", "stage"),
+        )
     return result
 
 
@@ -105,8 +146,7 @@ def run_packing(ws: Workspace) -> CaseResult:
     result = CaseResult("packing", "SFT: packing (BFD, padding-free) vs no packing, project stage")
     ws.model()
     flags = training_flags(steps, batch_size=16)
-    result.settings = {"model": "embedded:tiny-llama", "steps": steps, "skipped_steps": skip,
-                       "flags": " ".join(flags)}  # fmt: skip
+    result.settings = {"model": "embedded:tiny-llama", "steps": steps, "skipped_steps": skip, "flags": " ".join(flags)}
 
     def variant(name: str, extra: list[str]):
         def go(round_: int) -> dict[str, float]:
@@ -127,8 +167,10 @@ def run_packing(ws: Workspace) -> CaseResult:
     # samples/s counts examples: rows without packing, position-id restarts with it (each example starts at 0).
     for name in variants:
         if name != "no_packing":
-            compare(result, Comparison(f"{name} / no packing samples/s", "samples_per_s", name, "no_packing",
-                                       TARGET_PACKING))  # fmt: skip
+            compare(
+                result,
+                Comparison(f"{name} / no packing samples/s", "samples_per_s", name, "no_packing", TARGET_PACKING),
+            )
             compare(result, Comparison(f"{name} / no packing tokens/s", "tokens_per_s", name, "no_packing"))
     result.notes.append(
         "Examples per step differ: a packed batch holds per_device_train_batch_size rows of max_length tokens "

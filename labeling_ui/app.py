@@ -31,8 +31,12 @@ ADMIN = "admin"  # the admin created on the first run, when the database has non
 MAX_CANDIDATES = 8  # response slots on the page (letters A-H); items have K of them, K = 4 in the demo
 CONCURRENCY = 32  # events handled at once: 16-64 concurrent clients are served without queueing for long
 RECENT = 20  # own rankings listed for editing
-FLAG_LABELS = {"unsafe": "unsafe", "private_data": "private data", "factually_wrong": "factually wrong",
-               "off_topic": "off-topic"}  # fmt: skip
+FLAG_LABELS = {
+    "unsafe": "unsafe",
+    "private_data": "private data",
+    "factually_wrong": "factually wrong",
+    "off_topic": "off-topic",
+}
 
 
 @dataclass
@@ -47,7 +51,7 @@ class LabelingConfig:
     host: str = "127.0.0.1"
     port: int = 7860
     rubric: str = field(
-        default="pipeline.demo_data:house_style_score",
+        default="pipeline.demo.data:house_style_score",
         metadata={"help": "Simulated labelers' scoring function, module:function(prompt, response) -> float."},
     )
     noise: list[float] = field(
@@ -136,10 +140,17 @@ class LabelingService:
         """Store a ranking: {ok, created, version, message}. A refused ranking is ok=False with what to fix."""
         try:
             result = self.store.submit_ranking(
-                username, submission_id, item_id, ranks, none_acceptable=none_acceptable, flags=flags,
-                comment=comment, guidelines_version=self.config.guidelines_version, display_order=display_order,
+                username,
+                submission_id,
+                item_id,
+                ranks,
+                none_acceptable=none_acceptable,
+                flags=flags,
+                comment=comment,
+                guidelines_version=self.config.guidelines_version,
+                display_order=display_order,
                 seconds_spent=seconds_spent,
-            )  # fmt: skip
+            )
         except RankingError as error:
             return {"ok": False, "created": False, "version": None, "message": str(error)}
         if not result.created:
@@ -291,26 +302,45 @@ def build_app(service: LabelingService) -> Any:
                     with gr.Column(scale=1, min_width=240):
                         # Prompt and responses are untrusted text: read-only text boxes show them literally (never
                         # as HTML or markdown), and a script in them is just characters.
-                        prompt = gr.Textbox(label="Prompt", interactive=False, lines=11, max_lines=11,
-                                            elem_id="prompt")  # fmt: skip
+                        prompt = gr.Textbox(
+                            label="Prompt", interactive=False, lines=11, max_lines=11, elem_id="prompt"
+                        )
                         with gr.Accordion(f"Guidelines (version {config.guidelines_version})", open=False):
                             gr.Markdown(config.guidelines, elem_id="guidelines")
                     for i, letter in enumerate(LETTERS):
                         with gr.Column(
                             scale=1, min_width=220, elem_id=f"cand-{i}", elem_classes="candidate"
                         ) as column:
-                            texts.append(gr.Textbox(label=f"Response {letter}", interactive=False, lines=9,
-                                                    max_lines=9, elem_id=f"text-{i}"))  # fmt: skip
+                            texts.append(
+                                gr.Textbox(
+                                    label=f"Response {letter}",
+                                    interactive=False,
+                                    lines=9,
+                                    max_lines=9,
+                                    elem_id=f"text-{i}",
+                                )
+                            )
                             ranks.append(gr.Radio([], label=f"Rank of {letter}", elem_id=f"rank-{i}"))
-                            flags.append(gr.Dropdown([(FLAG_LABELS[f], f) for f in FLAGS], value=[], multiselect=True,
-                                                     label=f"Flags of {letter}", elem_id=f"flags-{i}"))  # fmt: skip
+                            flags.append(
+                                gr.Dropdown(
+                                    [(FLAG_LABELS[f], f) for f in FLAGS],
+                                    value=[],
+                                    multiselect=True,
+                                    label=f"Flags of {letter}",
+                                    elem_id=f"flags-{i}",
+                                )
+                            )
                         columns.append(column)
                 with gr.Row(equal_height=True):
                     none_ok = gr.Checkbox(label="None is acceptable", elem_id="none-ok", scale=1, min_width=160)
                     comment = gr.Textbox(label="Comment (optional)", max_lines=3, scale=3, elem_id="comment")
                     submit_btn = gr.Button("Submit ranking", variant="primary", elem_id="submit-btn", scale=1)
-                    skip_reason = gr.Textbox(label="Skip reason", placeholder="Why you cannot judge this item",
-                                             scale=2, elem_id="skip-reason")  # fmt: skip
+                    skip_reason = gr.Textbox(
+                        label="Skip reason",
+                        placeholder="Why you cannot judge this item",
+                        scale=2,
+                        elem_id="skip-reason",
+                    )
                     skip_btn = gr.Button("Skip item", elem_id="skip-btn", scale=1, min_width=100)
             with gr.Tab("My rankings", id="mine"):
                 recent = gr.Dropdown([], label="Your recent rankings (newest first)", elem_id="recent")
@@ -321,8 +351,14 @@ def build_app(service: LabelingService) -> Any:
                 agreement = gr.Dataframe(
                     label="Agreement on items ranked by two labelers or more", interactive=False, elem_id="agreement"
                 )
-                flagged = gr.Dataframe(label="Flagged items", interactive=False, elem_id="flagged", wrap=True, max_height=320,
-                                       column_widths=["12%", "22%", "10%", "12%", "44%"])  # fmt: skip
+                flagged = gr.Dataframe(
+                    label="Flagged items",
+                    interactive=False,
+                    elem_id="flagged",
+                    wrap=True,
+                    max_height=320,
+                    column_widths=["12%", "22%", "10%", "12%", "44%"],
+                )
                 with gr.Row(equal_height=True):
                     aggregation = gr.Radio(["all", "majority", "drop_contested"], value="all", label="Aggregation")
                     include_gold = gr.Checkbox(label="Include gold items")
@@ -338,12 +374,20 @@ def build_app(service: LabelingService) -> Any:
             done, total = service.progress(username)
             updates: list[Any] = []
             if view is None:
-                updates += [None, message, f"**{done} done** of {total}",
-                            gr.Textbox(value="Nothing left to rank for you. Thank you!", label="Prompt")]  # fmt: skip
+                updates += [
+                    None,
+                    message,
+                    f"**{done} done** of {total}",
+                    gr.Textbox(value="Nothing left to rank for you. Thank you!", label="Prompt"),
+                ]
                 candidates: list[tuple[str, str]] = []
             else:
-                state = {"item_id": view.item_id, "order": [cid for cid, _ in view.candidates],
-                         "submission_id": uuid.uuid4().hex, "shown_at": time.time()}  # fmt: skip
+                state = {
+                    "item_id": view.item_id,
+                    "order": [cid for cid, _ in view.candidates],
+                    "submission_id": uuid.uuid4().hex,
+                    "shown_at": time.time(),
+                }
                 label = f"Prompt (editing your ranking, version {ranking['version']})" if ranking else "Prompt"
                 updates += [state, message, f"**{done} done** of {total}", gr.Textbox(value=view.prompt, label=label)]
                 candidates = view.candidates
@@ -364,10 +408,12 @@ def build_app(service: LabelingService) -> Any:
 
         def recent_choices(username: str) -> Any:
             choices = [
-                (f"{r['created_at'][:16].replace('T', ' ')} | v{r['version']} | {' '.join(r['prompt'].split())[:80]}",
-                 r["item_id"])
+                (
+                    f"{r['created_at'][:16].replace('T', ' ')} | v{r['version']} | {' '.join(r['prompt'].split())[:80]}",
+                    r["item_id"],
+                )
                 for r in service.recent(username)
-            ]  # fmt: skip
+            ]
             return gr.Dropdown(choices=choices, value=None)
 
         def on_load(request: gr.Request):
@@ -385,11 +431,16 @@ def build_app(service: LabelingService) -> Any:
             rank_values, flag_values = values[:k], values[MAX_CANDIDATES : MAX_CANDIDATES + k]
             none_acceptable, text = values[2 * MAX_CANDIDATES], values[2 * MAX_CANDIDATES + 1]
             result = service.submit(
-                username, state["submission_id"], state["item_id"], dict(zip(state["order"], rank_values, strict=True)),
-                none_acceptable=bool(none_acceptable), comment=text or "",
+                username,
+                state["submission_id"],
+                state["item_id"],
+                dict(zip(state["order"], rank_values, strict=True)),
+                none_acceptable=bool(none_acceptable),
+                comment=text or "",
                 flags={cid: names for cid, names in zip(state["order"], flag_values, strict=True) if names},
-                seconds_spent=round(time.time() - state["shown_at"], 1), display_order=state["order"],
-            )  # fmt: skip
+                seconds_spent=round(time.time() - state["shown_at"], 1),
+                display_order=state["order"],
+            )
             if not result["ok"]:  # keep the form (and its submission id) as it is: the labeler fixes and resubmits
                 return [gr.skip()] + [f"**Not saved.** {result['message']}"] + [gr.skip()] * (len(page) - 1)
             return [*render(username, service.next_view(username), result["message"]), recent_choices(username)]
@@ -416,8 +467,9 @@ def build_app(service: LabelingService) -> Any:
 
         private = {"api_visibility": "private"}
         demo.load(on_load, None, [*page, recent, admin_tab], **private)
-        submit_btn.click(on_submit, [form, *ranks, *flags, none_ok, comment], [*page, recent],
-                         trigger_mode="once", **private)  # fmt: skip
+        submit_btn.click(
+            on_submit, [form, *ranks, *flags, none_ok, comment], [*page, recent], trigger_mode="once", **private
+        )
         skip_btn.click(on_skip, [form, skip_reason], [*page, recent], trigger_mode="once", **private)
         edit_btn.click(on_edit, recent, [*page, tabs], trigger_mode="once", **private)
 
@@ -429,26 +481,57 @@ def build_app(service: LabelingService) -> Any:
             except PermissionError as error:
                 raise gr.Error(str(error)) from error
             labelers = pd.DataFrame(
-                [[s["username"], s["active"], s["simulated"], s["count"], s["skips"], _round(s["median_seconds"], 1),
-                  s["gold_done"], _round(s["gold_accuracy"], 3)] for s in report["labelers"]],
-                columns=["labeler", "active", "simulated", "rankings", "skips", "median s/item", "gold items",
-                         "gold accuracy"],
-            )  # fmt: skip
+                [
+                    [
+                        s["username"],
+                        s["active"],
+                        s["simulated"],
+                        s["count"],
+                        s["skips"],
+                        _round(s["median_seconds"], 1),
+                        s["gold_done"],
+                        _round(s["gold_accuracy"], 3),
+                    ]
+                    for s in report["labelers"]
+                ],
+                columns=[
+                    "labeler",
+                    "active",
+                    "simulated",
+                    "rankings",
+                    "skips",
+                    "median s/item",
+                    "gold items",
+                    "gold accuracy",
+                ],
+            )
             a = report["agreement"]
             agree = pd.DataFrame(
-                [[a["n_items"], a["n_labeler_pairs"], _round(a["pairwise_agreement"], 3), _round(a["kendall_tau"], 3),
-                  _round(a["krippendorff_alpha"], 3)]],
+                [
+                    [
+                        a["n_items"],
+                        a["n_labeler_pairs"],
+                        _round(a["pairwise_agreement"], 3),
+                        _round(a["kendall_tau"], 3),
+                        _round(a["krippendorff_alpha"], 3),
+                    ]
+                ],
                 columns=["items", "labeler pairs", "pairwise agreement", "Kendall's tau", "Krippendorff's alpha"],
-            )  # fmt: skip
+            )
             rows = []
             for item in report["flagged"]:
                 prompt_text = " ".join(item["prompt"].split())[:100]
-                rows += [[item["prompt_id"], prompt_text, name, "none acceptable", ""] for name in
-                         item["none_acceptable_by"]]  # fmt: skip
-                rows += [[item["prompt_id"], prompt_text, f["username"], ", ".join(f["flags"]), f["response"]]
-                         for f in item["flags"]]  # fmt: skip
-                rows += [[item["prompt_id"], prompt_text, c["username"], "comment", c["comment"]]
-                         for c in item["comments"]]  # fmt: skip
+                rows += [
+                    [item["prompt_id"], prompt_text, name, "none acceptable", ""]
+                    for name in item["none_acceptable_by"]
+                ]
+                rows += [
+                    [item["prompt_id"], prompt_text, f["username"], ", ".join(f["flags"]), f["response"]]
+                    for f in item["flags"]
+                ]
+                rows += [
+                    [item["prompt_id"], prompt_text, c["username"], "comment", c["comment"]] for c in item["comments"]
+                ]
             flagged_df = pd.DataFrame(rows, columns=["prompt id", "prompt", "labeler", "flag", "response or comment"])
             return labelers, agree, flagged_df
 
@@ -458,8 +541,10 @@ def build_app(service: LabelingService) -> Any:
             except PermissionError as error:
                 raise gr.Error(str(error)) from error
             m = summary["metrics"]
-            return (f"{m['pairs']} pairs from {m['rankings']} rankings of {m['items']} items -> "
-                    f"{summary['outputs']['preferences.jsonl']} (and .parquet, rankings.jsonl, summary.json)")  # fmt: skip
+            return (
+                f"{m['pairs']} pairs from {m['rankings']} rankings of {m['items']} items -> "
+                f"{summary['outputs']['preferences.jsonl']} (and .parquet, rankings.jsonl, summary.json)"
+            )
 
         refresh_btn.click(on_refresh, None, [stats, agreement, flagged], **private)
         admin_tab.select(on_refresh, None, [stats, agreement, flagged], **private)
@@ -490,9 +575,15 @@ def build_app(service: LabelingService) -> Any:
             except ValueError as error:
                 return {"ok": False, "created": False, "version": None, "message": str(error)}
             return service.submit(
-                username, submission_id, item_id, parsed_ranks, none_acceptable=bool(none_acceptable),
-                flags=parsed_flags, comment=comment or "", seconds_spent=seconds_spent,
-            )  # fmt: skip
+                username,
+                submission_id,
+                item_id,
+                parsed_ranks,
+                none_acceptable=bool(none_acceptable),
+                flags=parsed_flags,
+                comment=comment or "",
+                seconds_spent=seconds_spent,
+            )
 
         def skip(submission_id: str, item_id: str, reason: str, request: gr.Request = None) -> dict:
             """Pass on an item with a reason; it goes to other labelers. Returns {ok, message}."""
@@ -562,16 +653,31 @@ def serve(args: argparse.Namespace) -> None:
         theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
         try:
             _, local_url, _ = demo.launch(
-                server_name=host, server_port=port, auth=auth, auth_message="Log in with the name and password you "
-                "were given.", share=False, run_history=False, quiet=True, prevent_thread_lock=True,
-                max_threads=2 * CONCURRENCY, ssr_mode=False, pwa=False, mcp_server=False, enable_monitoring=False,
-                theme=theme, css=CSS,
-            )  # fmt: skip
+                server_name=host,
+                server_port=port,
+                auth=auth,
+                auth_message="Log in with the name and password you were given.",
+                share=False,
+                run_history=False,
+                quiet=True,
+                prevent_thread_lock=True,
+                max_threads=2 * CONCURRENCY,
+                ssr_mode=False,
+                pwa=False,
+                mcp_server=False,
+                enable_monitoring=False,
+                theme=theme,
+                css=CSS,
+            )
         except OSError as error:
-            raise ValueError(f"Cannot listen on {host}:{port}: {error} Pick another port with --port N "
-                             '(make label ARGS="--port N").') from error  # fmt: skip
-        print(f"Labeling app for run '{args.run}' running at {local_url} (labels: {_shown_url(url)}). Ctrl+C stops it.",
-              flush=True)  # fmt: skip
+            raise ValueError(
+                f"Cannot listen on {host}:{port}: {error} Pick another port with --port N "
+                '(make label ARGS="--port N").'
+            ) from error
+        print(
+            f"Labeling app for run '{args.run}' running at {local_url} (labels: {_shown_url(url)}). Ctrl+C stops it.",
+            flush=True,
+        )
         demo.block_thread()
     finally:
         store.close()

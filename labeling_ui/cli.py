@@ -22,7 +22,7 @@ from labeling_ui.assignment import stable_hash
 from labeling_ui.db import default_db_url
 from labeling_ui.store import LabelStore, user_message
 from labeling_ui.users import generate_password
-from pipeline import runs
+from pipeline.lib import runs
 
 MIN_PASSWORD = 8
 # (module, function adding its subcommand): commands owned by other modules of the package.
@@ -74,8 +74,10 @@ def users_list(args: argparse.Namespace) -> None:
     header = f"{'username':<24} {'role':<8} {'active':<7} {'simulated':<10} {'rankings':>8}  created"
     print(header)
     for u in users:
-        print(f"{u['username']:<24} {u['role']:<8} {str(u['active']):<7} {str(u['simulated']):<10} "
-              f"{u['n_rankings']:>8}  {u['created_at']}")  # fmt: skip
+        print(
+            f"{u['username']:<24} {u['role']:<8} {str(u['active']):<7} {str(u['simulated']):<10} "
+            f"{u['n_rankings']:>8}  {u['created_at']}"
+        )
 
 
 def users_disable(args: argparse.Namespace) -> None:
@@ -92,12 +94,12 @@ def users_disable(args: argparse.Namespace) -> None:
 
 def split_gold_by_rubric(rows: list[dict], share: float) -> tuple[list[dict], list[dict]]:
     """(regular rows, gold rows): a ``share`` of the prompts, picked by a hash of the prompt id, become gold items
-    ranked by the demo data's gold rubric (``pipeline.demo_data.house_style_score``).
+    ranked by the demo data's gold rubric (``pipeline.demo.data.house_style_score``).
 
     The pick depends only on the prompt id, so re-importing a grown file keeps every earlier decision.
     """
     from labeling_ui.agreement import ranks_from_scores
-    from pipeline.demo_data import house_style_score
+    from pipeline.demo.data import house_style_score
 
     regular, gold = [], []
     for row in rows:
@@ -111,7 +113,7 @@ def split_gold_by_rubric(rows: list[dict], share: float) -> tuple[list[dict], li
 
 
 def import_candidates(args: argparse.Namespace) -> None:
-    from pipeline.data import read_table
+    from pipeline.lib.tables import read_table
 
     if not 0 <= args.rubric_gold_share < 1:
         raise ValueError(f"--rubric-gold-share must be in [0, 1), got {args.rubric_gold_share}.")
@@ -132,16 +134,24 @@ def import_candidates(args: argparse.Namespace) -> None:
 def export(args: argparse.Namespace) -> None:
     from labeling_ui.export import ExportConfig, main
 
-    main(ExportConfig(run=args.run, runs_dir=args.runs_dir, db=args.db, aggregation=args.aggregation,
-                      include_gold=args.include_gold))  # fmt: skip
+    main(
+        ExportConfig(
+            run=args.run,
+            runs_dir=args.runs_dir,
+            db=args.db,
+            aggregation=args.aggregation,
+            include_gold=args.include_gold,
+        )
+    )
 
 
 # --- the parser -------------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m labeling_ui", description="The labeling stage: users, items, "
-                                     "export of the preferences.")  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m labeling_ui", description="The labeling stage: users, items, export of the preferences."
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     users = commands.add_parser("users", help="Add, list or disable labelers and admins.")
@@ -164,10 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_arguments(imports)
     imports.add_argument("--file", help="Default: runs/<run>/candidates/candidates.jsonl.")
     imports.add_argument(
-        "--rubric-gold-share", type=float, default=0.0,
+        "--rubric-gold-share",
+        type=float,
+        default=0.0,
         help="Demo data only: this share of the prompts become gold items ranked by the demo's gold rubric "
         "(keep it the same across imports). Default: %(default)s.",
-    )  # fmt: skip
+    )
     imports.set_defaults(func=import_candidates)
 
     exporting = commands.add_parser("export", help="Write runs/<run>/export/ (preferences, rankings, summary).")

@@ -4,7 +4,7 @@ Each current K-way ranking becomes its C(K, 2) ordered pairs minus the tied ones
 - ``preferences.jsonl`` / ``preferences.parquet``: TRL's conversational preference format (prompt, chosen,
   rejected) plus group_id (the prompt id), item_id, rank_gap and labeler;
 - ``rankings.jsonl``: the full rankings, one row per (item, labeler), for K-way losses;
-- ``summary.json`` and ``config.yaml`` (``pipeline.runs.StageRun``): counts and agreement.
+- ``summary.json`` and ``config.yaml`` (``pipeline.lib.runs.StageRun``): counts and agreement.
 
 How labelers are combined (``aggregation``): ``all`` keeps every labeler's pairs; ``majority`` keeps, per item and
 candidate pair, the direction more labelers chose (labelers who tied the pair abstain; an even vote drops the pair);
@@ -30,23 +30,12 @@ import sqlalchemy as sa
 from labeling_ui.agreement import agreement_summary
 from labeling_ui.db import default_db_url
 from labeling_ui.store import LabelStore
-from pipeline import runs
+from pipeline.lib import runs
+from pipeline.lib.pairs import ranking_to_pairs
 
 AGGREGATIONS = ("all", "majority", "drop_contested")
 AGGREGATED_LABELER = {"majority": "majority", "drop_contested": "consensus"}
 PREFERENCE_KEYS = ("prompt", "chosen", "rejected", "group_id", "item_id", "rank_gap", "labeler")
-
-
-def ranking_to_pairs(responses: list[str], ranks: list[int]) -> list[tuple[int, int, int]]:
-    """(chosen_idx, rejected_idx, rank_gap) for every pair of responses the ranking orders (1 = best); ties give none."""
-    if len(responses) != len(ranks):
-        raise ValueError(f"{len(responses)} responses but {len(ranks)} ranks.")
-    pairs = []
-    for i, j in itertools.combinations(range(len(ranks)), 2):
-        if ranks[i] != ranks[j]:
-            better, worse = (i, j) if ranks[i] < ranks[j] else (j, i)
-            pairs.append((better, worse, abs(ranks[i] - ranks[j])))
-    return pairs
 
 
 def aggregate_pairs(
@@ -105,9 +94,16 @@ def _write_parquet(path: Path, rows: list[dict]) -> None:
 
     messages = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
     schema = pa.schema(
-        [("prompt", messages), ("chosen", messages), ("rejected", messages), ("group_id", pa.string()),
-         ("item_id", pa.string()), ("rank_gap", pa.int64()), ("labeler", pa.string())]
-    )  # fmt: skip
+        [
+            ("prompt", messages),
+            ("chosen", messages),
+            ("rejected", messages),
+            ("group_id", pa.string()),
+            ("item_id", pa.string()),
+            ("rank_gap", pa.int64()),
+            ("labeler", pa.string()),
+        ]
+    )
     tmp = path.with_suffix(path.suffix + ".tmp")
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
     os.replace(tmp, path)
@@ -137,18 +133,32 @@ def export_preferences(
         prompt = [{"role": m["role"], "content": m["content"]} for m in item["prompt_messages"]]
         responses = [c["text"] for c in item["candidates"]]
         for r in group:
-            full_rankings.append({
-                "group_id": item["prompt_id"], "item_id": item_id, "prompt": prompt, "responses": responses,
-                "ranks": r["ranks_list"], "labeler": r["username"], "simulated": r["simulated"],
-                "is_gold": r["is_gold"],
-            })  # fmt: skip
+            full_rankings.append(
+                {
+                    "group_id": item["prompt_id"],
+                    "item_id": item_id,
+                    "prompt": prompt,
+                    "responses": responses,
+                    "ranks": r["ranks_list"],
+                    "labeler": r["username"],
+                    "simulated": r["simulated"],
+                    "is_gold": r["is_gold"],
+                }
+            )
         pairs, item_dropped = aggregate_pairs({r["username"]: r["ranks_list"] for r in group}, aggregation)
         dropped += item_dropped
         for chosen, rejected, gap, labeler in pairs:
-            preferences.append({
-                "prompt": prompt, "chosen": _assistant(responses[chosen]), "rejected": _assistant(responses[rejected]),
-                "group_id": item["prompt_id"], "item_id": item_id, "rank_gap": gap, "labeler": labeler,
-            })  # fmt: skip
+            preferences.append(
+                {
+                    "prompt": prompt,
+                    "chosen": _assistant(responses[chosen]),
+                    "rejected": _assistant(responses[rejected]),
+                    "group_id": item["prompt_id"],
+                    "item_id": item_id,
+                    "rank_gap": gap,
+                    "labeler": labeler,
+                }
+            )
 
     _write_jsonl(out_dir / "preferences.jsonl", preferences)
     _write_parquet(out_dir / "preferences.parquet", preferences)

@@ -128,8 +128,9 @@ def _in_process(service: Any, labelers: list[SimulatedLabeler], limit: int | Non
                 continue
             started = time.perf_counter()
             ranks = labeler.rank(item)
-            result = service.submit(labeler.username, uuid.uuid4().hex, item["item_id"], ranks,
-                                    seconds_spent=time.perf_counter() - started)  # fmt: skip
+            result = service.submit(
+                labeler.username, uuid.uuid4().hex, item["item_id"], ranks, seconds_spent=time.perf_counter() - started
+            )
             if not result["ok"]:
                 raise RuntimeError(f"{labeler.username}'s ranking was refused: {result['message']}")
             counts[labeler.username] += 1
@@ -150,8 +151,16 @@ def _over_http(url: str, labeler: SimulatedLabeler, password: str, limit: int | 
             break
         started = time.perf_counter()
         ranks = json.dumps(labeler.rank(item))
-        result = client.predict(uuid.uuid4().hex, item["item_id"], ranks, False, "{}", "",
-                                time.perf_counter() - started, api_name="/submit")  # fmt: skip
+        result = client.predict(
+            uuid.uuid4().hex,
+            item["item_id"],
+            ranks,
+            False,
+            "{}",
+            "",
+            time.perf_counter() - started,
+            api_name="/submit",
+        )
         if not result["ok"]:
             raise RuntimeError(f"{labeler.username}'s ranking was refused: {result['message']}")
         count += 1
@@ -193,11 +202,15 @@ def simulate(
         else:
             missing = [name for name, password in passwords.items() if password is None]
             if missing:
-                raise ValueError(f"No saved password for {', '.join(missing)} in {passwords_file}: run without "
-                                 "--url, or with other --labelers.")  # fmt: skip
+                raise ValueError(
+                    f"No saved password for {', '.join(missing)} in {passwords_file}: run without "
+                    "--url, or with other --labelers."
+                )
             with ThreadPoolExecutor(len(labelers)) as pool:
-                futures = {lab.username: pool.submit(_over_http, url, lab, passwords[lab.username], limit, progress)
-                           for lab in labelers}  # fmt: skip
+                futures = {
+                    lab.username: pool.submit(_over_http, url, lab, passwords[lab.username], limit, progress)
+                    for lab in labelers
+                }
                 counts = {name: future.result() for name, future in futures.items()}
     finally:
         progress.close()
@@ -214,7 +227,7 @@ def simulate(
                 "gold_accuracy": stats[lab.username]["gold_accuracy"],
             }
             for lab in labelers
-        ],  # fmt: skip
+        ],
         "agreement": store.agreement(),
     }
 
@@ -241,11 +254,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     total = sum(lab["submitted"] for lab in summary["labelers"])
     print(f"[simulate] {total} rankings in {summary['seconds']} s ({summary['mode']}):")
     for lab in summary["labelers"]:
-        print(f"  {lab['username']} (sigma {lab['sigma']}): {lab['submitted']} submitted now, {lab['rankings']} in all, "
-              f"gold accuracy {_fmt(lab['gold_accuracy'])}")  # fmt: skip
+        print(
+            f"  {lab['username']} (sigma {lab['sigma']}): {lab['submitted']} submitted now, {lab['rankings']} in all, "
+            f"gold accuracy {_fmt(lab['gold_accuracy'])}"
+        )
     a = summary["agreement"]
-    print(f"[simulate] agreement over {a['n_items']} items ranked twice or more: pairwise {_fmt(a['pairwise_agreement'])}, "
-          f"Kendall's tau {_fmt(a['kendall_tau'])}, Krippendorff's alpha {_fmt(a['krippendorff_alpha'])}")  # fmt: skip
+    print(
+        f"[simulate] agreement over {a['n_items']} items ranked twice or more: pairwise {_fmt(a['pairwise_agreement'])}, "
+        f"Kendall's tau {_fmt(a['kendall_tau'])}, Krippendorff's alpha {_fmt(a['krippendorff_alpha'])}"
+    )
     return summary
 
 

@@ -262,8 +262,14 @@ class LabelStore:
             raise ValueError(f"Unknown role {role!r}: use one of {', '.join(ROLES)}.")
         if not isinstance(password, str) or not password:
             raise ValueError("The password must not be empty.")
-        user = User(username=username, password_hash=hash_password(password), role=role, active=True,
-                    simulated=simulated, created_at=utcnow())  # fmt: skip
+        user = User(
+            username=username,
+            password_hash=hash_password(password),
+            role=role,
+            active=True,
+            simulated=simulated,
+            created_at=utcnow(),
+        )
         try:
             with self._begin() as session:
                 if self._find_user(session, username) is not None:
@@ -300,10 +306,16 @@ class LabelStore:
             counts = self._current_counts_by_user(session)
             users = session.scalars(sa.select(User).order_by(User.username)).all()
         return [
-            {"username": u.username, "role": u.role, "active": u.active, "simulated": u.simulated,
-             "created_at": _iso(u.created_at), "n_rankings": counts.get(u.id, 0)}
+            {
+                "username": u.username,
+                "role": u.role,
+                "active": u.active,
+                "simulated": u.simulated,
+                "created_at": _iso(u.created_at),
+                "n_rankings": counts.get(u.id, 0),
+            }
             for u in users
-        ]  # fmt: skip
+        ]
 
     @staticmethod
     def _current_counts_by_user(session: Session) -> dict[int, int]:
@@ -376,9 +388,12 @@ class LabelStore:
         ranked = set(session.scalars(sa.select(Ranking.item_id).where(Ranking.user_id == user.id)))
         skipped = set(session.scalars(sa.select(Skip.item_id).where(Skip.user_id == user.id)))
         rank_counts = dict(
-            session.execute(sa.select(Ranking.item_id, sa.func.count()).where(Ranking.is_current)
-                            .group_by(Ranking.item_id)).tuples().all()
-        )  # fmt: skip
+            session.execute(
+                sa.select(Ranking.item_id, sa.func.count()).where(Ranking.is_current).group_by(Ranking.item_id)
+            )
+            .tuples()
+            .all()
+        )
         lease = sa.alias(Assignment)
         done_by_holder = sa.or_(
             sa.exists().where(Ranking.item_id == lease.c.item_id, Ranking.user_id == lease.c.user_id),
@@ -489,10 +504,17 @@ class LabelStore:
             # insert does nothing and this transaction has changed nothing, so that stored row is the answer.
             inserted = session.execute(
                 self._insert_ignore(session, Ranking, ["submission_id"])
-                .values(submission_id=submission_id, item_id=item_id, user_id=user.id, version=version,
-                        is_current=False, created_at=utcnow(), **row)
+                .values(
+                    submission_id=submission_id,
+                    item_id=item_id,
+                    user_id=user.id,
+                    version=version,
+                    is_current=False,
+                    created_at=utcnow(),
+                    **row,
+                )
                 .returning(Ranking.id)
-            ).scalar_one_or_none()  # fmt: skip
+            ).scalar_one_or_none()
             if inserted is None:
                 stored = session.scalars(sa.select(Ranking).where(Ranking.submission_id == submission_id)).one()
                 return SubmitResult(ranking_id=stored.id, version=stored.version, created=False)
@@ -657,16 +679,18 @@ class LabelStore:
                 for r in mine
                 if r["is_gold"]
             ]
-            stats.append({
-                "username": user.username,
-                "active": user.active,
-                "simulated": user.simulated,
-                "count": len(mine),
-                "skips": skips.get(user.id, 0),
-                "median_seconds": statistics.median(seconds) if seconds else None,
-                "gold_done": len(gold),
-                "gold_accuracy": sum(gold) / len(gold) if gold else None,
-            })  # fmt: skip
+            stats.append(
+                {
+                    "username": user.username,
+                    "active": user.active,
+                    "simulated": user.simulated,
+                    "count": len(mine),
+                    "skips": skips.get(user.id, 0),
+                    "median_seconds": statistics.median(seconds) if seconds else None,
+                    "gold_done": len(gold),
+                    "gold_accuracy": sum(gold) / len(gold) if gold else None,
+                }
+            )
         return stats
 
     def agreement(self) -> dict:
@@ -683,16 +707,24 @@ class LabelStore:
         for r in self.all_current_rankings():
             if not (r["flags"] or r["none_acceptable"]):
                 continue
-            entry = flagged.setdefault(r["item_id"], {
-                "item_id": r["item_id"], "prompt_id": r["prompt_id"], "prompt": r["prompt"],
-                "none_acceptable_by": [], "flags": [], "comments": [],
-            })  # fmt: skip
+            entry = flagged.setdefault(
+                r["item_id"],
+                {
+                    "item_id": r["item_id"],
+                    "prompt_id": r["prompt_id"],
+                    "prompt": r["prompt"],
+                    "none_acceptable_by": [],
+                    "flags": [],
+                    "comments": [],
+                },
+            )
             texts = {c["id"]: c["text"] for c in r["candidates"]}
             if r["none_acceptable"]:
                 entry["none_acceptable_by"].append(r["username"])
             for cid, names in r["flags"].items():
-                entry["flags"].append({"username": r["username"], "candidate_id": cid, "response": texts[cid],
-                                       "flags": names})  # fmt: skip
+                entry["flags"].append(
+                    {"username": r["username"], "candidate_id": cid, "response": texts[cid], "flags": names}
+                )
             if r["comment"]:
                 entry["comments"].append({"username": r["username"], "comment": r["comment"]})
         return list(flagged.values())

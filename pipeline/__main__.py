@@ -1,7 +1,7 @@
-"""``python -m pipeline run --config configs/pipeline.yaml``: see pipeline/orchestrate.py."""
+"""``python -m pipeline run --config configs/pipeline.yaml``: see pipeline/conductor/orchestrate.py."""
 
 import sys
 
-from pipeline.orchestrate import main
+from pipeline.conductor.orchestrate import main
 
 sys.exit(main())

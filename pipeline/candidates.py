@@ -9,7 +9,6 @@ only prompts not yet there; with several processes each one takes a shard of the
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -22,8 +21,8 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import TrlParser
 
-from pipeline import runs
-from pipeline.data import DataError, read_table
+from pipeline.lib import runs
+from pipeline.lib.prompts import load_prompts
 
 CANDIDATES = "candidates.jsonl"
 
@@ -50,35 +49,6 @@ class CandidatesConfig:
             raise ValueError(f"k must be at least 2 (a ranking needs two candidates), got {self.k}.")
         if not 0 < self.top_p <= 1 or self.temperature <= 0:
             raise ValueError("temperature must be > 0 and top_p in (0, 1].")
-
-
-def load_prompts(
-    source: str, runs_dir: str | Path = "runs", limit: int | None = None, demo_split: str = "prompts"
-) -> tuple[list[dict[str, Any]], Path]:
-    """Prompt rows ``{"prompt_id", "prompt": [messages]}`` and the file they came from.
-
-    ``source`` is a file with a ``prompt`` column (text or messages), or "demo" for the demo split ``demo_split``.
-    """
-    if source == "demo":
-        from pipeline.demo_data import ensure_demo_data
-
-        path = ensure_demo_data(runs_dir) / f"{demo_split}.jsonl"
-    else:
-        path = Path(source)
-    rows = []
-    for i, row in enumerate(read_table(path), start=1):
-        prompt = row.get("prompt")
-        if isinstance(prompt, str):
-            prompt = [{"role": "user", "content": prompt}]
-        if not isinstance(prompt, list) or not prompt or not all(isinstance(m, dict) for m in prompt):
-            raise DataError(f"{path} row {i}: 'prompt' must be a non-empty string or a list of messages.")
-        prompt_id = str(row.get("id") or row.get("prompt_id") or _content_id(prompt))
-        rows.append({"prompt_id": prompt_id, "prompt": prompt})
-    return rows[:limit], path
-
-
-def _content_id(prompt: list[dict[str, str]]) -> str:
-    return hashlib.sha256(json.dumps(prompt, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def unique_texts(texts: list[str], k: int, seen: list[str] | None = None) -> list[str]:
@@ -112,8 +82,15 @@ def sample_batch(model, tokenizer, prompts: list[list[dict]], config: Candidates
     return [decoded[i * config.k : (i + 1) * config.k] for i in range(len(prompts))]
 
 
-def generate_candidates(model, tokenizer, rows: list[dict], config: CandidatesConfig, provenance: dict,
-                        out_path: Path, progress: bool = True) -> dict[str, int]:  # fmt: skip
+def generate_candidates(
+    model,
+    tokenizer,
+    rows: list[dict],
+    config: CandidatesConfig,
+    provenance: dict,
+    out_path: Path,
+    progress: bool = True,
+) -> dict[str, int]:
     """Sample k distinct candidates per prompt row, appending one JSON line per finished item to ``out_path``."""
     stats = {"items": 0, "samples_drawn": 0, "duplicates_dropped": 0, "short_items": 0}
     bar = tqdm(total=len(rows), desc="candidates", unit="prompt", disable=not progress)
@@ -157,8 +134,7 @@ def main(config: CandidatesConfig) -> dict[str, Any]:
     state = PartialState()
     stage = runs.StageRun("candidates", config.run, config.runs_dir)
     model_path = str(runs.stage_output(config.run, "sft", config.runs_dir, config.model_name_or_path))
-    with state.main_process_first():
-        rows, prompts_path = load_prompts(config.prompts, config.runs_dir, config.num_prompts)
+    rows, prompts_path = load_prompts(config.prompts, config.num_prompts), config.prompts
     out_path = stage.dir / CANDIDATES
     done = read_done(out_path)
     todo = [row for row in rows if row["prompt_id"] not in done]
@@ -168,10 +144,11 @@ def main(config: CandidatesConfig) -> dict[str, Any]:
     model = AutoModelForCausalLM.from_pretrained(model_path).to(state.device).eval()
     provenance = {
         "model": model_path,
-        "generation": {k: v for k, v in asdict(config).items()
-                       if k in ("k", "temperature", "top_p", "max_new_tokens", "seed")},
+        "generation": {
+            k: v for k, v in asdict(config).items() if k in ("k", "temperature", "top_p", "max_new_tokens", "seed")
+        },
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }  # fmt: skip
+    }
     shard = todo[state.process_index :: state.num_processes]
     shard_path = stage.dir / f".shard-{state.process_index}.jsonl"
     shard_path.unlink(missing_ok=True)
@@ -208,8 +185,12 @@ def main(config: CandidatesConfig) -> dict[str, Any]:
         "items_with_fewer_than_k": totals["short_items"],
         "prompts_per_second": round(len(todo) / elapsed, 2) if todo and elapsed > 0 else None,
     }
-    summary = stage.finish(config, metrics=metrics, inputs={"model": model_path, "prompts": prompts_path},
-                           outputs={"candidates": out_path})  # fmt: skip
+    summary = stage.finish(
+        config,
+        metrics=metrics,
+        inputs={"model": model_path, "prompts": prompts_path},
+        outputs={"candidates": out_path},
+    )
     print(
         f"[candidates] done in {runs.format_duration(summary['wall_time_s'])} | {metrics['new_items']} new items "
         f"({metrics['already_done']} already there), k={config.k} | {out_path}"

@@ -20,12 +20,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallb
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer, TrlParser
 
-from pipeline import runs
-from pipeline.base_model import resolve_model
-from pipeline.data import load_sft_dataset, read_table
-from pipeline.distributed import fill_training_defaults, release_zero3_init
-from pipeline.models import lora_config, merge_adapter
-from pipeline.tracking import Tracker
+from pipeline.demo.base_model import resolve_model
+from pipeline.lib import runs
+from pipeline.lib.launch import fill_training_defaults, release_zero3_init
+from pipeline.lib.models import lora_config, merge_adapter
+from pipeline.lib.tables import load_sft_dataset, read_table
+from pipeline.lib.tracking import Tracker
 
 
 @dataclass
@@ -86,7 +86,7 @@ class SFTStageConfig(SFTConfig):
 def load_data(config: SFTStageConfig) -> tuple[Any, Any, list, dict[str, Any], dict[str, str]]:
     """Train and eval datasets, held-out prompts for samples, data stats, and the input paths to record."""
     if config.dataset == "demo":
-        from pipeline.demo_data import ensure_demo_data
+        from pipeline.demo.data import ensure_demo_data
 
         demo = ensure_demo_data(config.runs_dir)
         train_path, eval_path = demo / "sft_train.jsonl", demo / "sft_eval.jsonl"

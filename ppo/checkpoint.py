@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pipeline import runs
+from pipeline.lib import runs
 
 # Settings that do not change what is computed: a resume may change them.
 RESUME_NEUTRAL = {

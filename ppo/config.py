@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline import runs
+from pipeline.lib import runs
 
 AGGREGATIONS = ("mean", "min", "mean_minus_std")
 BACKENDS = ("hf", "vllm")
@@ -113,7 +113,7 @@ class PPOStageConfig:
     run_name: str | None = None
 
     def __post_init__(self):
-        from pipeline.distributed import fill_run_defaults
+        from pipeline.lib.launch import fill_run_defaults
 
         fill_run_defaults(self, "ppo")
         if isinstance(self.reward_model_path, str):  # one path in YAML

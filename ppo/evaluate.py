@@ -19,10 +19,10 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import TrlParser
 
-from pipeline import runs
-from pipeline.candidates import load_prompts
-from pipeline.rubric import load_rubric
-from pipeline.tracking import Tracker
+from pipeline.lib import runs
+from pipeline.lib.prompts import load_prompts
+from pipeline.lib.rubric import load_rubric
+from pipeline.lib.tracking import Tracker
 from ppo import rewards
 from ppo.shaping import response_lengths
 
@@ -225,10 +225,8 @@ def main(config: EvalConfig) -> dict[str, Any]:
     sft_path = runs.stage_output(config.run, "sft", config.runs_dir, config.sft_model_path)
     ppo_path = runs.stage_output(config.run, "ppo", config.runs_dir, config.ppo_model_path)
     rm_path = runs.stage_output(config.run, "rm", config.runs_dir, config.reward_model_path)
-    prompt_rows, prompts_path = load_prompts(config.prompts, config.runs_dir, config.num_prompts, "eval_prompts")
-    rubric = load_rubric(
-        config.rubric or ("pipeline.demo_data:house_style_score" if config.prompts == "demo" else None)
-    )
+    prompt_rows, prompts_path = load_prompts(config.prompts, config.num_prompts), config.prompts
+    rubric = load_rubric(config.rubric)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = AutoTokenizer.from_pretrained(sft_path, padding_side="left")

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
-from pipeline.models import tokenizer_differences
+from pipeline.lib.models import tokenizer_differences
 from ppo.algorithm import aggregate_scores
 from ppo.models import disable_dropout, last_token_scores
 from ppo.shaping import first_true, normalise_scores

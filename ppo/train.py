@@ -27,12 +27,12 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from trl import TrlParser
 from trl.models.utils import unwrap_model_for_generation
 
-from pipeline import runs
-from pipeline.candidates import load_prompts
-from pipeline.distributed import configure_cpu_deepspeed, release_zero3_init
-from pipeline.models import lora_config, merge_adapter, save_here
-from pipeline.rubric import load_rubric
-from pipeline.tracking import Tracker
+from pipeline.lib import runs
+from pipeline.lib.launch import configure_cpu_deepspeed, release_zero3_init
+from pipeline.lib.models import lora_config, merge_adapter, save_here
+from pipeline.lib.prompts import load_prompts
+from pipeline.lib.rubric import load_rubric
+from pipeline.lib.tracking import Tracker
 from ppo import checkpoint, rewards
 from ppo.algorithm import (
     entropy_from_logits,
@@ -310,10 +310,7 @@ class Progress:
 
 
 def load_ppo_prompts(config: PPOStageConfig, accelerator: Accelerator, tokenizer) -> Prompts:
-    # The demo prompts are written once per disk: by each node's main process when nodes have their own.
-    first = accelerator.local_main_process_first if config.save_on_each_node else accelerator.main_process_first
-    with first():
-        rows, path = load_prompts(config.prompts, config.runs_dir, config.num_prompts)
+    rows, path = load_prompts(config.prompts, config.num_prompts), config.prompts
     train_rows, train_ids, dropped = tokenize_prompts(rows[config.eval_prompts :], tokenizer, config.max_prompt_length)
     eval_rows, eval_ids, _ = tokenize_prompts(rows[: config.eval_prompts], tokenizer, config.max_prompt_length)
     return Prompts(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from pipeline.models import tokenizer_differences
+from pipeline.lib.models import tokenizer_differences
 
 
 def check_tokenizers_match(policy_path: str | Path, reward_path: str | Path) -> None:

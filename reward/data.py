@@ -1,6 +1,6 @@
 """Preference data for the reward model: pairs (or whole rankings) read into one form and tokenized for the policy.
 
-Files are read by ``pipeline.data.read_table`` (``.jsonl``, ``.json``, ``.csv``, ``.parquet`` or a ``datasets``
+Files are read by ``pipeline.lib.tables.read_table`` (``.jsonl``, ``.json``, ``.csv``, ``.parquet`` or a ``datasets``
 folder). Accepted pair formats:
 
 - TRL explicit prompt: ``{"prompt", "chosen", "rejected"}``, each a string or a list of ``{"role", "content"}``;
@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.data import ROLES, DataError, _columns_note, _format_problems, _kind, _messages_problem, read_table
+from pipeline.lib.pairs import ranking_to_pairs
+from pipeline.lib.tables import ROLES, DataError, columns_note, format_problems, kind_of, messages_problem, read_table
 
 ACCEPTED_FORMATS = (
     "'prompt' + 'chosen' + 'rejected' (TRL explicit prompt; strings or lists of messages), 'chosen' + 'rejected' "
@@ -58,8 +59,13 @@ class PreferenceStats:
         return self.rows_in - sum(self.dropped.values())
 
     def as_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "format": self.fmt, "rows_in": self.rows_in, "rows_out": self.rows_out,
-                "dropped": dict(sorted(self.dropped.items()))}  # fmt: skip
+        return {
+            "source": self.source,
+            "format": self.fmt,
+            "rows_in": self.rows_in,
+            "rows_out": self.rows_out,
+            "dropped": dict(sorted(self.dropped.items())),
+        }
 
 
 def prompt_group_id(prompt: list[dict[str, str]]) -> str:
@@ -111,7 +117,7 @@ def load_preferences(path: str | Path, split: str = "train") -> tuple[list[dict[
         else:
             pairs.append(pair)
     if problems:
-        raise DataError(_format_problems(problems, source))
+        raise DataError(format_problems(problems, source))
     return pairs, stats
 
 
@@ -140,8 +146,11 @@ def _implicit_pair(row: dict) -> dict[str, Any]:
             raise RowProblem(
                 "'chosen' and 'rejected' share no beginning, so there is no implicit prompt. Add a 'prompt' column."
             )
-        return {"prompt": _user(prompt), "chosen": _assistant(chosen[n:].strip()),
-                "rejected": _assistant(rejected[n:].strip())}  # fmt: skip
+        return {
+            "prompt": _user(prompt),
+            "chosen": _assistant(chosen[n:].strip()),
+            "rejected": _assistant(rejected[n:].strip()),
+        }
     if isinstance(chosen, list) and isinstance(rejected, list):
         chosen, rejected = _messages(row, "chosen"), _messages(row, "rejected")
         shared = _common_prefix(chosen, rejected)
@@ -160,8 +169,8 @@ def _implicit_pair(row: dict) -> dict[str, Any]:
                     )
         return pair
     raise RowProblem(
-        f"'chosen' and 'rejected' should both be strings or both lists of messages, got {_kind(chosen)} and "
-        f"{_kind(rejected)}{_columns_note(row) if chosen is None or rejected is None else ''}."
+        f"'chosen' and 'rejected' should both be strings or both lists of messages, got {kind_of(chosen)} and "
+        f"{kind_of(rejected)}{columns_note(row) if chosen is None or rejected is None else ''}."
     )
 
 
@@ -170,7 +179,7 @@ def _hh_pair(row: dict) -> dict[str, Any]:
     for key in ("chosen", "rejected"):
         value = row.get(key)
         if not isinstance(value, str):
-            raise RowProblem(f"{key!r} should be an HH-RLHF transcript (a string), got {_kind(value)}.")
+            raise RowProblem(f"{key!r} should be an HH-RLHF transcript (a string), got {kind_of(value)}.")
         turns[key] = parse_hh_transcript(value)
         if not turns[key]:
             raise RowProblem(
@@ -230,14 +239,14 @@ def load_rankings(path: str | Path) -> tuple[list[dict[str, Any]], PreferenceSta
         else:
             rankings.append(ranking)
     if problems:
-        raise DataError(_format_problems(problems, source))
+        raise DataError(format_problems(problems, source))
     return rankings, stats
 
 
 def _responses_and_ranks(row: dict) -> tuple[list[str], list[int]]:
     responses, ranks = row.get("responses"), row.get("ranks")
     if not isinstance(responses, list) or not all(isinstance(r, str) for r in responses):
-        raise RowProblem(f"'responses' should be a list of strings, got {_kind(responses)}{_columns_note(row)}.")
+        raise RowProblem(f"'responses' should be a list of strings, got {kind_of(responses)}{columns_note(row)}.")
     if len(responses) < 2:
         raise RowProblem(f"'responses' holds {len(responses)} response(s); a ranking needs at least 2.")
     if not isinstance(ranks, list) or len(ranks) != len(responses):
@@ -257,7 +266,7 @@ def _prompt(row: dict) -> list[dict[str, str]]:
         if not prompt.strip():
             raise RowProblem("'prompt' is empty. Every row needs a prompt.")
         return _user(prompt)
-    problem = _messages_problem(row, "prompt")
+    problem = messages_problem(row, "prompt")
     if problem:
         raise RowProblem(problem)
     return _plain_messages(prompt)
@@ -282,7 +291,7 @@ def _messages(row: dict, key: str) -> list[dict[str, str]]:
     """A list of well-formed messages. Empty contents pass: an empty reply is a row to drop, not a broken file."""
     value = row.get(key)
     if not isinstance(value, list):
-        raise RowProblem(f"{key!r} should be a string or a list of messages, got {_kind(value)}{_columns_note(row)}.")
+        raise RowProblem(f"{key!r} should be a string or a list of messages, got {kind_of(value)}{columns_note(row)}.")
     for index, message in enumerate(value, start=1):
         if (
             not isinstance(message, dict)
@@ -359,8 +368,10 @@ def tokenize_pairs(pairs: list[dict[str, Any]], tokenizer, max_length: int | Non
     """The pairs with ``chosen_ids`` and ``rejected_ids`` added, and how many were dropped as too long."""
     render, kept = Renderer(tokenizer), []
     for pair in pairs:
-        ids = {"chosen_ids": render(pair["prompt"], pair["chosen"]),
-               "rejected_ids": render(pair["prompt"], pair["rejected"])}  # fmt: skip
+        ids = {
+            "chosen_ids": render(pair["prompt"], pair["chosen"]),
+            "rejected_ids": render(pair["prompt"], pair["rejected"]),
+        }
         if max_length is None or max(map(len, ids.values())) <= max_length:
             kept.append({**pair, **ids})
     return kept, len(pairs) - len(kept)
@@ -380,12 +391,15 @@ def tokenize_rankings(
 
 def ranking_pairs(ranking: dict[str, Any]) -> list[dict[str, Any]]:
     """A ranking's ordered pairs as pair rows (with their token ids when the ranking is tokenized); ties give none."""
-    from labeling_ui.export import ranking_to_pairs  # the export's own expansion, so both give the same pairs
-
     pairs = []
     for better, worse, gap in ranking_to_pairs(ranking["responses"], ranking["ranks"]):
-        pair = {"prompt": ranking["prompt"], "chosen": _assistant(ranking["responses"][better]),
-                "rejected": _assistant(ranking["responses"][worse]), "group_id": ranking["group_id"], "rank_gap": gap}  # fmt: skip
+        pair = {
+            "prompt": ranking["prompt"],
+            "chosen": _assistant(ranking["responses"][better]),
+            "rejected": _assistant(ranking["responses"][worse]),
+            "group_id": ranking["group_id"],
+            "rank_gap": gap,
+        }
         if "response_ids" in ranking:
             pair |= {"chosen_ids": ranking["response_ids"][better], "rejected_ids": ranking["response_ids"][worse]}
         pairs.append(pair)

@@ -60,10 +60,13 @@ def calibration_bins(r_chosen: Sequence[float], r_rejected: Sequence[float], n_b
     correct = p > 0.5
     bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
     return [
-        {"confidence": float(confidence[bins == b].mean()), "accuracy": float(correct[bins == b].mean()),
-         "count": int((bins == b).sum())}
+        {
+            "confidence": float(confidence[bins == b].mean()),
+            "accuracy": float(correct[bins == b].mean()),
+            "count": int((bins == b).sum()),
+        }
         for b in np.unique(bins)
-    ]  # fmt: skip
+    ]
 
 
 def expected_calibration_error(r_chosen: Sequence[float], r_rejected: Sequence[float], n_bins: int = 10) -> float:

@@ -33,11 +33,11 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import RewardConfig, RewardTrainer, TrlParser
 from trl.trainer.utils import pad
 
-from pipeline import runs
-from pipeline.data import DataError, read_table
-from pipeline.distributed import fill_training_defaults, release_zero3_init
-from pipeline.models import lora_config
-from pipeline.tracking import Tracker
+from pipeline.lib import runs
+from pipeline.lib.launch import fill_training_defaults, release_zero3_init
+from pipeline.lib.models import lora_config
+from pipeline.lib.tables import DataError, read_table
+from pipeline.lib.tracking import Tracker
 from reward import data as rm_data
 from reward import evaluate as rm_eval
 from reward.losses import kway_ranking_loss, rank_gap_margin, ranking_accuracy
@@ -238,7 +238,7 @@ def uses_gold_rubric(path: Path, prompts: list[str], runs_dir: str) -> bool:
     summary = runs.read_summary(path if path.is_dir() else path.parent)
     if summary and summary.get("stage") == "export" and summary.get("metrics", {}).get("all_simulated"):
         return True
-    from pipeline.demo_data import SPLIT_SIZES, ensure_demo_data
+    from pipeline.demo.data import SPLIT_SIZES, ensure_demo_data
 
     demo = ensure_demo_data(runs_dir)
     known = {row["prompt"][-1]["content"] for split in SPLIT_SIZES for row in read_table(demo / f"{split}.jsonl")}
@@ -287,7 +287,7 @@ def evaluate_pairs(
     if all(p["rank_gap"] is not None for p in pairs):
         metrics["accuracy_by_gap"] = rm_eval.accuracy_by_gap(r_chosen, r_rejected, [p["rank_gap"] for p in pairs])
     if gold:
-        from pipeline.demo_data import house_style_score
+        from pipeline.demo.data import house_style_score
 
         def score(pair, key):
             return house_style_score(pair["prompt"][-1]["content"], " ".join(m["content"] for m in pair[key]))
@@ -297,8 +297,12 @@ def evaluate_pairs(
         agreement = rm_eval.gold_agreement(r_chosen, r_rejected, gold_chosen, gold_rejected)
         # The labels' own agreement with the rubric: the ceiling a reward model copying the labels would reach.
         labels = rm_eval.gold_agreement(np.ones(len(pairs)), np.zeros(len(pairs)), gold_chosen, gold_rejected)
-        metrics |= {"eval_gold_accuracy": agreement["agreement"], "eval_gold_pairs": agreement["pairs"],
-                    "eval_gold_ties": agreement["gold_ties"], "eval_label_gold_agreement": labels["agreement"]}  # fmt: skip
+        metrics |= {
+            "eval_gold_accuracy": agreement["agreement"],
+            "eval_gold_pairs": agreement["pairs"],
+            "eval_gold_ties": agreement["gold_ties"],
+            "eval_label_gold_agreement": labels["agreement"],
+        }
     return metrics, r_chosen, r_rejected
 
 
@@ -361,16 +365,27 @@ def main(config: RMStageConfig) -> dict[str, Any]:
     # step 2. train: TRL loads the SFT model with a fresh scalar head (num_labels=1, pad_token_id from the tokenizer).
     peft_config = None
     if config.use_lora:
-        peft_config = lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules,
-                                  "SEQ_CLS", modules_to_save=["score"])  # fmt: skip
+        peft_config = lora_config(
+            config.lora_r,
+            config.lora_alpha,
+            config.lora_dropout,
+            config.lora_target_modules,
+            "SEQ_CLS",
+            modules_to_save=["score"],
+        )
     tracker = Tracker(config.report_to, config.run, "rm", stage.dir, runs.config_dict(config), state.is_main_process)
     trainer_class, collator = RewardTrainer, None
     if config.loss == "kway":
         trainer_class, collator = KWayRewardTrainer, RankingCollator(tokenizer.pad_token_id, config.pad_to_multiple_of)
     trainer = trainer_class(
-        model=str(model_path), args=config, data_collator=collator, train_dataset=data.train,
-        eval_dataset=data.eval, processing_class=tokenizer, peft_config=peft_config,
-    )  # fmt: skip
+        model=str(model_path),
+        args=config,
+        data_collator=collator,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
     checkpoint = None
     if config.resume:
         checkpoint = get_last_checkpoint(config.output_dir) if Path(config.output_dir).is_dir() else None
@@ -436,10 +451,14 @@ def main(config: RMStageConfig) -> dict[str, Any]:
         config,
         metrics=metrics,
         inputs={"sft_model": model_path, "preferences": data_path},
-        outputs={"model": model_dir, "reward_stats": stage.dir / "reward_stats.json",
-                 "reward_histogram": stage.dir / "reward_histogram.png", "checkpoints": config.output_dir},
+        outputs={
+            "model": model_dir,
+            "reward_stats": stage.dir / "reward_stats.json",
+            "reward_histogram": stage.dir / "reward_histogram.png",
+            "checkpoints": config.output_dir,
+        },
         extra={"tracking": tracker.record},
-    )  # fmt: skip
+    )
     tracker.finish()
     print(summary_line(summary))
     return summary

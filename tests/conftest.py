@@ -28,14 +28,14 @@ def shared_runs(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_dir(shared_runs) -> Path:
-    from pipeline.demo_data import ensure_demo_data
+    from pipeline.demo.data import ensure_demo_data
 
     return ensure_demo_data(shared_runs)
 
 
 @pytest.fixture(scope="session")
 def micro_model(shared_runs, demo_dir) -> str:
-    from pipeline.base_model import resolve_model
+    from pipeline.demo.base_model import resolve_model
 
     return resolve_model("embedded:micro-llama", shared_runs)
 

@@ -52,8 +52,22 @@ class LabelingServer:
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         offset = self.log.stat().st_size if self.log.exists() else 0
         env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-        command = [sys.executable, "-m", "labeling_ui", "serve", "--run", self.run, "--runs_dir", str(self.runs_dir),
-                   "--db", self.db_url, "--config", str(self.config), "--port", str(self.port)]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "labeling_ui",
+            "serve",
+            "--run",
+            self.run,
+            "--runs_dir",
+            str(self.runs_dir),
+            "--db",
+            self.db_url,
+            "--config",
+            str(self.config),
+            "--port",
+            str(self.port),
+        ]
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pipeline.base_model import PRESETS, build_base_model, resolve_model
+from pipeline.demo.base_model import PRESETS, build_base_model, resolve_model
 
 
 def test_same_seed_builds_identical_files(tmp_path, demo_dir, micro_model):

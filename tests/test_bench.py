@@ -40,8 +40,26 @@ def test_quick_ppo_case_writes_json_table_and_curves(tmp_path, shared_runs, demo
     if not with_oracle:
         print(f"test_bench: the oracle variant is skipped: {oracle.ORACLE_DIR} is not built (python -m bench.oracle)")
     out = tmp_path / "results"
-    cmd = [sys.executable, "-m", "bench", "--quick", "--cases", "ppo", "--repeats", "1", "--threads", "1",
-           "--oracle", "existing", "--ppo_run", str(ppo_run), "--out", str(out), "--runs_dir", str(shared_runs)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench",
+        "--quick",
+        "--cases",
+        "ppo",
+        "--repeats",
+        "1",
+        "--threads",
+        "1",
+        "--oracle",
+        "existing",
+        "--ppo_run",
+        str(ppo_run),
+        "--out",
+        str(out),
+        "--runs_dir",
+        str(shared_runs),
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -81,9 +99,18 @@ def test_history_metrics_and_learning_figures():
     from bench.ppo import history_metrics, learning_figures
 
     # Step 1 took 10 s (start-up); then 3 steps of 2 s and 16 episodes each.
-    rows = [{"step": i + 1, "episode": 16 * (i + 1), "elapsed_s": 10.0 + 2 * i, "timing/generation_s": 0.5,
-             "objective/scores": float(i), "objective/kl": 0.1 * i, "rollout/gold_score": 0.25 * i}
-            for i in range(4)]  # fmt: skip
+    rows = [
+        {
+            "step": i + 1,
+            "episode": 16 * (i + 1),
+            "elapsed_s": 10.0 + 2 * i,
+            "timing/generation_s": 0.5,
+            "objective/scores": float(i),
+            "objective/kl": 0.1 * i,
+            "rollout/gold_score": 0.25 * i,
+        }
+        for i in range(4)
+    ]
     m = history_metrics(rows, skip=1)
     assert m["step_s"] == 2.0 and m["episodes_per_s"] == 8.0 and m["generation_s_per_step"] == 0.5
     f = learning_figures(rows)
@@ -102,10 +129,15 @@ def test_range_targets_show_in_the_table():
     check_within(result, "stage gold", 0.5, 0.4, 0.6, "min..max over 3 seeds")
     check_within(result, "stage rm", 0.9, 0.4, 0.6, "min..max over 3 seeds")
     assert [c["met"] for c in result.comparisons] == [True, False]
-    report = {"started": "t", "command": "c", "repeats": 3, "warmup": 0, "quick": False,
-              "machine": {"cpu": "cpu", "cpus": 2, "memory_gb": 1.0, "gpu": None, "load_before": "0",
-                          "load_after": "0"},
-              "cases": {"x": result.as_dict()}}  # fmt: skip
+    report = {
+        "started": "t",
+        "command": "c",
+        "repeats": 3,
+        "warmup": 0,
+        "quick": False,
+        "machine": {"cpu": "cpu", "cpus": 2, "memory_gb": 1.0, "gpu": None, "load_before": "0", "load_after": "0"},
+        "cases": {"x": result.as_dict()},
+    }
     assert "| x | stage rm | 0.9 |  |  | in [0.4, 0.6] (min..max over 3 seeds) | **no** |" in markdown(report)
 
 
@@ -124,8 +156,9 @@ def test_oracle_venv_is_rebuilt_when_its_pins_change(tmp_path, monkeypatch):
 
 
 def test_unknown_case_is_refused():
-    proc = subprocess.run([sys.executable, "-m", "bench", "--cases", "nope"], cwd=REPO, capture_output=True,
-                          text=True, timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--cases", "nope"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2 and "unknown case(s) nope" in proc.stderr
 
 
@@ -134,15 +167,22 @@ def test_ratios_are_taken_round_by_round():
 
     result = CaseResult("x", "x")
     # Round 1 ran on a slow patch of the machine for both variants: the per-round ratios stay 0.5.
-    result.runs = {"a": [{"round": 0, "v": 10.0}, {"round": 1, "v": 2.0}],
-                   "b": [{"round": 0, "v": 20.0}, {"round": 1, "v": 4.0}]}  # fmt: skip
+    result.runs = {
+        "a": [{"round": 0, "v": 10.0}, {"round": 1, "v": 2.0}],
+        "b": [{"round": 0, "v": 20.0}, {"round": 1, "v": 4.0}],
+    }
     compare(result, Comparison("a / b", "v", "a", "b", (">=", 0.95)))
     (row,) = result.comparisons
     assert row["ratios"] == [0.5, 0.5] and row["median"] == 0.5 and row["met"] is False
-    report = {"started": "t", "command": "c", "repeats": 2, "warmup": 1, "quick": False,
-              "machine": {"cpu": "cpu", "cpus": 2, "memory_gb": 1.0, "gpu": None, "load_before": "0",
-                          "load_after": "0"},
-              "cases": {"x": result.as_dict()}}  # fmt: skip
+    report = {
+        "started": "t",
+        "command": "c",
+        "repeats": 2,
+        "warmup": 1,
+        "quick": False,
+        "machine": {"cpu": "cpu", "cpus": 2, "memory_gb": 1.0, "gpu": None, "load_before": "0", "load_after": "0"},
+        "cases": {"x": result.as_dict()},
+    }
     assert "| x | a / b | 0.5x | 0.5 | 0.5 | >= 0.95 | **no** |" in markdown(report)
 
 

@@ -18,16 +18,26 @@ def test_unique_texts_keeps_order_and_drops_blank_and_repeated():
 
 def make_prompts(tmp_path, n: int):
     path = tmp_path / "prompts.jsonl"
-    rows = [{"id": f"p{i}", "prompt": [{"role": "user", "content": f"From: Ana Diaz\nOrder #{i} is late."}]}
-            for i in range(n)]  # fmt: skip
+    rows = [
+        {"id": f"p{i}", "prompt": [{"role": "user", "content": f"From: Ana Diaz\nOrder #{i} is late."}]}
+        for i in range(n)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
 def test_candidates_are_distinct_with_provenance_and_rerun_adds_nothing_twice(tmp_path, micro_model):
     prompts = make_prompts(tmp_path, 8)
-    config = CandidatesConfig(run="t", runs_dir=str(tmp_path), model_name_or_path=micro_model, prompts=str(prompts),
-                              num_prompts=5, k=3, max_new_tokens=8, batch_size=2)  # fmt: skip
+    config = CandidatesConfig(
+        run="t",
+        runs_dir=str(tmp_path),
+        model_name_or_path=micro_model,
+        prompts=str(prompts),
+        num_prompts=5,
+        k=3,
+        max_new_tokens=8,
+        batch_size=2,
+    )
     summary = main(config)
     out = tmp_path / "t" / "candidates" / "candidates.jsonl"
     items = read_jsonl(out)
@@ -49,7 +59,7 @@ def test_candidates_are_distinct_with_provenance_and_rerun_adds_nothing_twice(tm
 def test_missing_sft_model_names_the_stage_to_run(tmp_path):
     import pytest
 
-    from pipeline.runs import MissingInputError
+    from pipeline.lib.runs import MissingInputError
 
     with pytest.raises(MissingInputError, match="make sft RUN=t"):
         main(CandidatesConfig(run="t", runs_dir=str(tmp_path), prompts=str(make_prompts(tmp_path, 2))))
@@ -57,11 +67,35 @@ def test_missing_sft_model_names_the_stage_to_run(tmp_path):
 
 def test_two_processes_share_the_prompts(tmp_path, micro_model):
     prompts = make_prompts(tmp_path, 6)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-           "-m", "pipeline.candidates", "--run", "t", "--runs_dir", str(tmp_path), "--model_name_or_path", micro_model,
-           "--prompts", str(prompts), "--k", "2", "--max_new_tokens", "6", "--batch_size", "2"]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--cpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "-m",
+        "pipeline.candidates",
+        "--run",
+        "t",
+        "--runs_dir",
+        str(tmp_path),
+        "--model_name_or_path",
+        micro_model,
+        "--prompts",
+        str(prompts),
+        "--k",
+        "2",
+        "--max_new_tokens",
+        "6",
+        "--batch_size",
+        "2",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     items = read_jsonl(tmp_path / "t" / "candidates" / "candidates.jsonl")
     assert [item["prompt_id"] for item in items] == [f"p{i}" for i in range(6)]

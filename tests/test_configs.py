@@ -56,7 +56,7 @@ def test_stage_yaml_parses(name, tmp_path, monkeypatch):
 
 
 def test_pipeline_yaml_parses():
-    from pipeline.orchestrate import STAGES, PipelineConfig
+    from pipeline.conductor.orchestrate import STAGES, PipelineConfig
 
     config = PipelineConfig.from_yaml(REPO / "configs" / "pipeline.yaml")
     assert set(config.stages) == set(STAGES)

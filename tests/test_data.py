@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.data import DataError, detect_format, load_sft_dataset, read_table, scrub_pii, validate_sft_rows
+from pipeline.lib.tables import DataError, detect_format, load_sft_dataset, read_table, scrub_pii, validate_sft_rows
 
 USER = {"role": "user", "content": "What is 2 + 2?"}
 ASSISTANT = {"role": "assistant", "content": "4."}
@@ -173,7 +173,7 @@ def test_empty_system_prompt_is_accepted():
 
 
 def test_module_imports_neither_torch_nor_datasets():
-    code = "import sys, pipeline.data; print(sorted({'torch', 'datasets'} & set(sys.modules)))"
+    code = "import sys, pipeline.lib.tables; print(sorted({'torch', 'datasets'} & set(sys.modules)))"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1]
     )

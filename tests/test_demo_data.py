@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import demo_data as dd
+from pipeline.demo import data as dd
 
 PROMPT = (
     "Draft a reply to this customer e-mail.\n\n"

@@ -21,7 +21,7 @@ from labeling_ui.export import ExportConfig
 from labeling_ui.export import main as export_main
 from labeling_ui.simulate import load_rubric, noisy_ranks, simulate
 from labeling_ui.store import LabelStore
-from pipeline.demo_data import generate, house_style_score
+from pipeline.demo.data import generate, house_style_score
 from tests.conftest import REPO, read_jsonl
 from tests.labeling_server import LabelingServer, question_rows
 
@@ -77,9 +77,9 @@ def test_config_errors_say_what_to_change(tmp_path):
     with pytest.raises(ValueError, match="noise must list"):
         LabelingConfig(noise=[-0.1])
     with pytest.raises(ValueError, match="module:function"):
-        LabelingConfig(rubric="pipeline.demo_data.house_style_score")
+        LabelingConfig(rubric="pipeline.demo.data.house_style_score")
     with pytest.raises(ValueError, match="Cannot load the rubric"):
-        load_rubric("pipeline.demo_data:no_such_rubric")
+        load_rubric("pipeline.demo.data:no_such_rubric")
 
 
 # --- the service: one code path for the page, the API and the simulation ------------------------------------------
@@ -309,8 +309,23 @@ def test_simulate_command(tmp_path, capsys):
     store = LabelStore(url)
     store.import_candidates(rubric_rows(5))
     store.close()
-    argv = ["simulate", "--run", "r", "--runs_dir", str(tmp_path / "runs"), "--db", url, "--config", str(CONFIG),
-            "--labelers", "3", "--noise", "0.1", "--limit", "2"]  # fmt: skip
+    argv = [
+        "simulate",
+        "--run",
+        "r",
+        "--runs_dir",
+        str(tmp_path / "runs"),
+        "--db",
+        url,
+        "--config",
+        str(CONFIG),
+        "--labelers",
+        "3",
+        "--noise",
+        "0.1",
+        "--limit",
+        "2",
+    ]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "[simulate] 6 rankings" in out and "sim-3 (sigma 0.1): 2 submitted now" in out
@@ -328,8 +343,18 @@ def test_serve_on_a_busy_port_says_so_and_keeps_the_admin_password(tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        command = [sys.executable, "-m", "labeling_ui", "serve", "--run", "r", "--runs_dir", str(tmp_path),
-                   "--port", str(port)]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "labeling_ui",
+            "serve",
+            "--run",
+            "r",
+            "--runs_dir",
+            str(tmp_path),
+            "--port",
+            str(port),
+        ]
         result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert f"Cannot listen on 127.0.0.1:{port}" in result.stderr and "--port N" in result.stderr

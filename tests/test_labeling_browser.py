@@ -16,8 +16,16 @@ from tests.conftest import REPO
 from tests.labeling_server import LabelingServer, question_rows
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SCREENSHOTS = Path(os.environ.get("LABELING_SCREENSHOTS", REPO / "runs" / "_screenshots"))
 LABELER = ("alice", "alice-password")
 # Untrusted model output: shown as text, it must neither run nor format anything.

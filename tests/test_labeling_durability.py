@@ -132,14 +132,16 @@ def test_acknowledged_submissions_survive_sigkill_exactly_once(db_url, tmp_path)
     acknowledged = [(lab.username, sid, item) for lab in labelers for sid, item in lab.acknowledged]
     assert len({sid for _, sid, _ in acknowledged}) == len(acknowledged)
 
-    engine = sa.create_engine(sa.make_url(db_url).set(drivername="postgresql+psycopg") if "postgresql" in db_url
-                              else db_url)  # fmt: skip
+    engine = sa.create_engine(
+        sa.make_url(db_url).set(drivername="postgresql+psycopg") if "postgresql" in db_url else db_url
+    )
     try:
         with engine.connect() as connection:
             rows = connection.execute(
-                sa.select(Ranking.submission_id, User.username, Ranking.item_id, Ranking.version)
-                .join(User, User.id == Ranking.user_id)
-            ).all()  # fmt: skip
+                sa.select(Ranking.submission_id, User.username, Ranking.item_id, Ranking.version).join(
+                    User, User.id == Ranking.user_id
+                )
+            ).all()
     finally:
         engine.dispose()
     per_submission = Counter(row.submission_id for row in rows)

@@ -15,8 +15,9 @@ from scipy.stats import kendalltau
 
 from labeling_ui import agreement, assignment
 from labeling_ui.db import Base, make_engine
-from labeling_ui.export import aggregate_pairs, export_preferences, ranking_to_pairs
+from labeling_ui.export import aggregate_pairs, export_preferences
 from labeling_ui.store import LabelStore, RankingError, normalize_ranks
+from pipeline.lib.pairs import ranking_to_pairs
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -99,11 +100,13 @@ def test_krippendorff_alpha():
 
 
 def test_agreement_summary_averages_labeler_pairs_then_items():
-    summary = agreement.agreement_summary({
-        "i1": {"x": [1, 2, 3, 4], "y": [1, 2, 3, 4]},
-        "i2": {"x": [1, 2, 3, 4], "y": [1, 1, 2, 3]},
-        "i3": {"x": [1, 2, 3, 4]},  # one labeler: not shared, left out
-    })  # fmt: skip
+    summary = agreement.agreement_summary(
+        {
+            "i1": {"x": [1, 2, 3, 4], "y": [1, 2, 3, 4]},
+            "i2": {"x": [1, 2, 3, 4], "y": [1, 1, 2, 3]},
+            "i3": {"x": [1, 2, 3, 4]},  # one labeler: not shared, left out
+        }
+    )
     assert summary["n_items"] == 2 and summary["n_labeler_pairs"] == 2
     assert summary["pairwise_agreement"] == pytest.approx((1 + 5 / 6) / 2)
     assert summary["kendall_tau"] == pytest.approx((1 + 5 / np.sqrt(30)) / 2)
@@ -236,8 +239,15 @@ def test_reads_do_not_wait_for_a_writer_and_concurrent_writers_all_land(store, d
     try:
         assert held.wait(10)
         with ThreadPoolExecutor(1) as pool:
-            reads = pool.submit(lambda: (store.role("lab0"), store.progress("lab0"), store.count_rankings(),
-                                         len(store.recent_submissions("lab0")), store.verify_user("lab0", "password1")))  # fmt: skip
+            reads = pool.submit(
+                lambda: (
+                    store.role("lab0"),
+                    store.progress("lab0"),
+                    store.count_rankings(),
+                    len(store.recent_submissions("lab0")),
+                    store.verify_user("lab0", "password1"),
+                )
+            )
             assert reads.result(timeout=5) == ("labeler", (1, 24), 1, 1, True)
     finally:
         release.set()

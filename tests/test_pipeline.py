@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.distributed import threads_per_process
-from pipeline.orchestrate import STAGES, PipelineConfig, plan
+from pipeline.conductor.orchestrate import STAGES, PipelineConfig, plan
+from pipeline.lib.launch import threads_per_process
 from tests.conftest import REPO
 
 NO_TRACKING = ["--report_to", "none"]
@@ -25,10 +25,31 @@ def length_rubric(prompt: str, response: str) -> float:
 
 
 def pipeline_config(tmp_path: Path, micro_model: str, small_sft_data: dict, ppo_lr: str = "1e-3", rounds: int = 1):
-    sft = ["--model_name_or_path", micro_model, "--dataset", str(small_sft_data["sft_train"]),
-           "--eval_dataset", str(small_sft_data["sft_eval"]), "--max_steps", "4", "--eval_steps", "2",
-           "--save_steps", "2", "--per_device_train_batch_size", "8", "--max_length", "256", "--num_samples", "2",
-           "--sample_max_new_tokens", "8", "--early_stopping_patience", "0", *NO_TRACKING]  # fmt: skip
+    sft = [
+        "--model_name_or_path",
+        micro_model,
+        "--dataset",
+        str(small_sft_data["sft_train"]),
+        "--eval_dataset",
+        str(small_sft_data["sft_eval"]),
+        "--max_steps",
+        "4",
+        "--eval_steps",
+        "2",
+        "--save_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "8",
+        "--max_length",
+        "256",
+        "--num_samples",
+        "2",
+        "--sample_max_new_tokens",
+        "8",
+        "--early_stopping_patience",
+        "0",
+        *NO_TRACKING,
+    ]
     config = {
         "run": "t",
         "runs_dir": str(tmp_path / "runs"),
@@ -37,30 +58,64 @@ def pipeline_config(tmp_path: Path, micro_model: str, small_sft_data: dict, ppo_
         "gold_share": 0.1,
         "stages": {
             "sft": {"config": "configs/sft.yaml", "args": sft},
-            "candidates": {"config": "configs/candidates.yaml",
-                           "args": ["--num_prompts", "16", "--k", "3", "--max_new_tokens", "12", "--batch_size", "8"]},
-            "labeling": {"config": "configs/labeling.yaml", "args": ["--labelers", "2", "--rubric", "tests.test_pipeline:length_rubric"]},
+            "candidates": {
+                "config": "configs/candidates.yaml",
+                "args": ["--num_prompts", "16", "--k", "3", "--max_new_tokens", "12", "--batch_size", "8"],
+            },
+            "labeling": {
+                "config": "configs/labeling.yaml",
+                "args": ["--labelers", "2", "--rubric", "tests.test_pipeline:length_rubric"],
+            },
             "export": {"args": []},
-            "rm": {"config": "configs/rm.yaml", "args": ["--max_steps", "4", "--per_device_train_batch_size", "8",
-                                                         *NO_TRACKING]},
-            "ppo": {"config": "configs/ppo.yaml",
-                    "args": ["--total_episodes", "16", "--per_device_train_batch_size", "4",
-                             "--gradient_accumulation_steps", "2", "--response_length", "12", "--num_prompts", "40",
-                             "--eval_prompts", "8", "--num_sample_generations", "0",
-                             "--local_rollout_forward_batch_size", "8", "--learning_rate", ppo_lr,
-                             "--checkpoint_steps", "0", *NO_TRACKING]},
-            "eval": {"config": "configs/eval.yaml",
-                     "args": ["--num_prompts", "8", "--max_new_tokens", "12", *NO_TRACKING]},
+            "rm": {
+                "config": "configs/rm.yaml",
+                "args": ["--max_steps", "4", "--per_device_train_batch_size", "8", *NO_TRACKING],
+            },
+            "ppo": {
+                "config": "configs/ppo.yaml",
+                "args": [
+                    "--total_episodes",
+                    "16",
+                    "--per_device_train_batch_size",
+                    "4",
+                    "--gradient_accumulation_steps",
+                    "2",
+                    "--response_length",
+                    "12",
+                    "--num_prompts",
+                    "40",
+                    "--eval_prompts",
+                    "8",
+                    "--num_sample_generations",
+                    "0",
+                    "--local_rollout_forward_batch_size",
+                    "8",
+                    "--learning_rate",
+                    ppo_lr,
+                    "--checkpoint_steps",
+                    "0",
+                    *NO_TRACKING,
+                ],
+            },
+            "eval": {
+                "config": "configs/eval.yaml",
+                "args": ["--num_prompts", "8", "--max_new_tokens", "12", *NO_TRACKING],
+            },
         },
-    }  # fmt: skip
+    }
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
 
 def run_pipeline(config: Path, *extra: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", "--config", str(config), *extra], cwd=REPO,
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", "--config", str(config), *extra],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc
 
@@ -120,8 +175,11 @@ def test_pipeline_runs_every_stage_then_skips_and_reruns_only_what_changed(tmp_p
 
     changed = pipeline_config(tmp_path, micro_model, small_sft_data, ppo_lr="5e-4")
     third = run_pipeline(changed)
-    assert statuses(third.stdout) == {**dict.fromkeys(["sft", "candidates", "labeling", "export", "rm"], "skipped"),
-                                      "ppo": "ran", "eval": "ran"}, third.stdout[-3000:]  # fmt: skip
+    assert statuses(third.stdout) == {
+        **dict.fromkeys(["sft", "candidates", "labeling", "export", "rm"], "skipped"),
+        "ppo": "ran",
+        "eval": "ran",
+    }, third.stdout[-3000:]
 
 
 def test_a_failing_stage_keeps_earlier_outputs_and_says_how_to_go_on(tmp_path, micro_model, small_sft_data):
@@ -129,8 +187,13 @@ def test_a_failing_stage_keeps_earlier_outputs_and_says_how_to_go_on(tmp_path, m
     raw = yaml.safe_load(config.read_text())
     raw["stages"]["candidates"]["args"] += ["--k", "0"]
     config.write_text(yaml.safe_dump(raw))
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", "--config", str(config)], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", "--config", str(config)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 1
     assert "candidates failed" in proc.stdout and "finished stages are skipped" in proc.stdout
     assert (tmp_path / "runs" / "t" / "sft" / "model").exists()

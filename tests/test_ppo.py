@@ -248,7 +248,7 @@ def test_resume_with_other_settings_names_them(ppo_run):
 
 def test_missing_reward_model_names_the_stage_to_run(ppo_run):
     shutil.rmtree(ppo_run / "t" / "rm")
-    from pipeline.runs import MissingInputError
+    from pipeline.lib.runs import MissingInputError
 
     with pytest.raises(MissingInputError, match="make rm RUN=t"):
         run_ppo(ppo_args(ppo_run))
@@ -258,8 +258,8 @@ def other_tokenizer_reward_model(path: Path) -> Path:
     """A reward model with a tokenizer of its own: 512 tokens learnt on the demo text, another chat template."""
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from pipeline.base_model import train_tokenizer
-    from pipeline.demo_data import corpus_texts
+    from pipeline.demo.base_model import train_tokenizer
+    from pipeline.demo.data import corpus_texts
 
     tokenizer = train_tokenizer(corpus_texts(seed=1)[:400], 512)
     tokenizer.chat_template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"

@@ -34,11 +34,26 @@ def launch_machine(rank: int, runs_dir: Path, port: int, log: Path) -> subproces
     # ddp.yaml (MULTI_GPU) makes accelerate start torchrun with --nnodes/--node_rank and a static rendezvous;
     # ACCELERATE_USE_CPU turns the processes it starts into MULTI_CPU on gloo. Without it, on a machine with no GPU
     # each process silently trains alone (1 process, no gradient sync); `--cpu` alone starts no torchrun at all.
-    cmd = [sys.executable, "-m", "accelerate.commands.launch",
-           "--config_file", str(REPO / "configs" / "accelerate" / "ddp.yaml"),
-           "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank),
-           "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
-           "-m", "ppo.train", *ppo_args(runs_dir, "--save_on_each_node", "true")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "configs" / "accelerate" / "ddp.yaml"),
+        "--num_machines",
+        "2",
+        "--num_processes",
+        "2",
+        "--machine_rank",
+        str(rank),
+        "--main_process_ip",
+        "127.0.0.1",
+        "--main_process_port",
+        str(port),
+        "-m",
+        "ppo.train",
+        *ppo_args(runs_dir, "--save_on_each_node", "true"),
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 

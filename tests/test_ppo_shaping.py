@@ -24,13 +24,15 @@ def test_length_penalty():
 
 def test_response_lengths_stop_at_the_first_eos():
     eos, pad = 1, 0
-    responses = torch.tensor([
-        [5, 6, 1, 7, 1],  # EOS at index 2: 3 tokens including it
-        [5, 6, 7, 0, 0],  # no EOS: the 3 non-pad tokens
-        [1, 0, 0, 0, 0],  # EOS first: 1 token
-        [5, 0, 6, 7, 8],  # a generated pad token ends the response, as TRL reads it: 1 token
-        [5, 6, 7, 8, 9],  # neither: the full width
-    ])  # fmt: skip
+    responses = torch.tensor(
+        [
+            [5, 6, 1, 7, 1],  # EOS at index 2: 3 tokens including it
+            [5, 6, 7, 0, 0],  # no EOS: the 3 non-pad tokens
+            [1, 0, 0, 0, 0],  # EOS first: 1 token
+            [5, 0, 6, 7, 8],  # a generated pad token ends the response, as TRL reads it: 1 token
+            [5, 6, 7, 8, 9],  # neither: the full width
+        ]
+    )
     assert response_lengths(responses, eos, pad).tolist() == [3, 3, 1, 1, 5]
 
 

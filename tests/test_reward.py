@@ -79,8 +79,8 @@ def test_accuracy_by_gap_and_gold_agreement_hand_worked():
 
 def write_export(export_dir: Path, demo_dir: Path, n_prompts: int, k: int = 4, seed: int = 0) -> None:
     """K replies per demo prompt in distinct demo styles, ranked by two simulated labelers (gold rubric + noise)."""
-    from labeling_ui.export import ranking_to_pairs
-    from pipeline import demo_data as demo
+    from pipeline.demo import data as demo
+    from pipeline.lib.pairs import ranking_to_pairs
 
     rng = random.Random(seed)
     export_dir.mkdir(parents=True)
@@ -90,23 +90,42 @@ def write_export(export_dir: Path, demo_dir: Path, n_prompts: int, k: int = 4, s
         first, last = re.search(r"^From: (\S+) (\S+)", email, re.MULTILINE).groups()
         slots = demo._slots(rng) | {"first": first, "last": last}
         scenario = demo.SCENARIO_BY_NAME[row["scenario"]]
-        apology, step, terse, extra = (rng.choice(options).format(**slots) if options else None for options in
-                                       (scenario.apologies, scenario.steps, scenario.terse, scenario.extras))  # fmt: skip
-        parts = demo.ReplyParts(first, last, demo.TITLES.get(first), f"order #{slots['order']}", apology, step,
-                                terse, extra)  # fmt: skip
+        apology, step, terse, extra = (
+            rng.choice(options).format(**slots) if options else None
+            for options in (scenario.apologies, scenario.steps, scenario.terse, scenario.extras)
+        )
+        parts = demo.ReplyParts(
+            first, last, demo.TITLES.get(first), f"order #{slots['order']}", apology, step, terse, extra
+        )
         responses = [demo.STYLE_WRITERS[style](parts, rng) for style in rng.sample(list(demo.STYLE_WRITERS), k)]
         gold = [demo.house_style_score(email, response) for response in responses]
         for labeler in ("sim-a", "sim-b"):
             noisy = [round(g + rng.gauss(0, 0.05), 1) for g in gold]
             ranks = [sorted(set(noisy), reverse=True).index(x) + 1 for x in noisy]  # dense, 1 = best
-            rankings.append({"group_id": row["id"], "item_id": f"{row['id']}-1", "prompt": row["prompt"],
-                             "responses": responses, "ranks": ranks, "labeler": labeler, "simulated": True,
-                             "is_gold": False})  # fmt: skip
+            rankings.append(
+                {
+                    "group_id": row["id"],
+                    "item_id": f"{row['id']}-1",
+                    "prompt": row["prompt"],
+                    "responses": responses,
+                    "ranks": ranks,
+                    "labeler": labeler,
+                    "simulated": True,
+                    "is_gold": False,
+                }
+            )
             for chosen, rejected, gap in ranking_to_pairs(responses, ranks):
-                preferences.append({"prompt": row["prompt"], "chosen": [{"role": "assistant", "content": responses[chosen]}],
-                                    "rejected": [{"role": "assistant", "content": responses[rejected]}],
-                                    "group_id": row["id"], "item_id": f"{row['id']}-1", "rank_gap": gap,
-                                    "labeler": labeler})  # fmt: skip
+                preferences.append(
+                    {
+                        "prompt": row["prompt"],
+                        "chosen": [{"role": "assistant", "content": responses[chosen]}],
+                        "rejected": [{"role": "assistant", "content": responses[rejected]}],
+                        "group_id": row["id"],
+                        "item_id": f"{row['id']}-1",
+                        "rank_gap": gap,
+                        "labeler": labeler,
+                    }
+                )
     for name, rows in (("preferences.jsonl", preferences), ("rankings.jsonl", rankings)):
         (export_dir / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = {"stage": "export", "metrics": {"pairs": len(preferences), "all_simulated": True}}
@@ -130,11 +149,32 @@ def rm_run(tmp_path, micro_model, export_dir) -> Path:
 
 def rm_args(runs_dir: Path, *extra: str) -> list[str]:
     return [
-        "--config", str(REPO / "configs" / "rm.yaml"), "--run", "t", "--runs_dir", str(runs_dir),
-        "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "32", "--learning_rate", "1e-3",
-        "--warmup_steps", "0", "--logging_steps", "5", "--save_steps", "20", "--eval_fraction", "0.2",
-        "--report_to", "none", "--seed", "0", *extra,
-    ]  # fmt: skip
+        "--config",
+        str(REPO / "configs" / "rm.yaml"),
+        "--run",
+        "t",
+        "--runs_dir",
+        str(runs_dir),
+        "--per_device_train_batch_size",
+        "8",
+        "--per_device_eval_batch_size",
+        "32",
+        "--learning_rate",
+        "1e-3",
+        "--warmup_steps",
+        "0",
+        "--logging_steps",
+        "5",
+        "--save_steps",
+        "20",
+        "--eval_fraction",
+        "0.2",
+        "--report_to",
+        "none",
+        "--seed",
+        "0",
+        *extra,
+    ]
 
 
 def run_rm(args: list[str]) -> dict:
@@ -197,8 +237,9 @@ def test_pairwise_end_to_end_learns_and_logs(rm_run):
 
 
 def test_kway_end_to_end_trains_on_whole_rankings(rm_run):
-    summary = run_rm(rm_args(rm_run, "--loss", "kway", "--per_device_train_batch_size", "4",
-                             "--margin_from_rank_gap", "true"))  # fmt: skip
+    summary = run_rm(
+        rm_args(rm_run, "--loss", "kway", "--per_device_train_batch_size", "4", "--margin_from_rank_gap", "true")
+    )
     m = summary["metrics"]
     assert m["loss"] == "kway" and m["data"]["format"] == "rankings"
     # One example per prompt: both labelers' rankings of its responses share one forward pass of each response.
@@ -257,13 +298,31 @@ def test_hh_rlhf_file_from_the_command_line(tmp_path, micro_model):
     for i, item in enumerate(["mug", "bowl", "vase", "plate", "jug", "teapot", "cup", "dish"]):
         for question, good, bad in HH_ROWS:
             context = f"\n\nHuman: Hello, order {i}.\n\nAssistant: Hi! How can I help?\n\nHuman: {question}"
-            rows.append({"chosen": f"{context}\n\nAssistant: {good}".format(item=item),
-                         "rejected": f"{context}\n\nAssistant: {bad}".format(item=item)})  # fmt: skip
+            rows.append(
+                {
+                    "chosen": f"{context}\n\nAssistant: {good}".format(item=item),
+                    "rejected": f"{context}\n\nAssistant: {bad}".format(item=item),
+                }
+            )
     data = tmp_path / "hh.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
-    cmd = [sys.executable, "-m", "reward.train", *rm_args(tmp_path, "--model_name_or_path", micro_model,
-                                                          "--preferences", str(data), "--loss", "pairwise", "--max_steps", "4")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "reward.train",
+        *rm_args(
+            tmp_path,
+            "--model_name_or_path",
+            micro_model,
+            "--preferences",
+            str(data),
+            "--loss",
+            "pairwise",
+            "--max_steps",
+            "4",
+        ),
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
@@ -274,7 +333,7 @@ def test_hh_rlhf_file_from_the_command_line(tmp_path, micro_model):
 
 
 def test_missing_inputs_name_the_stage_to_run_first(tmp_path, micro_model, export_dir):
-    from pipeline.runs import MissingInputError
+    from pipeline.lib.runs import MissingInputError
 
     with pytest.raises(MissingInputError, match=r"make sft RUN=t"):
         run_rm(rm_args(tmp_path))
@@ -299,10 +358,17 @@ def test_config_checks():
 def test_two_processes_under_deepspeed_zero2(rm_run):
     """Real `accelerate launch` with 2 processes and DeepSpeed ZeRO-2 on the CPU (the shipped K-way loss)."""
     cmd = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(REPO / "configs" / "accelerate" / "zero2.yaml"), "--num_processes", "2",
-        "-m", "reward.train", *rm_args(rm_run, "--max_steps", "4"),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "configs" / "accelerate" / "zero2.yaml"),
+        "--num_processes",
+        "2",
+        "-m",
+        "reward.train",
+        *rm_args(rm_run, "--max_steps", "4"),
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "ACCELERATE_USE_CPU": "false"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]

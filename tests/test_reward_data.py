@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.data import DataError
+from pipeline.lib.tables import DataError
 from reward.data import (
     load_preferences,
     load_rankings,
@@ -29,10 +29,13 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def test_explicit_conversational_keeps_group_and_rank_gap(tmp_path):
-    path = write_jsonl(tmp_path / "p.jsonl", [
-        {"prompt": USER, "chosen": GOOD, "rejected": BAD, "group_id": "p1", "rank_gap": 2, "labeler": "ann"},
-        {"prompt": USER, "chosen": BAD, "rejected": GOOD},
-    ])  # fmt: skip
+    path = write_jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {"prompt": USER, "chosen": GOOD, "rejected": BAD, "group_id": "p1", "rank_gap": 2, "labeler": "ann"},
+            {"prompt": USER, "chosen": BAD, "rejected": GOOD},
+        ],
+    )
     pairs, stats = load_preferences(path)
     assert stats.fmt == "explicit" and stats.rows_in == 2 and stats.rows_out == 2
     assert pairs[0] == {"prompt": USER, "chosen": GOOD, "rejected": BAD, "group_id": "p1", "rank_gap": 2}
@@ -49,10 +52,13 @@ def test_explicit_text_becomes_conversational(tmp_path):
 
 
 def test_implicit_prompt_is_the_shared_beginning(tmp_path):
-    path = write_jsonl(tmp_path / "p.jsonl", [
-        {"chosen": USER + GOOD, "rejected": USER + BAD},
-        {"chosen": "Question: is it safe? Answer: yes, by hand", "rejected": "Question: is it safe? Answer: no"},
-    ])  # fmt: skip
+    path = write_jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {"chosen": USER + GOOD, "rejected": USER + BAD},
+            {"chosen": "Question: is it safe? Answer: yes, by hand", "rejected": "Question: is it safe? Answer: no"},
+        ],
+    )
     (conversational, text), stats = load_preferences(path)
     assert stats.fmt == "implicit"
     assert conversational["prompt"] == USER and conversational["chosen"] == GOOD and conversational["rejected"] == BAD
@@ -65,21 +71,33 @@ def test_hh_rlhf_transcripts_split_into_prompt_and_final_replies(tmp_path):
     chosen = "\n\nHuman: My mug cracked.\n\nAssistant: Oh no!\n\nHuman: What now?\n\nAssistant: We'll send a new one."
     rejected = "\n\nHuman: My mug cracked.\n\nAssistant: Oh no!\n\nHuman: What now?\n\nAssistant: Glue it."
     other = "\n\nHuman: Something else\n\nAssistant: Glue it."
-    path = write_jsonl(tmp_path / "hh.jsonl", [
-        {"chosen": chosen, "rejected": rejected},
-        {"chosen": chosen, "rejected": chosen},  # identical: dropped
-        {"chosen": chosen, "rejected": "\n\nHuman: My mug cracked.\n\nAssistant: Oh no!\n\nHuman: What now?\n\nAssistant:"},
-        {"chosen": chosen, "rejected": other},  # the conversations differ before the last reply: dropped
-    ])  # fmt: skip
+    path = write_jsonl(
+        tmp_path / "hh.jsonl",
+        [
+            {"chosen": chosen, "rejected": rejected},
+            {"chosen": chosen, "rejected": chosen},  # identical: dropped
+            {
+                "chosen": chosen,
+                "rejected": "\n\nHuman: My mug cracked.\n\nAssistant: Oh no!\n\nHuman: What now?\n\nAssistant:",
+            },
+            {"chosen": chosen, "rejected": other},  # the conversations differ before the last reply: dropped
+        ],
+    )
     pairs, stats = load_preferences(path)
     assert stats.fmt == "hh-rlhf"
-    assert pairs == [{
-        "prompt": [{"role": "user", "content": "My mug cracked."}, {"role": "assistant", "content": "Oh no!"},
-                   {"role": "user", "content": "What now?"}],
-        "chosen": [{"role": "assistant", "content": "We'll send a new one."}],
-        "rejected": [{"role": "assistant", "content": "Glue it."}],
-        "group_id": pairs[0]["group_id"], "rank_gap": None,
-    }]  # fmt: skip
+    assert pairs == [
+        {
+            "prompt": [
+                {"role": "user", "content": "My mug cracked."},
+                {"role": "assistant", "content": "Oh no!"},
+                {"role": "user", "content": "What now?"},
+            ],
+            "chosen": [{"role": "assistant", "content": "We'll send a new one."}],
+            "rejected": [{"role": "assistant", "content": "Glue it."}],
+            "group_id": pairs[0]["group_id"],
+            "rank_gap": None,
+        }
+    ]
     assert stats.as_dict()["dropped"] == {"empty_response": 1, "identical": 1, "prompt_mismatch": 1}
     assert stats.rows_out == 1
 
@@ -104,12 +122,15 @@ def test_csv_and_parquet_are_read(tmp_path):
 
 
 def test_useless_rows_are_dropped_and_counted(tmp_path):
-    path = write_jsonl(tmp_path / "p.jsonl", [
-        {"prompt": USER, "chosen": GOOD, "rejected": BAD},
-        {"prompt": USER, "chosen": GOOD, "rejected": GOOD},
-        {"prompt": USER, "chosen": GOOD, "rejected": [{"role": "assistant", "content": "  "}]},
-        {"prompt": USER, "chosen": "", "rejected": "No."},
-    ])  # fmt: skip
+    path = write_jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {"prompt": USER, "chosen": GOOD, "rejected": BAD},
+            {"prompt": USER, "chosen": GOOD, "rejected": GOOD},
+            {"prompt": USER, "chosen": GOOD, "rejected": [{"role": "assistant", "content": "  "}]},
+            {"prompt": USER, "chosen": "", "rejected": "No."},
+        ],
+    )
     pairs, stats = load_preferences(path)
     assert len(pairs) == 1
     assert stats.as_dict()["dropped"] == {"empty_response": 2, "identical": 1}
@@ -120,19 +141,34 @@ def test_useless_rows_are_dropped_and_counted(tmp_path):
     [
         ([{"prompt": "a", "completion": "b"}], r"columns found \('prompt', 'completion'\) fit none"),
         ([{"prompt": "a", "responses": ["b", "c"], "ranks": [1, 2]}], "--loss kway"),
-        ([{"prompt": USER, "chosen": GOOD, "rejected": BAD}, {"prompt": USER, "chosen": GOOD}],
-         r"p\.jsonl row 2: 'rejected' should be a string or a list of messages, got null"),
-        ([{"prompt": USER, "chosen": USER, "rejected": BAD}],
-         r"row 1: 'chosen' message 1 has role 'user'. The response holds only the assistant's reply"),
-        ([{"prompt": [{"from": "human", "value": "hi"}], "chosen": "a", "rejected": "b"}],
-         r"row 1: 'prompt' message 1 has no 'role' \(it looks like ShareGPT data\)"),
+        (
+            [{"prompt": USER, "chosen": GOOD, "rejected": BAD}, {"prompt": USER, "chosen": GOOD}],
+            r"p\.jsonl row 2: 'rejected' should be a string or a list of messages, got null",
+        ),
+        (
+            [{"prompt": USER, "chosen": USER, "rejected": BAD}],
+            r"row 1: 'chosen' message 1 has role 'user'. The response holds only the assistant's reply",
+        ),
+        (
+            [{"prompt": [{"from": "human", "value": "hi"}], "chosen": "a", "rejected": "b"}],
+            r"row 1: 'prompt' message 1 has no 'role' \(it looks like ShareGPT data\)",
+        ),
         ([{"prompt": "q", "chosen": "a", "rejected": "b", "rank_gap": "wide"}], r"'rank_gap' should be a positive"),
-        ([{"chosen": [{"role": "user", "content": "x"}, *GOOD], "rejected": [{"role": "user", "content": "y"}, *BAD]}],
-         "start with different messages, so there is no implicit prompt"),
-        ([{"chosen": "\n\nHuman: hi\n\nAssistant: a", "rejected": "\n\nHuman: hi\n\nAssistant: b\n\nHuman: ?"}],
-         r"'rejected' ends with a Human turn"),
+        (
+            [
+                {
+                    "chosen": [{"role": "user", "content": "x"}, *GOOD],
+                    "rejected": [{"role": "user", "content": "y"}, *BAD],
+                }
+            ],
+            "start with different messages, so there is no implicit prompt",
+        ),
+        (
+            [{"chosen": "\n\nHuman: hi\n\nAssistant: a", "rejected": "\n\nHuman: hi\n\nAssistant: b\n\nHuman: ?"}],
+            r"'rejected' ends with a Human turn",
+        ),
     ],
-)  # fmt: skip
+)
 def test_malformed_files_name_file_row_and_problem(tmp_path, rows, match):
     path = write_jsonl(tmp_path / "p.jsonl", rows)
     with pytest.raises(DataError, match=match) as err:
@@ -148,11 +184,14 @@ def test_many_bad_rows_are_listed_together(tmp_path):
 
 
 def test_rankings_are_read_checked_and_expanded_like_the_export(tmp_path):
-    path = write_jsonl(tmp_path / "rankings.jsonl", [
-        {"group_id": "g1", "prompt": USER, "responses": ["a", "b", "c"], "ranks": [2, 1, 2], "labeler": "x"},
-        {"group_id": "g2", "prompt": USER, "responses": ["a", "b"], "ranks": [1, 1]},  # all tied: dropped
-        {"group_id": "g3", "prompt": USER, "responses": ["a", "a"], "ranks": [1, 2]},  # duplicate texts: dropped
-    ])  # fmt: skip
+    path = write_jsonl(
+        tmp_path / "rankings.jsonl",
+        [
+            {"group_id": "g1", "prompt": USER, "responses": ["a", "b", "c"], "ranks": [2, 1, 2], "labeler": "x"},
+            {"group_id": "g2", "prompt": USER, "responses": ["a", "b"], "ranks": [1, 1]},  # all tied: dropped
+            {"group_id": "g3", "prompt": USER, "responses": ["a", "a"], "ranks": [1, 2]},  # duplicate texts: dropped
+        ],
+    )
     rankings, stats = load_rankings(path)
     assert [r["group_id"] for r in rankings] == ["g1"]
     assert stats.as_dict()["dropped"] == {"all_tied": 1, "identical": 1}

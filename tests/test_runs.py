@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pipeline import runs
+from pipeline.lib import runs
 
 
 def test_fingerprint_of_file_and_directory(tmp_path):
@@ -43,8 +43,12 @@ def test_stage_run_writes_summary_and_config(tmp_path):
     data = tmp_path / "data.jsonl"
     data.write_text("{}\n")
     stage = runs.StageRun("sft", "r1", tmp_path)
-    summary = stage.finish(Config(), metrics={"loss": 1.5}, inputs={"data": data, "model": "org/model"},
-                           outputs={"model": stage.dir / "model"})  # fmt: skip
+    summary = stage.finish(
+        Config(),
+        metrics={"loss": 1.5},
+        inputs={"data": data, "model": "org/model"},
+        outputs={"model": stage.dir / "model"},
+    )
     on_disk = json.loads((tmp_path / "r1" / "sft" / "summary.json").read_text())
     assert on_disk == json.loads(json.dumps(summary))
     assert on_disk["metrics"] == {"loss": 1.5} and on_disk["status"] == "completed"

@@ -20,14 +20,48 @@ from tests.wandb_records import find_run_file, history_keys, run_info
 
 def sft_args(runs_dir: Path, model: str, data: dict[str, Path], *extra: str) -> list[str]:
     return [
-        "--run", "t", "--runs_dir", str(runs_dir), "--model_name_or_path", model,
-        "--dataset", str(data["sft_train"]), "--eval_dataset", str(data["sft_eval"]),
-        "--config", str(REPO / "configs" / "sft.yaml"),
-        "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", "--max_length", "256",
-        "--eval_steps", "4", "--save_steps", "4", "--logging_steps", "2", "--warmup_steps", "0",
-        "--learning_rate", "1e-2", "--lr_scheduler_type", "constant", "--num_samples", "2", "--sample_max_new_tokens", "16",
-        "--dataloader_num_workers", "0", "--early_stopping_patience", "0", "--seed", "0", *extra,
-    ]  # fmt: skip
+        "--run",
+        "t",
+        "--runs_dir",
+        str(runs_dir),
+        "--model_name_or_path",
+        model,
+        "--dataset",
+        str(data["sft_train"]),
+        "--eval_dataset",
+        str(data["sft_eval"]),
+        "--config",
+        str(REPO / "configs" / "sft.yaml"),
+        "--per_device_train_batch_size",
+        "8",
+        "--per_device_eval_batch_size",
+        "16",
+        "--max_length",
+        "256",
+        "--eval_steps",
+        "4",
+        "--save_steps",
+        "4",
+        "--logging_steps",
+        "2",
+        "--warmup_steps",
+        "0",
+        "--learning_rate",
+        "1e-2",
+        "--lr_scheduler_type",
+        "constant",
+        "--num_samples",
+        "2",
+        "--sample_max_new_tokens",
+        "16",
+        "--dataloader_num_workers",
+        "0",
+        "--early_stopping_patience",
+        "0",
+        "--seed",
+        "0",
+        *extra,
+    ]
 
 
 def run_sft(args: list[str]) -> dict:
@@ -72,8 +106,21 @@ def test_sft_end_to_end_learns_and_logs(tmp_path, micro_model, small_sft_data):
 
 
 def test_sft_lora_merges_into_a_plain_model(tmp_path, micro_model, small_sft_data):
-    run_sft(sft_args(tmp_path, micro_model, small_sft_data, "--max_steps", "4", "--use_lora", "true",
-                     "--lora_r", "4", "--report_to", "none"))  # fmt: skip
+    run_sft(
+        sft_args(
+            tmp_path,
+            micro_model,
+            small_sft_data,
+            "--max_steps",
+            "4",
+            "--use_lora",
+            "true",
+            "--lora_r",
+            "4",
+            "--report_to",
+            "none",
+        )
+    )
     model_dir = tmp_path / "t" / "sft" / "model"
     weights = load_file(model_dir / "model.safetensors")
     assert not any("lora" in key for key in weights), "the merged model must not carry adapter weights"
@@ -86,8 +133,19 @@ def test_sft_lora_merges_into_a_plain_model(tmp_path, micro_model, small_sft_dat
 
 def test_resume_continues_from_the_saved_step(tmp_path, micro_model, small_sft_data):
     """An interrupted run resumed from its checkpoint ends where an uninterrupted one ends, with the same weights."""
-    args = sft_args(tmp_path, micro_model, small_sft_data, "--max_steps", "8", "--report_to", "none",
-                    "--save_total_limit", "3", "--load_best_model_at_end", "false")  # fmt: skip
+    args = sft_args(
+        tmp_path,
+        micro_model,
+        small_sft_data,
+        "--max_steps",
+        "8",
+        "--report_to",
+        "none",
+        "--save_total_limit",
+        "3",
+        "--load_best_model_at_end",
+        "false",
+    )
     run_sft(args)
     stage_dir = tmp_path / "t" / "sft"
     uninterrupted = load_file(stage_dir / "model" / "model.safetensors")
@@ -105,25 +163,43 @@ def test_resume_continues_from_the_saved_step(tmp_path, micro_model, small_sft_d
 
 def test_resume_without_checkpoint_says_what_to_do(tmp_path, micro_model, small_sft_data):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        run_sft(sft_args(tmp_path, micro_model, small_sft_data, "--max_steps", "2", "--report_to", "none",
-                         "--resume", "true"))  # fmt: skip
+        run_sft(
+            sft_args(
+                tmp_path, micro_model, small_sft_data, "--max_steps", "2", "--report_to", "none", "--resume", "true"
+            )
+        )
 
 
 def test_early_stopping_needs_evaluation(tmp_path, micro_model, small_sft_data):
     with pytest.raises(ValueError, match="early_stopping_patience needs evaluation"):
-        run_sft(sft_args(tmp_path, micro_model, small_sft_data, "--early_stopping_patience", "2",
-                         "--load_best_model_at_end", "false"))  # fmt: skip
+        run_sft(
+            sft_args(
+                tmp_path,
+                micro_model,
+                small_sft_data,
+                "--early_stopping_patience",
+                "2",
+                "--load_best_model_at_end",
+                "false",
+            )
+        )
 
 
 @pytest.mark.parametrize("zero", [2, 3])
 def test_two_processes_under_deepspeed(tmp_path, micro_model, small_sft_data, zero):
     """Real `accelerate launch` with 2 processes and DeepSpeed ZeRO on the CPU; the saved model loads."""
     cmd = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(REPO / "configs" / "accelerate" / f"zero{zero}.yaml"), "--num_processes", "2",
-        "-m", "pipeline.sft",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "configs" / "accelerate" / f"zero{zero}.yaml"),
+        "--num_processes",
+        "2",
+        "-m",
+        "pipeline.sft",
         *sft_args(tmp_path, micro_model, small_sft_data, "--max_steps", "4", "--report_to", "none"),
-    ]  # fmt: skip
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "ACCELERATE_USE_CPU": "false"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
@@ -165,7 +241,20 @@ def test_packed_rows_keep_examples_apart(micro_model):
 
 
 def test_sft_with_packing_trains(tmp_path, micro_model, small_sft_data):
-    summary = run_sft(sft_args(tmp_path, micro_model, small_sft_data, "--max_steps", "6", "--packing", "true",
-                               "--per_device_train_batch_size", "2", "--report_to", "none"))  # fmt: skip
+    summary = run_sft(
+        sft_args(
+            tmp_path,
+            micro_model,
+            small_sft_data,
+            "--max_steps",
+            "6",
+            "--packing",
+            "true",
+            "--per_device_train_batch_size",
+            "2",
+            "--report_to",
+            "none",
+        )
+    )
     metrics = summary["metrics"]
     assert metrics["global_step"] == 6 and metrics["eval_loss_after"] < metrics["eval_loss_before"]

@@ -45,8 +45,10 @@ class ScriptArguments:
 
 
 def tokenize(rows: list[dict], tokenizer, max_length: int) -> Dataset:
-    ids = [tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False)
-           for r in rows]  # fmt: skip
+    ids = [
+        tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False)
+        for r in rows
+    ]
     return Dataset.from_dict({"input_ids": [i for i in ids if len(i) <= max_length]})
 
 
@@ -67,8 +69,9 @@ class StepHistory(TrainerCallback):
         def generate(*args, **kwargs):  # an instance attribute: TRL's rollouts call policy.generate
             output = inner(*args, **kwargs)
             mask, context = kwargs["attention_mask"].bool(), kwargs["input_ids"].shape[1]
-            for ids, row_mask, response in zip(kwargs["input_ids"].cpu(), mask.cpu(),
-                                               output.sequences[:, context:].cpu(), strict=True):  # fmt: skip
+            for ids, row_mask, response in zip(
+                kwargs["input_ids"].cpu(), mask.cpu(), output.sequences[:, context:].cpu(), strict=True
+            ):
                 self.pending.append((ids[row_mask].tolist(), response.tolist()))
             return output
 
@@ -89,8 +92,13 @@ class StepHistory(TrainerCallback):
             row = {**logged.get(step, {}), "step": step, "elapsed_s": elapsed}
             if rubric is not None and rollouts:
                 # As the stage scores a rollout: the prompt's last user message and the decoded response.
-                gold = [rubric(prompts.get(tuple(q)) or tokenizer.decode(q, skip_special_tokens=True),
-                               tokenizer.decode(r, skip_special_tokens=True)) for q, r in rollouts]  # fmt: skip
+                gold = [
+                    rubric(
+                        prompts.get(tuple(q)) or tokenizer.decode(q, skip_special_tokens=True),
+                        tokenizer.decode(r, skip_special_tokens=True),
+                    )
+                    for q, r in rollouts
+                ]
                 row["rollout/gold_score"] = sum(gold) / len(gold)
             out.append(row)
         return out
@@ -109,18 +117,28 @@ def main(script: ScriptArguments, config: PPOConfig) -> None:
     reward_model = AutoModelForSequenceClassification.from_pretrained(config.reward_model_path, num_labels=1)
     history = StepHistory(policy)
     trainer = PPOTrainer(
-        args=config, processing_class=tokenizer, model=policy, ref_model=ref_policy, reward_model=reward_model,
-        value_model=value_model, train_dataset=train, eval_dataset=evaluation, callbacks=[history],
-    )  # fmt: skip
+        args=config,
+        processing_class=tokenizer,
+        model=policy,
+        ref_model=ref_policy,
+        reward_model=reward_model,
+        value_model=value_model,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        callbacks=[history],
+    )
     trainer.train()
 
     rubric = None
     if script.rubric:
         module, _, name = script.rubric.partition(":")
         rubric = getattr(importlib.import_module(module), name)
-    prompts = {tuple(tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True,
-                                                   return_dict=False)): last_user_message(r["prompt"])
-               for r in rows}  # fmt: skip
+    prompts = {
+        tuple(
+            tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False)
+        ): last_user_message(r["prompt"])
+        for r in rows
+    }
     path = Path(script.history or Path(config.output_dir) / "history.jsonl")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as fh:

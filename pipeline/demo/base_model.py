@@ -69,7 +69,7 @@ def resolve_model(name_or_path: str, runs_dir: str | Path = "runs", seed: int = 
             + ", ".join(EMBEDDED_PREFIX + p for p in PRESETS)
             + ", or give a Hugging Face id or a path."
         )
-    from pipeline.demo_data import DEMO_VERSION
+    from pipeline.demo.data import DEMO_VERSION
 
     # The tokenizer is trained on the demo text, so a new demo version means a new model.
     target = Path(runs_dir) / "_models" / f"{preset}-{DEMO_VERSION}-seed{seed}"
@@ -111,7 +111,7 @@ def build_base_model(preset: str, out_dir: str | Path, seed: int = 0) -> Path:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    from pipeline.demo_data import corpus_texts
+    from pipeline.demo.data import corpus_texts
 
     spec = PRESETS[preset]
     out_dir = Path(out_dir)

@@ -33,8 +33,8 @@ from typing import Any
 
 import yaml
 
-from pipeline import runs
-from pipeline.distributed import threads_per_process
+from pipeline.lib import runs
+from pipeline.lib.launch import threads_per_process
 
 STAGES = ("sft", "candidates", "labeling", "export", "rm", "ppo", "eval")
 ROUND_STAGES = STAGES[1:]  # what a round after the first repeats
@@ -81,8 +81,9 @@ class PipelineConfig:
 
     def __post_init__(self):
         given = self.stages  # from YAML: {stage: {config, args}}; a stage left out gets its defaults
-        self.stages = {name: s if isinstance(s := given.get(name) or {}, StageSettings) else StageSettings(**s)
-                       for name in STAGES}  # fmt: skip
+        self.stages = {
+            name: s if isinstance(s := given.get(name) or {}, StageSettings) else StageSettings(**s) for name in STAGES
+        }
         if self.labeling not in ("simulated", "human"):
             raise ValueError(f"labeling must be 'simulated' or 'human', got {self.labeling!r}.")
         if self.rounds < 1:
@@ -133,9 +134,19 @@ def launch(config: PipelineConfig, module: str) -> list[str]:
         accelerate_file = f"configs/accelerate/zero{config.zero}.yaml"
     else:
         accelerate_file = "configs/accelerate/single.yaml" if config.nproc == 1 else "configs/accelerate/ddp.yaml"
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", accelerate_file,
-            "--num_processes", str(config.nproc),
-            "--num_cpu_threads_per_process", str(threads_per_process(config.nproc)), "-m", module]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        accelerate_file,
+        "--num_processes",
+        str(config.nproc),
+        "--num_cpu_threads_per_process",
+        str(threads_per_process(config.nproc)),
+        "-m",
+        module,
+    ]
 
 
 def stage_dir(config: PipelineConfig, stage: str, r: int) -> Path:
@@ -160,15 +171,28 @@ def plan(config: PipelineConfig) -> list[Step]:
                 commands = [[*launch(config, TRAINING[stage]), *own, *model, *settings.args]]
             elif stage == "labeling":
                 candidates = str(stage_dir(config, "candidates", r) / "candidates.jsonl")
-                imports = [sys.executable, "-m", "labeling_ui", "import-candidates", *common, "--db", config.db_url,
-                           "--file", candidates, "--rubric-gold-share", str(config.gold_share)]  # fmt: skip
+                imports = [
+                    sys.executable,
+                    "-m",
+                    "labeling_ui",
+                    "import-candidates",
+                    *common,
+                    "--db",
+                    config.db_url,
+                    "--file",
+                    candidates,
+                    "--rubric-gold-share",
+                    str(config.gold_share),
+                ]
                 commands = [imports]
                 if config.labeling == "simulated":
-                    commands.append([sys.executable, "-m", "labeling_ui", "simulate", *own, "--db", config.db_url,
-                                     *settings.args])  # fmt: skip
+                    commands.append(
+                        [sys.executable, "-m", "labeling_ui", "simulate", *own, "--db", config.db_url, *settings.args]
+                    )
             elif stage == "export":
-                commands = [[sys.executable, "-m", "labeling_ui", "export", *common, "--db", config.db_url,
-                             *settings.args]]  # fmt: skip
+                commands = [
+                    [sys.executable, "-m", "labeling_ui", "export", *common, "--db", config.db_url, *settings.args]
+                ]
             elif stage == "rm":
                 sft = [] if r == 1 else ["--model_name_or_path", first("sft") + "/model"]
                 commands = [[*launch(config, TRAINING[stage]), *own, *sft, *settings.args]]
@@ -239,9 +263,11 @@ def labeling_progress(config: PipelineConfig, overlap: int) -> tuple[int, int]:
         with engine.connect() as connection:
             items = connection.scalar(sa.select(sa.func.count()).select_from(Item).where(~Item.is_gold))
             done = connection.scalar(
-                sa.select(sa.func.count()).select_from(Ranking).join(Item, Item.id == Ranking.item_id)
+                sa.select(sa.func.count())
+                .select_from(Ranking)
+                .join(Item, Item.id == Ranking.item_id)
                 .where(Ranking.is_current, ~Item.is_gold)
-            )  # fmt: skip
+            )
     finally:
         engine.dispose()
     needed = config.min_rankings if config.min_rankings is not None else items * overlap
@@ -366,7 +392,7 @@ def execute(config: PipelineConfig, start: str | None = None, only: str | None =
             results.append((step.name, "ready", 0.0, f"{done} rankings"))
 
     if not only:
-        from pipeline.report import write_report
+        from pipeline.conductor.report import write_report
 
         report = write_report(config)
         say(f"\nReport: {report} (and {report.with_suffix('.html')})")
@@ -409,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.command == "report":
-        from pipeline.report import write_report
+        from pipeline.conductor.report import write_report
 
         print(write_report(config))
         return 0

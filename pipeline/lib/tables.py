@@ -101,7 +101,7 @@ def _read_json_lines(path: Path, text: str | None = None) -> list[dict]:
             ) from err
         if not isinstance(row, dict):
             raise DataError(
-                f"{path} line {line_number}: expected a JSON object, got {_kind(row)}. "
+                f"{path} line {line_number}: expected a JSON object, got {kind_of(row)}. "
                 'Each line must hold one object such as {"prompt": ..., "completion": ...}.'
             )
         rows.append(row)
@@ -127,7 +127,7 @@ def _read_json(path: Path) -> list[dict]:
         raise DataError(f"{path} line {err.lineno}: not valid JSON ({err.msg} at column {err.colno}).") from err
     for row_number, row in enumerate(data, start=1):
         if not isinstance(row, dict):
-            raise DataError(f"{path} row {row_number}: expected a JSON object, got {_kind(row)}.")
+            raise DataError(f"{path} row {row_number}: expected a JSON object, got {kind_of(row)}.")
     return data
 
 
@@ -219,10 +219,10 @@ def validate_sft_rows(rows: list[dict], fmt: str, source: str) -> None:
     }[fmt]
     problems = [(number, problem) for number, row in enumerate(rows, start=1) if (problem := check(row))]
     if problems:
-        raise DataError(_format_problems(problems, source))
+        raise DataError(format_problems(problems, source))
 
 
-def _format_problems(problems: list[tuple[int, str]], source: str) -> str:
+def format_problems(problems: list[tuple[int, str]], source: str) -> str:
     """One line for a single problem; otherwise a header and the first MAX_REPORTED rows."""
     if len(problems) == 1:
         number, problem = problems[0]
@@ -243,7 +243,7 @@ def _prompt_completion_problem(row: dict) -> str | None:
 
 
 def _conversational_prompt_completion_problem(row: dict) -> str | None:
-    problem = _messages_problem(row, "prompt") or _messages_problem(row, "completion")
+    problem = messages_problem(row, "prompt") or messages_problem(row, "completion")
     if problem:
         return problem
     for index, message in enumerate(row["completion"], start=1):
@@ -256,7 +256,7 @@ def _conversational_prompt_completion_problem(row: dict) -> str | None:
 
 
 def _messages_row_problem(row: dict) -> str | None:
-    problem = _messages_problem(row, "messages")
+    problem = messages_problem(row, "messages")
     if problem:
         return problem
     roles = [message["role"] for message in row["messages"]]
@@ -273,25 +273,25 @@ def _messages_row_problem(row: dict) -> str | None:
 def _string_problem(row: dict, key: str) -> str | None:
     value = row.get(key)
     if value is None:
-        return f"{key!r} is missing{_columns_note(row)}. Every row needs a non-empty {key}."
+        return f"{key!r} is missing{columns_note(row)}. Every row needs a non-empty {key}."
     if not isinstance(value, str):
-        return f"{key!r} should be a string, got {_kind(value)}. Every row needs a non-empty {key}."
+        return f"{key!r} should be a string, got {kind_of(value)}. Every row needs a non-empty {key}."
     if not value.strip():
         return f"{key!r} is empty. Every row needs a non-empty {key}."
     return None
 
 
-def _messages_problem(row: dict, key: str) -> str | None:
+def messages_problem(row: dict, key: str) -> str | None:
     messages = row.get(key)
     if messages is None:
-        return f"{key!r} is missing{_columns_note(row)}. Every row needs a non-empty list of messages."
+        return f"{key!r} is missing{columns_note(row)}. Every row needs a non-empty list of messages."
     if isinstance(messages, str):
         return (
             f"{key!r} should be a list of messages, got a string. If it holds JSON text (a CSV cell can hold only "
             "text), store the data as JSONL, JSON or Parquet instead."
         )
     if not isinstance(messages, list):
-        return f"{key!r} should be a list of messages, got {_kind(messages)}."
+        return f"{key!r} should be a list of messages, got {kind_of(messages)}."
     if not messages:
         return f"{key!r} has no messages. Every row needs at least one."
     for index, message in enumerate(messages, start=1):
@@ -301,7 +301,7 @@ def _messages_problem(row: dict, key: str) -> str | None:
     return None
 
 
-def _columns_note(row: dict) -> str:
+def columns_note(row: dict) -> str:
     """The columns a row does have, which shows a row written in another format than the rest of the file."""
     columns = [key for key, value in row.items() if value is not None]
     return f" (the row has {', '.join(map(repr, columns))})" if columns else " (the row is empty)"
@@ -309,7 +309,7 @@ def _columns_note(row: dict) -> str:
 
 def _message_problem(message: Any) -> str | None:
     if not isinstance(message, dict):
-        return f"should be an object with 'role' and 'content', got {_kind(message)}."
+        return f"should be an object with 'role' and 'content', got {kind_of(message)}."
     role = message.get("role")
     if role is None:
         if "from" in message:
@@ -322,14 +322,14 @@ def _message_problem(message: Any) -> str | None:
         return f"has unknown role {role!r}. Use one of {', '.join(map(repr, ROLES))}."
     content = message.get("content")
     if not isinstance(content, str):
-        return f"({role!r}) content should be a string, got {_kind(content)}."
+        return f"({role!r}) content should be a string, got {kind_of(content)}."
     # An empty system prompt is common in exported chats and harmless; an empty user or assistant turn is a bug.
     if role != "system" and not content.strip():
         return f"({role!r}) has empty content. Remove the message or fill it in."
     return None
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
     """How a JSON-ish value reads in a message: 'a number (42)' rather than "<class 'int'>"."""
     if value is None:
         return "null"

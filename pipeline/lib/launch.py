@@ -20,7 +20,7 @@ def threads_per_process(nproc: int) -> int:
 def fill_run_defaults(config, stage: str) -> None:
     """What every training stage's config fills in before it is validated: checkpoints under
     ``runs/<run>/<stage>/``, the tracking run's name, and bf16 where the GPU has it."""
-    from pipeline import runs
+    from pipeline.lib import runs
 
     if config.output_dir is None:
         config.output_dir = str(runs.stage_dir(config.run, stage, config.runs_dir) / "checkpoints")

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline import runs
+from pipeline.lib import runs
 
 SAMPLES_SHOWN = 3
 
@@ -50,8 +50,10 @@ def _plot(path: Path, draw) -> str:
 
 def sft_log_history(sft_dir: Path) -> list[dict]:
     """The Trainer's log history of the SFT run, from its latest checkpoint's trainer_state.json."""
-    states = sorted((sft_dir / "checkpoints").glob("checkpoint-*/trainer_state.json"),
-                    key=lambda p: int(p.parent.name.split("-")[-1]))  # fmt: skip
+    states = sorted(
+        (sft_dir / "checkpoints").glob("checkpoint-*/trainer_state.json"),
+        key=lambda p: int(p.parent.name.split("-")[-1]),
+    )
     return json.loads(states[-1].read_text()).get("log_history", []) if states else []
 
 
@@ -60,10 +62,13 @@ def _sft_section(sft_dir: Path, out: Path) -> list[str]:
     if summary is None:
         return ["## SFT", "", "No SFT run yet.", ""]
     m = summary["metrics"]
-    lines = ["## SFT", "",
-             f"Eval loss {_fmt(m.get('eval_loss_before'))} before training, {_fmt(m.get('eval_loss_after'))} after "
-             f"({m.get('global_step')} steps, {_fmt(m.get('epochs'))} epochs, {runs.format_duration(summary['wall_time_s'])}).",
-             ""]  # fmt: skip
+    lines = [
+        "## SFT",
+        "",
+        f"Eval loss {_fmt(m.get('eval_loss_before'))} before training, {_fmt(m.get('eval_loss_after'))} after "
+        f"({m.get('global_step')} steps, {_fmt(m.get('epochs'))} epochs, {runs.format_duration(summary['wall_time_s'])}).",
+        "",
+    ]
     history = sft_log_history(sft_dir)
     train = [(h["step"], h["loss"]) for h in history if "loss" in h]
     evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
@@ -90,15 +95,37 @@ def _labels_section(export_dirs: list[tuple[int, Path]]) -> list[str]:
         if m:
             agreement = m.get("agreement") or {}
             who = "simulated" if m.get("all_simulated") else "people"
-            rows.append([r, m["items"], m["rankings"], m["pairs"], f"{m['labelers']} ({who})",
-                         agreement.get("pairwise_agreement"), agreement.get("kendall_tau"),
-                         agreement.get("krippendorff_alpha")])  # fmt: skip
+            rows.append(
+                [
+                    r,
+                    m["items"],
+                    m["rankings"],
+                    m["pairs"],
+                    f"{m['labelers']} ({who})",
+                    agreement.get("pairwise_agreement"),
+                    agreement.get("kendall_tau"),
+                    agreement.get("krippendorff_alpha"),
+                ]
+            )
     if not rows:
         return []
-    header = ["round", "items", "rankings", "pairs", "labelers", "pairwise agreement", "Kendall's tau",
-              "Krippendorff's alpha"]  # fmt: skip
-    return ["## Labels", "", "Every label so far, as exported for the reward model of each round.", "",
-            *_table(header, rows)]  # fmt: skip
+    header = [
+        "round",
+        "items",
+        "rankings",
+        "pairs",
+        "labelers",
+        "pairwise agreement",
+        "Kendall's tau",
+        "Krippendorff's alpha",
+    ]
+    return [
+        "## Labels",
+        "",
+        "Every label so far, as exported for the reward model of each round.",
+        "",
+        *_table(header, rows),
+    ]
 
 
 def _rm_section(rm_dir: Path, out: Path, title: str) -> list[str]:
@@ -106,11 +133,19 @@ def _rm_section(rm_dir: Path, out: Path, title: str) -> list[str]:
     if summary is None:
         return []
     m = summary["metrics"]
-    rows = [[name, m.get(key)] for name, key in (
-        ("held-out accuracy", "eval_accuracy"), ("agreement with the gold rubric", "eval_gold_accuracy"),
-        ("expected calibration error", "eval_ece"), ("reward mean", "reward_mean"), ("reward std", "reward_std"),
-        ("training pairs", "train_pairs"), ("held-out pairs", "eval_pairs"),
-    ) if m.get(key) is not None]  # fmt: skip
+    rows = [
+        [name, m.get(key)]
+        for name, key in (
+            ("held-out accuracy", "eval_accuracy"),
+            ("agreement with the gold rubric", "eval_gold_accuracy"),
+            ("expected calibration error", "eval_ece"),
+            ("reward mean", "reward_mean"),
+            ("reward std", "reward_std"),
+            ("training pairs", "train_pairs"),
+            ("held-out pairs", "eval_pairs"),
+        )
+        if m.get(key) is not None
+    ]
     lines = [f"## {title}", "", *_table(["figure", "value"], rows)]
     by_gap = m.get("accuracy_by_gap") or {}
     bins = m.get("calibration") or m.get("calibration_bins")
@@ -160,8 +195,12 @@ def _ppo_section(ppo_dir: Path, out: Path, title: str) -> list[str]:
         axes[1].set_xlabel("PPO step"), axes[1].set_title("KL to the reference (nats)")
         return fig
 
-    lines = [f"## {title}", "", f"![PPO reward and KL]({_plot(out / f'report_{ppo_dir.parent.name}_ppo.png', draw)})",
-             ""]  # fmt: skip
+    lines = [
+        f"## {title}",
+        "",
+        f"![PPO reward and KL]({_plot(out / f'report_{ppo_dir.parent.name}_ppo.png', draw)})",
+        "",
+    ]
     gold = series("rollout/gold_score")
     if any(g is not None for g in gold):
 
@@ -191,9 +230,19 @@ def _eval_rows(eval_dirs: list[tuple[str, Path]]) -> list[list[Any]]:
     for name, directory in eval_dirs:
         m = (runs.read_summary(directory) or {}).get("metrics")
         if m:
-            rows.append([name, m["sft"].get("gold_score"), m["ppo"].get("gold_score"), m["sft"]["reward_mean"],
-                         m["ppo"]["reward_mean"], m["win_rate_ppo_vs_sft"], m["ppo"]["kl_to_reference"],
-                         m["sft"]["response_length"], m["ppo"]["response_length"]])  # fmt: skip
+            rows.append(
+                [
+                    name,
+                    m["sft"].get("gold_score"),
+                    m["ppo"].get("gold_score"),
+                    m["sft"]["reward_mean"],
+                    m["ppo"]["reward_mean"],
+                    m["win_rate_ppo_vs_sft"],
+                    m["ppo"]["kl_to_reference"],
+                    m["sft"]["response_length"],
+                    m["ppo"]["response_length"],
+                ]
+            )
     return rows
 
 
@@ -203,7 +252,7 @@ def _samples(eval_dir: Path, runs_dir: str) -> list[str]:
         return []
     prompts = {}
     try:
-        from pipeline.demo_data import ensure_demo_data
+        from pipeline.demo.data import ensure_demo_data
 
         data = Path(ensure_demo_data(runs_dir))
         prompts = {r["id"]: r["prompt"][-1]["content"] for r in _load_jsonl(data / "eval_prompts.jsonl")}
@@ -219,8 +268,14 @@ def _samples(eval_dir: Path, runs_dir: str) -> list[str]:
         for name in ("sft", "ppo"):
             s = r[name]
             gold = f", gold {s['gold']:.2f}" if "gold" in s else ""
-            lines += [f"{name.upper()} (reward {s['score']:.2f}{gold}):", "",
-                      "```text", s["response"].replace("```", "'''"), "```", ""]  # fmt: skip
+            lines += [
+                f"{name.upper()} (reward {s['score']:.2f}{gold}):",
+                "",
+                "```text",
+                s["response"].replace("```", "'''"),
+                "```",
+                "",
+            ]
     return lines
 
 
@@ -228,17 +283,23 @@ def _wandb_section(run_dir: Path) -> list[str]:
     found = sorted(run_dir.rglob("wandb/offline-run-*")) + sorted(run_dir.rglob("wandb/run-*"))
     if not found:
         return []
-    lines = ["## W&B runs", "",
-             "Each stage logged to W&B (grouped by run, one job type per stage). Offline runs are uploaded with "
-             "`wandb sync DIR` once a key is set:", ""]  # fmt: skip
-    lines += [f"- {p.relative_to(run_dir).parts[0] if p.relative_to(run_dir).parts[0] != 'wandb' else ''}"
-              f" `{p}`" for p in found]  # fmt: skip
+    lines = [
+        "## W&B runs",
+        "",
+        "Each stage logged to W&B (grouped by run, one job type per stage). Offline runs are uploaded with "
+        "`wandb sync DIR` once a key is set:",
+        "",
+    ]
+    lines += [
+        f"- {p.relative_to(run_dir).parts[0] if p.relative_to(run_dir).parts[0] != 'wandb' else ''} `{p}`"
+        for p in found
+    ]
     return lines + [""]
 
 
 def write_report(config) -> Path:
     """Write runs/<run>/report.md, report.html and the plots; returns the markdown path."""
-    from pipeline.orchestrate import round_run, stage_dir
+    from pipeline.conductor.orchestrate import round_run, stage_dir
 
     run_dir = Path(config.runs_dir) / config.run
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -246,20 +307,44 @@ def write_report(config) -> Path:
 
     stage_rows = []
     for r in range(1, config.rounds + 1):
-        for stage in ("sft", "candidates", "export", "rm", "ppo", "eval") if r == 1 else ("candidates", "export",
-                                                                                         "rm", "ppo", "eval"):  # fmt: skip
+        for stage in (
+            ("sft", "candidates", "export", "rm", "ppo", "eval")
+            if r == 1
+            else ("candidates", "export", "rm", "ppo", "eval")
+        ):
             summary = runs.read_summary(stage_dir(config, stage, r))
             if summary:
-                stage_rows.append([stage if r == 1 else f"{stage} (round {r})", summary["status"],
-                                   runs.format_duration(summary["wall_time_s"]), summary["started_at"]])  # fmt: skip
+                stage_rows.append(
+                    [
+                        stage if r == 1 else f"{stage} (round {r})",
+                        summary["status"],
+                        runs.format_duration(summary["wall_time_s"]),
+                        summary["started_at"],
+                    ]
+                )
     lines += ["## Stages", "", *_table(["stage", "status", "wall time", "started"], stage_rows)]
 
     eval_dirs = [(f"round {r}", stage_dir(config, "eval", r)) for r in range(1, config.rounds + 1)]
     eval_rows = _eval_rows(eval_dirs)
     if eval_rows:
-        lines += ["## The policy: SFT against PPO on held-out prompts", "",
-                  *_table(["", "gold SFT", "gold PPO", "reward SFT", "reward PPO", "PPO win rate", "KL",
-                           "length SFT", "length PPO"], eval_rows)]  # fmt: skip
+        lines += [
+            "## The policy: SFT against PPO on held-out prompts",
+            "",
+            *_table(
+                [
+                    "",
+                    "gold SFT",
+                    "gold PPO",
+                    "reward SFT",
+                    "reward PPO",
+                    "PPO win rate",
+                    "KL",
+                    "length SFT",
+                    "length PPO",
+                ],
+                eval_rows,
+            ),
+        ]
         if len(eval_rows) > 1:
 
             def draw(plt):
@@ -278,8 +363,10 @@ def write_report(config) -> Path:
         lines += _ppo_section(stage_dir(config, "ppo", r), run_dir, f"PPO{suffix}")
     lines += _samples(stage_dir(config, "eval", config.rounds), config.runs_dir)
     lines += _wandb_section(run_dir)
-    lines += [f"Runs: {', '.join(f'`{run_dir.parent / round_run(config, r)}`' for r in range(1, config.rounds + 1))}",
-              ""]  # fmt: skip
+    lines += [
+        f"Runs: {', '.join(f'`{run_dir.parent / round_run(config, r)}`' for r in range(1, config.rounds + 1))}",
+        "",
+    ]
 
     markdown = "\n".join(lines)
     path = run_dir / "report.md"
@@ -293,8 +380,12 @@ def to_html(markdown: str, title: str) -> str:
     from markdown_it import MarkdownIt
 
     body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
-    style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.45}"
-             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.25rem .5rem}"
-             "pre{background:#f5f5f5;padding:.5rem;white-space:pre-wrap}img{max-width:100%}")  # fmt: skip
-    return (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>\n{body}</body></html>\n")  # fmt: skip
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.45}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.25rem .5rem}"
+        "pre{background:#f5f5f5;padding:.5rem;white-space:pre-wrap}img{max-width:100%}"
+    )
+    return (
+        f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body>\n{body}</body></html>\n"
+    )

@@ -109,22 +109,68 @@ FIRST_NAMES = FEMALE_NAMES + MALE_NAMES + NEUTRAL_NAMES
 MAKERS = ("Maren", "Odile", "Joss", "Tamsin")
 GLAZES = ("sage", "oatmeal", "midnight blue", "speckled white", "terracotta", "celadon", "charcoal", "honey", "blush")
 PIECES = (
-    "mug", "tea bowl", "ramen bowl", "pasta bowl", "salad bowl", "berry bowl", "serving platter", "dinner plate set",
-    "side plate", "bud vase", "stoneware vase", "planter", "teapot", "pitcher", "butter dish", "olive dish",
-    "espresso cup set", "tumbler", "oil bottle", "spoon rest", "candle holder", "soap dish", "ring dish", "fruit bowl",
-)  # fmt: skip
+    "mug",
+    "tea bowl",
+    "ramen bowl",
+    "pasta bowl",
+    "salad bowl",
+    "berry bowl",
+    "serving platter",
+    "dinner plate set",
+    "side plate",
+    "bud vase",
+    "stoneware vase",
+    "planter",
+    "teapot",
+    "pitcher",
+    "butter dish",
+    "olive dish",
+    "espresso cup set",
+    "tumbler",
+    "oil bottle",
+    "spoon rest",
+    "candle holder",
+    "soap dish",
+    "ring dish",
+    "fruit bowl",
+)
 DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday")
 WAITS = ("two weeks", "three weeks", "ten days", "almost a month")
 RESTOCKS = ("in early March", "in about two weeks", "at the end of the month", "next Friday", "in mid-April")
 CODES = ("SPRING10", "WELCOME15", "KILN20", "JUNIPER10", "GLAZE15", "HELLO10", "FIRSTPOT", "MUDDY5")
 STREETS = (
-    "Alder Lane", "Mill Road", "Harbor Street", "Kiln Court", "Orchard Way", "Station Road", "Willow Drive",
-    "Church Lane", "Park Avenue", "Bramble Row", "Quarry Hill", "Elm Grove", "Rose Terrace", "Meadow View",
-)  # fmt: skip
+    "Alder Lane",
+    "Mill Road",
+    "Harbor Street",
+    "Kiln Court",
+    "Orchard Way",
+    "Station Road",
+    "Willow Drive",
+    "Church Lane",
+    "Park Avenue",
+    "Bramble Row",
+    "Quarry Hill",
+    "Elm Grove",
+    "Rose Terrace",
+    "Meadow View",
+)
 TOWNS = (
-    "Portland", "Asheville", "Boulder", "Madison", "Burlington", "Santa Fe", "Austin", "Savannah", "Ithaca", "Eugene",
-    "Duluth", "Taos", "Missoula", "Providence", "Bend",
-)  # fmt: skip
+    "Portland",
+    "Asheville",
+    "Boulder",
+    "Madison",
+    "Burlington",
+    "Santa Fe",
+    "Austin",
+    "Savannah",
+    "Ithaca",
+    "Eugene",
+    "Duluth",
+    "Taos",
+    "Missoula",
+    "Providence",
+    "Bend",
+)
 
 # ---------------------------------------------------------------------------------------------------------------
 # Scenarios

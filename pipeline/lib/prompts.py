@@ -1,0 +1,32 @@
+"""Prompt files: rows with a ``prompt`` (text or chat messages), read the same way by every stage that samples."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from pipeline.lib.tables import DataError, read_table
+
+
+def load_prompts(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """Prompt rows ``{"prompt_id", "prompt": [messages]}`` of a table with a ``prompt`` column.
+
+    A text prompt becomes one user message; the id is the row's ``id`` or ``prompt_id``, else a hash of the prompt,
+    so the same prompt keeps its id across files and runs.
+    """
+    rows = []
+    for i, row in enumerate(read_table(path), start=1):
+        prompt = row.get("prompt")
+        if isinstance(prompt, str):
+            prompt = [{"role": "user", "content": prompt}]
+        if not isinstance(prompt, list) or not prompt or not all(isinstance(m, dict) for m in prompt):
+            raise DataError(f"{path} row {i}: 'prompt' must be a non-empty string or a list of messages.")
+        prompt_id = str(row.get("id") or row.get("prompt_id") or content_id(prompt))
+        rows.append({"prompt_id": prompt_id, "prompt": prompt})
+    return rows[:limit]
+
+
+def content_id(prompt: list[dict[str, str]]) -> str:
+    return hashlib.sha256(json.dumps(prompt, sort_keys=True).encode()).hexdigest()[:16]
