@@ -14,7 +14,9 @@ NPROC  ?= 1         # processes (GPUs) on this machine
 ZERO   ?= 0         # DeepSpeed ZeRO stage: 0 (off), 2 or 3
 RESUME ?= 0         # 1: continue from the latest checkpoint of this run
 ARGS   ?=           # extra config overrides, e.g. ARGS="--num_train_epochs 1 --report_to none"
-IMPORT_ARGS ?=      # candidates -> labeling items, e.g. IMPORT_ARGS="--rubric-gold-share 0.05" (demo gold items)
+RUBRIC ?=           # a gold rubric module:function for the stage targets, e.g. pipeline.demo.rubric:house_style_score
+IMPORT_ARGS ?=      # candidates -> labeling items, e.g. IMPORT_ARGS="--rubric-gold-share 0.05" (gold items, with RUBRIC)
+DEMO   ?= data      # what the stage targets build first: the demo's files their default configs read (DEMO= skips)
 SFT_CONFIG ?= configs/sft.yaml
 CANDIDATES_CONFIG ?= configs/candidates.yaml
 RM_CONFIG ?= configs/rm.yaml
@@ -28,30 +30,21 @@ NPROC  := $(strip $(NPROC))
 ZERO   := $(strip $(ZERO))
 RESUME := $(strip $(RESUME))
 
-ifeq ($(ZERO),0)
-  ifeq ($(NPROC),1)
-    ACCEL_CONFIG ?= configs/accelerate/single.yaml
-  else
-    ACCEL_CONFIG ?= configs/accelerate/ddp.yaml
-  endif
-else
-  ACCEL_CONFIG ?= configs/accelerate/zero$(ZERO).yaml
-endif
-# CPU threads per process (accelerate would give each one thread): OMP_NUM_THREADS if set, else the cores shared out.
-THREADS ?= $(shell $(PYTHON_SYS) -c "import os; print(os.environ.get('OMP_NUM_THREADS') or max(1, len(os.sched_getaffinity(0)) // $(NPROC)))")
-LAUNCH := $(VENV)/bin/accelerate launch --config_file $(ACCEL_CONFIG) --num_processes $(NPROC) \
-          --num_cpu_threads_per_process $(THREADS)
-STAGE_ARGS := --run $(RUN) $(if $(filter 1,$(RESUME)),--resume true) $(ARGS)
+# The launch rules (accelerate config, ZeRO, threads per process) live in pipeline/lib/launch.py, which the
+# conductor and the bench use too. ACCEL_CONFIG=file replaces the accelerate config it picks (e.g. multi_node.yaml).
+LAUNCH := $(PY) -m pipeline.lib.launch --nproc $(NPROC) --zero $(ZERO) $(if $(ACCEL_CONFIG),--accelerate_config $(ACCEL_CONFIG))
+RUBRIC_ARG := $(if $(strip $(RUBRIC)),--rubric $(strip $(RUBRIC)))
+STAGE_ARGS := --run $(RUN) $(if $(filter 1,$(RESUME)),--resume true)
 
 export HF_HUB_DISABLE_TELEMETRY := 1
 export GRADIO_ANALYTICS_ENABLED := False
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup demo pipeline report data base-model sft candidates label simulate export rm ppo eval bench test test-slow lint format clean
+.PHONY: help setup demo pipeline report data sft candidates label simulate export rm ppo eval bench test test-fast test-slow lint format clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
-	@echo "  variables: RUN=$(RUN) NPROC=$(NPROC) ZERO=$(ZERO) THREADS=$(THREADS) RESUME=$(RESUME) ARGS=..."
+	@echo "  variables: RUN=$(RUN) NPROC=$(NPROC) ZERO=$(ZERO) RESUME=$(RESUME) RUBRIC=$(RUBRIC) ARGS=..."
 
 setup: $(VENV)/.installed  ## create .venv and install the project (CPU torch unless TORCH_SPEC says otherwise)
 
@@ -74,44 +67,44 @@ pipeline: setup  ## the whole pipeline from configs/pipeline.yaml; finished stag
 report: setup  ## rebuild runs/$(RUN)/report.md and report.html from the stages' outputs
 	$(PY) -m pipeline report --config $(PIPELINE_CONFIG) --run $(RUN)
 
-data: setup  ## write the demo data set into runs/_data/
-	$(PY) -c "from pipeline.demo.data import ensure_demo_data; print(ensure_demo_data())"
+data: setup  ## build the demo's data set and tiny model into runs/_data/demo/ and runs/_models/ (cached)
+	$(PY) -m pipeline.demo
 
-base-model: setup  ## build the embedded tiny base model into runs/_models/
-	$(PY) -m pipeline.demo.base_model --preset tiny-llama
+sft: setup $(DEMO)  ## stage 1: supervised fine-tuning (configs/sft.yaml)
+	$(LAUNCH) -m pipeline.sft --config $(SFT_CONFIG) $(STAGE_ARGS) $(ARGS)
 
-sft: setup  ## stage 1: supervised fine-tuning (configs/sft.yaml)
-	$(LAUNCH) -m pipeline.sft --config $(SFT_CONFIG) $(STAGE_ARGS)
-
-candidates: setup  ## stage 2a: the SFT model samples k candidates per prompt; they become items to label
+candidates: setup $(DEMO)  ## stage 2a: the SFT model samples k candidates per prompt; they become items to label
 	$(LAUNCH) -m pipeline.candidates --config $(CANDIDATES_CONFIG) --run $(RUN) $(ARGS)
-	$(PY) -m labeling_ui import-candidates --run $(RUN) $(IMPORT_ARGS)
+	$(PY) -m labeling_ui import-candidates --run $(RUN) $(RUBRIC_ARG) $(IMPORT_ARGS)
 
 label: setup  ## stage 2b: the ranking app for people (prints the URL, and the admin login on first run)
 	$(PY) -m labeling_ui serve --run $(RUN) --config $(LABELING_CONFIG) $(ARGS)
 
-simulate: setup  ## stage 2b without people: simulated labelers rank every item (demo, tests)
-	$(PY) -m labeling_ui simulate --run $(RUN) --config $(LABELING_CONFIG) $(ARGS)
+simulate: setup  ## stage 2b without people: simulated labelers rank every item by RUBRIC (demo, tests)
+	$(PY) -m labeling_ui simulate --run $(RUN) --config $(LABELING_CONFIG) $(RUBRIC_ARG) $(ARGS)
 
 export: setup  ## stage 2c: rankings -> preference pairs in runs/$(RUN)/export/
 	$(PY) -m labeling_ui export --run $(RUN) $(ARGS)
 
 rm: setup  ## stage 3: reward model on the exported preferences (configs/rm.yaml)
-	$(LAUNCH) -m reward.train --config $(RM_CONFIG) $(STAGE_ARGS)
+	$(LAUNCH) -m reward.train --config $(RM_CONFIG) $(STAGE_ARGS) $(RUBRIC_ARG) $(ARGS)
 
-ppo: setup  ## stage 4: PPO against the reward model (configs/ppo.yaml)
-	$(LAUNCH) -m ppo.train --config $(PPO_CONFIG) $(STAGE_ARGS)
+ppo: setup $(DEMO)  ## stage 4: PPO against the reward model (configs/ppo.yaml)
+	$(LAUNCH) -m ppo.train --config $(PPO_CONFIG) $(STAGE_ARGS) $(RUBRIC_ARG) $(ARGS)
 
-eval: setup  ## the SFT policy against the PPO policy on held-out prompts: summary, report.md, plots
-	$(PY) -m ppo.evaluate --config $(EVAL_CONFIG) --run $(RUN) $(ARGS)
+eval: setup $(DEMO)  ## the SFT policy against the PPO policy on held-out prompts: summary, report.md, plots
+	$(PY) -m ppo.evaluate --config $(EVAL_CONFIG) --run $(RUN) $(RUBRIC_ARG) $(ARGS)
 
 bench: setup  ## benchmarks: each stage against plain TRL (PPO: TRL 1.12 in bench/.oracle, built once), packing, LoRA, ZeRO, labeling
 	$(PY) -m bench $(ARGS)
 
-test: setup  ## the test suite (CPU, tiny models, a few minutes)
+test: setup  ## the whole test suite, as CI runs it (CPU, tiny models; about 10 minutes on 2 cores)
+	$(PY) -m pytest -q
+
+test-fast: setup  ## the suite without the slow tests (multi-process launches, whole pipelines): the edit-test loop
 	$(PY) -m pytest -q -m "not slow"
 
-test-slow: setup  ## the long end-to-end tests only
+test-slow: setup  ## the slow tests only
 	$(PY) -m pytest -q -m slow
 
 lint: setup  ## ruff lint and format check

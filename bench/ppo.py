@@ -40,7 +40,7 @@ from bench.core import (
 TARGET_LORA_MEMORY = ("<=", 0.7)
 TARGET_SPEED = (">=", 1.3)  # the stage's own loop is to be clearly faster than TRL's, on the same work
 TARGET_MEMORY = ("<=", 1.0)
-RUBRIC = "pipeline.demo.data:house_style_score"
+RUBRIC = "pipeline.demo.rubric:house_style_score"
 PHASES = ("generation", "reference", "value", "scoring", "optimisation")
 # About 60M parameters: large enough that the models' own memory shows next to the runtime's.
 WIDE = Shape(hidden=768, layers=8, heads=12, intermediate=2048)
@@ -95,9 +95,8 @@ def write_ranked_export(
 ) -> None:
     """K replies per demo prompt in distinct demo styles, ranked by the gold rubric: an export as the labeling
     stage writes it (rankings.jsonl for the K-way loss, preferences.jsonl pairs), labels marked simulated."""
-    import re
-
     from pipeline.demo import data as demo
+    from pipeline.demo.rubric import house_style_score
     from pipeline.lib.pairs import ranking_to_pairs
 
     rng = random.Random(seed)
@@ -105,19 +104,8 @@ def write_ranked_export(
     rankings, preferences = [], []
     for line in (demo_dir / "prompts.jsonl").read_text().splitlines()[:prompts]:
         row = json.loads(line)
-        email = row["prompt"][-1]["content"]
-        first, last = re.search(r"^From: (\S+) (\S+)", email, re.MULTILINE).groups()
-        slots = demo._slots(rng) | {"first": first, "last": last}
-        scenario = demo.SCENARIO_BY_NAME[row["scenario"]]
-        apology, step, terse, extra = (
-            rng.choice(options).format(**slots) if options else None
-            for options in (scenario.apologies, scenario.steps, scenario.terse, scenario.extras)
-        )
-        parts = demo.ReplyParts(
-            first, last, demo.TITLES.get(first), f"order #{slots['order']}", apology, step, terse, extra
-        )
-        responses = [demo.STYLE_WRITERS[style](parts, rng) for style in rng.sample(list(demo.STYLE_WRITERS), k)]
-        gold = [round(demo.house_style_score(email, r), 3) for r in responses]
+        responses = demo.replies_in_styles(row, k, rng)
+        gold = [round(house_style_score(row["prompt"][-1]["content"], r), 3) for r in responses]
         ranks = [sorted(set(gold), reverse=True).index(g) + 1 for g in gold]  # dense, 1 = best
         if len(set(ranks)) < 2:
             continue

@@ -34,7 +34,7 @@ class CandidatesConfig:
     )
     runs_dir: str = "runs"
     model_name_or_path: str | None = field(default=None, metadata={"help": "Default: the run's SFT model."})
-    prompts: str = field(default="demo", metadata={"help": "'demo' (the demo prompt pool) or a file with 'prompt'."})
+    prompts: str | None = field(default=None, metadata={"help": "A file with a 'prompt' column (text or messages)."})
     num_prompts: int | None = field(default=None, metadata={"help": "Use only the first N prompts (default: all)."})
     k: int = field(default=4, metadata={"help": "Candidates per prompt."})
     temperature: float = 1.0
@@ -45,6 +45,8 @@ class CandidatesConfig:
     seed: int = 0
 
     def __post_init__(self):
+        if not self.prompts:
+            raise ValueError("Set prompts: a file with a 'prompt' column (text or chat messages) to sample for.")
         if self.k < 2:
             raise ValueError(f"k must be at least 2 (a ranking needs two candidates), got {self.k}.")
         if not 0 < self.top_p <= 1 or self.temperature <= 0:

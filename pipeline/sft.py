@@ -1,6 +1,6 @@
 """Stage 1, supervised fine-tuning: ``make sft`` (``accelerate launch -m pipeline.sft --config configs/sft.yaml``).
 
-Reads prompt/completion data (the demo set by default, or the user's files), fine-tunes the base model with TRL's
+Reads prompt/completion data (``dataset``, ``eval_dataset``), fine-tunes the base model with TRL's
 ``SFTTrainer`` (full or LoRA, loss on completions only), evaluates every ``eval_steps`` with early stopping on the
 eval loss, and writes into ``runs/<run>/sft/``: the model (``model/``, loads with ``AutoModelForCausalLM``),
 checkpoints, greedy samples on held-out prompts (``samples.jsonl``), ``config.yaml`` and ``summary.json``.
@@ -17,48 +17,45 @@ from typing import Any
 import torch
 from accelerate import PartialState
 from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback
-from transformers.trainer_utils import get_last_checkpoint
-from trl import SFTConfig, SFTTrainer, TrlParser
+from trl import SFTConfig, SFTTrainer
 
-from pipeline.demo.base_model import resolve_model
 from pipeline.lib import runs
 from pipeline.lib.launch import fill_training_defaults, release_zero3_init
-from pipeline.lib.models import lora_config, merge_adapter
-from pipeline.lib.tables import load_sft_dataset, read_table
-from pipeline.lib.tracking import Tracker
+from pipeline.lib.prompts import load_prompts
+from pipeline.lib.stage import (
+    ModelArguments,
+    RunArguments,
+    Stage,
+    finish_model,
+    latest_checkpoint,
+    parse,
+    weights_dir,
+)
+from pipeline.lib.tables import load_sft_dataset
 
 
 @dataclass
 class SFTStageConfig(SFTConfig):
-    """Everything ``SFTConfig`` (and so ``TrainingArguments``) takes, plus the stage's own settings below."""
+    """Everything ``SFTConfig`` (and so ``TrainingArguments``) takes, plus the stage's own settings below. The run
+    and the start model are ``pipeline.lib.stage.RunArguments`` and ``ModelArguments``."""
 
-    run: str = field(default=runs.DEFAULT_RUN, metadata={"help": "Run name: outputs go to <runs_dir>/<run>/sft/."})
-    runs_dir: str = field(default="runs", metadata={"help": "Root folder of all runs."})
-    model_name_or_path: str = field(
-        default="embedded:tiny-llama",
-        metadata={"help": "Base model: 'embedded:tiny-llama' (built locally), a Hugging Face id, or a local path."},
-    )
-    dataset: str = field(
-        default="demo", metadata={"help": "'demo', or a jsonl/json/csv/parquet file or `datasets` folder."}
+    dataset: str | None = field(
+        default=None, metadata={"help": "Training data: a jsonl/json/csv/parquet file or a `datasets` folder."}
     )
     eval_dataset: str | None = field(
-        default=None, metadata={"help": "Eval file; default: the demo eval split, or eval_fraction of `dataset`."}
+        default=None, metadata={"help": "Eval file; default: eval_fraction of `dataset`."}
     )
     eval_fraction: float = field(default=0.05, metadata={"help": "Share of `dataset` held out when no eval file."})
+    sample_prompts: str | None = field(
+        default=None, metadata={"help": "Prompts to sample at the end; default: the eval data's first num_samples."}
+    )
     dedupe: bool = field(default=False, metadata={"help": "Drop exact duplicate examples."})
     scrub_pii: bool = field(default=False, metadata={"help": "Replace e-mail addresses and phone numbers."})
-    use_lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter instead of all weights."})
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: str = field(default="all-linear", metadata={"help": "'all-linear' or comma-separated names."})
-    merge_lora: bool = field(default=True, metadata={"help": "Save the base model with the adapter merged in."})
     early_stopping_patience: int = field(
         default=0, metadata={"help": "Stop after this many evaluations without a better eval loss (0: off)."}
     )
     num_samples: int = field(default=8, metadata={"help": "Greedy samples on held-out prompts saved at the end."})
     sample_max_new_tokens: int = 160
-    resume: bool = field(default=False, metadata={"help": "Continue from the latest checkpoint of this run."})
     # Defaults of the parent changed for this stage: small models on CPU train faster without checkpointing.
     gradient_checkpointing: bool = False
     report_to: str | None = field(
@@ -70,8 +67,10 @@ class SFTStageConfig(SFTConfig):
     # through TRL's fused LM head, in tiles without the full logits; "chunked_nll" is now an alias of it.
 
     def __post_init__(self):
-        fill_training_defaults(self, "sft")
+        fill_training_defaults(self)
         super().__post_init__()
+        if not self.dataset:
+            raise ValueError("Set dataset: the training data (a jsonl/json/csv/parquet file or a `datasets` folder).")
         if self.early_stopping_patience and not (self.load_best_model_at_end and self.eval_strategy != "no"):
             raise ValueError(
                 "early_stopping_patience needs evaluation to pick the best model: set eval_strategy: steps, "
@@ -79,34 +78,25 @@ class SFTStageConfig(SFTConfig):
             )
         if not 0 < self.eval_fraction < 1:
             raise ValueError(f"eval_fraction must be between 0 and 1, got {self.eval_fraction}.")
-        if self.use_lora and self.lora_r <= 0:
-            raise ValueError(f"lora_r must be positive, got {self.lora_r}.")
 
 
 def load_data(config: SFTStageConfig) -> tuple[Any, Any, list, dict[str, Any], dict[str, str]]:
     """Train and eval datasets, held-out prompts for samples, data stats, and the input paths to record."""
-    if config.dataset == "demo":
-        from pipeline.demo.data import ensure_demo_data
-
-        demo = ensure_demo_data(config.runs_dir)
-        train_path, eval_path = demo / "sft_train.jsonl", demo / "sft_eval.jsonl"
-        sample_prompts = [row["prompt"] for row in read_table(demo / "eval_prompts.jsonl")[: config.num_samples]]
-    else:
-        train_path, eval_path, sample_prompts = Path(config.dataset), config.eval_dataset, None
-
-    train, train_stats = load_sft_dataset(train_path, dedupe=config.dedupe, scrub=config.scrub_pii)
+    train, train_stats = load_sft_dataset(config.dataset, dedupe=config.dedupe, scrub=config.scrub_pii)
     stats = {"train": train_stats.as_dict()}
-    if eval_path is not None:
-        evaluation, eval_stats = load_sft_dataset(eval_path, dedupe=config.dedupe, scrub=config.scrub_pii)
+    if config.eval_dataset is not None:
+        evaluation, eval_stats = load_sft_dataset(config.eval_dataset, dedupe=config.dedupe, scrub=config.scrub_pii)
         stats["eval"] = eval_stats.as_dict()
     else:
         split = train.train_test_split(test_size=config.eval_fraction, seed=config.seed)
         train, evaluation = split["train"], split["test"]
-    if sample_prompts is None:
+    if config.sample_prompts:
+        sample_prompts = [row["prompt"] for row in load_prompts(config.sample_prompts, config.num_samples)]
+    else:
         sample_prompts = [
             _prompt_of(row) for row in evaluation.select(range(min(config.num_samples, len(evaluation))))
         ]
-    inputs = {"train_data": str(train_path)} | ({"eval_data": str(eval_path)} if eval_path else {})
+    inputs = {"train_data": config.dataset} | ({"eval_data": config.eval_dataset} if config.eval_dataset else {})
     return train, evaluation, sample_prompts, stats, inputs
 
 
@@ -198,14 +188,17 @@ def packed_rows_needed(config: SFTStageConfig, model) -> bool:
     return bfd and not is_flash_attention_requested(model.config)
 
 
-def main(config: SFTStageConfig) -> dict[str, Any]:
+def main(run: RunArguments, model_args: ModelArguments, config: SFTStageConfig) -> dict[str, Any]:
     state = PartialState()
-    stage = runs.StageRun("sft", config.run, config.runs_dir)
+    stage = Stage("sft", run, [run, model_args, config], config.report_to, state.is_main_process)
 
-    # step 1. inputs: the base model (built on first use if embedded) and the data, on the main process first so
-    # several processes never build the same cache at once.
+    # step 1. inputs: the start model and the data, on the main process first so several processes never build the
+    # same datasets cache at once.
+    if not model_args.model_name_or_path:
+        raise ValueError("Set model_name_or_path: the base model to fine-tune (a local path or a Hugging Face id).")
+    model_path = model_args.model_name_or_path
+    checkpoint = latest_checkpoint(config.output_dir) if run.resume else None
     with state.main_process_first():
-        model_path = resolve_model(config.model_name_or_path, config.runs_dir, seed=config.seed)
         train, evaluation, sample_prompts, data_stats, data_inputs = load_data(config)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.chat_template is None and "prompt" in train.column_names and isinstance(train[0]["prompt"], list):
@@ -215,14 +208,7 @@ def main(config: SFTStageConfig) -> dict[str, Any]:
         )
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
 
-    peft_config = None
-    if config.use_lora:
-        peft_config = lora_config(
-            config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules, "CAUSAL_LM"
-        )
-
     # step 2. train, evaluating every eval_steps (and at step 0 when eval_on_start, which gives the base model's loss).
-    tracker = Tracker(config.report_to, config.run, "sft", stage.dir, runs.config_dict(config), state.is_main_process)
     callbacks = [EarlyStoppingCallback(config.early_stopping_patience)] if config.early_stopping_patience else []
     score_labelled_positions_only()
     trainer = SFTTrainer(
@@ -231,33 +217,20 @@ def main(config: SFTStageConfig) -> dict[str, Any]:
         train_dataset=train,
         eval_dataset=evaluation,
         processing_class=tokenizer,
-        peft_config=peft_config,
+        peft_config=model_args.peft_config("CAUSAL_LM"),
         callbacks=callbacks,
     )
     if packed_rows_needed(config, model):
         trainer.data_collator = PackedRowsCollator(trainer.data_collator)
-    checkpoint = None
-    if config.resume:
-        checkpoint = get_last_checkpoint(config.output_dir) if Path(config.output_dir).is_dir() else None
-        if checkpoint is None:
-            raise FileNotFoundError(
-                f"resume: no checkpoint in {config.output_dir}. Run without RESUME=1 to start anew."
-            )
-    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    train_result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     final_eval = trainer.evaluate()
 
     # step 3. save: every process takes part (ZeRO-3 gathers the shards); LoRA is merged on the main process.
-    model_dir = stage.dir / "model"
     release_zero3_init()
-    if config.use_lora and config.merge_lora:
-        adapter_dir = stage.dir / "adapter"
-        trainer.save_model(str(adapter_dir))
-        if state.is_main_process:
-            merge_adapter(model_path, adapter_dir, model_dir, tokenizer)
-    else:
-        trainer.save_model(str(model_dir))
-        if state.is_main_process:
-            tokenizer.save_pretrained(model_dir)
+    trainer.save_model(str(weights_dir(stage.dir, model_args)))
+    model_dir = stage.dir / "model"
+    if state.is_main_process:
+        finish_model(stage.dir, model_args, model_path, tokenizer)
     state.wait_for_everyone()
     if not state.is_main_process:
         return {}
@@ -266,8 +239,9 @@ def main(config: SFTStageConfig) -> dict[str, Any]:
     samples = generate_samples(model_dir, sample_prompts, config.sample_max_new_tokens) if sample_prompts else []
     with open(stage.dir / "samples.jsonl", "w") as fh:
         fh.writelines(json.dumps(s) + "\n" for s in samples)
-    tracker.log_table("samples", ["prompt", "completion"], [[s["prompt"], s["completion"]] for s in samples])
+    stage.tracker.log_table("samples", ["prompt", "completion"], [[s["prompt"], s["completion"]] for s in samples])
 
+    # step 5. finish: summary.json and the tracker.
     history = trainer.state.log_history
     eval_before = next((h["eval_loss"] for h in history if "eval_loss" in h and h.get("step") == 0), None)
     metrics = {
@@ -284,17 +258,12 @@ def main(config: SFTStageConfig) -> dict[str, Any]:
         "samples_ended_with_eos": sum(s["ended_with_eos"] for s in samples),
         "data": data_stats,
     }
-    tracker.summary({k: v for k, v in metrics.items() if isinstance(v, int | float)})
-    summary = stage.finish(
-        config,
+    return stage.finish(
         metrics=metrics,
         inputs={"base_model": model_path, **data_inputs},
         outputs={"model": model_dir, "checkpoints": config.output_dir, "samples": stage.dir / "samples.jsonl"},
-        extra={"tracking": tracker.record},
+        line=summary_line,
     )
-    tracker.finish()
-    print(summary_line(summary))
-    return summary
 
 
 def summary_line(summary: dict[str, Any]) -> str:
@@ -308,5 +277,4 @@ def summary_line(summary: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    (stage_config,) = TrlParser((SFTStageConfig,)).parse_args_and_config()
-    main(stage_config)
+    main(*parse(SFTStageConfig, "sft"))

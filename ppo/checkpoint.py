@@ -16,10 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.lib import runs
+from pipeline.lib.stage import ResumeError, latest_checkpoint, recorded_config
+
+__all__ = ["ResumeError", "latest", "list_checkpoints", "save", "trajectory_settings"]
 
 # Settings that do not change what is computed: a resume may change them.
 RESUME_NEUTRAL = {
     "resume",
+    "run",
+    "runs_dir",
     "report_to",
     "checkpoint_steps",
     "checkpoints_to_keep",
@@ -32,12 +37,9 @@ RESUME_NEUTRAL = {
 }
 
 
-class ResumeError(RuntimeError):
-    pass
-
-
-def trajectory_settings(config) -> dict[str, Any]:
-    return {k: v for k, v in runs.config_dict(config).items() if k not in RESUME_NEUTRAL}
+def trajectory_settings(*configs) -> dict[str, Any]:
+    """What the run computes with: the composed configs, less what a resume may change."""
+    return {k: v for k, v in recorded_config(*configs).items() if k not in RESUME_NEUTRAL}
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -58,14 +60,11 @@ def save(accelerator, path: Path, meta: dict[str, Any], history: list[dict], kee
     accelerator.wait_for_everyone()
 
 
-def latest(config) -> tuple[Path, dict[str, Any], list[dict]]:
-    """The newest complete checkpoint of the run, after checking it was written with the same settings."""
-    found = list_checkpoints(config.output_dir)
-    if not found:
-        raise ResumeError(f"resume: no checkpoint in {config.output_dir}. Run without RESUME=1 to start anew.")
-    path = found[-1]
+def latest(output_dir: str | Path, now: dict[str, Any]) -> tuple[Path, dict[str, Any], list[dict]]:
+    """The newest complete checkpoint of the run, after checking it was written with the settings ``now``."""
+    path = latest_checkpoint(output_dir, is_complete=lambda p: (p / "meta.json").exists())
     meta = json.loads((path / "meta.json").read_text())
-    now, then = trajectory_settings(config), meta["settings"]
+    then = meta["settings"]
     changed = sorted(k for k in now.keys() | then.keys() if now.get(k) != then.get(k))
     if changed:
         shown = "; ".join(f"{k}: {then.get(k)!r} -> {now.get(k)!r}" for k in changed[:6])

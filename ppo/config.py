@@ -1,4 +1,5 @@
-"""The PPO stage's settings (``configs/ppo.yaml``), parsed by ``trl.TrlParser``.
+"""The PPO stage's settings (``configs/ppo.yaml``), parsed by ``trl.TrlParser`` with the run and the start model
+(``pipeline.lib.stage.RunArguments``, ``ModelArguments``: the SFT policy, LoRA).
 
 Where a setting means the same as in TRL 1.12's ``PPOConfig``, it has TRL's name and default, so a TRL user's PPO
 YAML carries over: ``kl_coef``, ``cliprange``, ``cliprange_value``, ``vf_coef``, ``gamma``, ``lam``,
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.lib import runs
+from pipeline.lib.stage import gpu_has_bf16
 
 AGGREGATIONS = ("mean", "min", "mean_minus_std")
 BACKENDS = ("hf", "vllm")
@@ -20,10 +21,10 @@ BACKENDS = ("hf", "vllm")
 @dataclass
 class PPOStageConfig:
     # --- run and inputs ------------------------------------------------------------------------------------------
-    run: str = field(default=runs.DEFAULT_RUN, metadata={"help": "Run name: outputs go to <runs_dir>/<run>/ppo/."})
-    runs_dir: str = "runs"
     output_dir: str | None = field(default=None, metadata={"help": "Checkpoints; default <run>/ppo/checkpoints."})
-    sft_model_path: str | None = field(default=None, metadata={"help": "Policy and reference; default: run's SFT."})
+    sft_model_path: str | None = field(
+        default=None, metadata={"help": "TRL's name of the start model: here model_name_or_path, as in every stage."}
+    )
     reward_model_path: list[str] | None = field(
         default=None, metadata={"help": "One or more reward models; default: the run's RM output."}
     )
@@ -36,7 +37,7 @@ class PPOStageConfig:
         default=None,
         metadata={"help": "Critic init; default: the first RM when it shares the policy's tokenizer, else the SFT."},
     )
-    prompts: str = field(default="demo", metadata={"help": "'demo' (the prompt pool) or a file with 'prompt'."})
+    prompts: str | None = field(default=None, metadata={"help": "A file with a 'prompt' column (text or messages)."})
     num_prompts: int | None = None
     eval_prompts: int = field(default=16, metadata={"help": "Prompts held out from training for sample tables."})
     max_prompt_length: int = field(default=256, metadata={"help": "Longer prompts are dropped (and counted)."})
@@ -92,19 +93,12 @@ class PPOStageConfig:
     bf16: bool | None = field(default=None, metadata={"help": "Default: on when a GPU with bf16 support is present."})
     gradient_checkpointing: bool = False
 
-    # --- LoRA ----------------------------------------------------------------------------------------------------
-    use_lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: str = "all-linear"
-    merge_lora: bool = field(default=True, metadata={"help": "Save the policy with the adapter merged in."})
+    # --- LoRA (use_lora and the rest are pipeline.lib.stage.ModelArguments) ------------------------------------
     value_lora: bool = field(default=True, metadata={"help": "With use_lora: adapters in the value model too."})
 
     # --- checkpoints, logging ------------------------------------------------------------------------------------
     checkpoint_steps: int = field(default=10, metadata={"help": "Save a resumable checkpoint every N steps (0: off)."})
     checkpoints_to_keep: int = 2
-    resume: bool = field(default=False, metadata={"help": "Continue from the latest checkpoint of this run."})
     save_on_each_node: bool = field(default=False, metadata={"help": "Several machines without a shared disk."})
     logging_steps: int = 1
     num_sample_generations: int = field(default=10, metadata={"help": "Sample tables of eval prompts over the run."})
@@ -113,9 +107,15 @@ class PPOStageConfig:
     run_name: str | None = None
 
     def __post_init__(self):
-        from pipeline.lib.launch import fill_run_defaults
-
-        fill_run_defaults(self, "ppo")
+        if self.bf16 is None:
+            self.bf16 = gpu_has_bf16()
+        if self.sft_model_path is not None:
+            raise ValueError(
+                "sft_model_path: the start model is model_name_or_path here, the one name every stage uses "
+                f"(model_name_or_path: {self.sft_model_path})."
+            )
+        if not self.prompts:
+            raise ValueError("Set prompts: a file with a 'prompt' column (text or chat messages) to train on.")
         if isinstance(self.reward_model_path, str):  # one path in YAML
             self.reward_model_path = [self.reward_model_path]
         if isinstance(self.reward_stats, str):
@@ -181,8 +181,6 @@ class PPOStageConfig:
             )
         if self.adaptive_kl and self.target_kl <= 0:
             raise ValueError(f"target_kl must be positive with adaptive_kl, got {self.target_kl}.")
-        if self.use_lora and self.lora_r <= 0:
-            raise ValueError(f"lora_r must be positive, got {self.lora_r}.")
         if self.lr_scheduler_type not in ("linear", "constant", "cosine"):
             raise ValueError(f"lr_scheduler_type must be linear, constant or cosine, got {self.lr_scheduler_type!r}.")
 

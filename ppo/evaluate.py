@@ -3,7 +3,7 @@
 On the held-out evaluation prompts, the SFT policy and the PPO policy each sample a response per prompt. Reported
 for both: the reward model's mean score, the PPO policy's win rate against SFT by the reward model, the KL to the
 reference (the SFT model), estimated on the samples as the mean of sum_t [log pi(y_t) - log ref(y_t)], response
-length, EOS rate, and the gold rubric's score when one is set (the demo's house-style rubric by default). Writes
+length, EOS rate, and the gold rubric's score when one is set (the pipeline config names it). Writes
 ``runs/<run>/eval/``: summary.json, report.md with PNG plots, samples.jsonl; and logs to W&B.
 """
 
@@ -31,10 +31,12 @@ from ppo.shaping import response_lengths
 class EvalConfig:
     run: str = field(default=runs.DEFAULT_RUN, metadata={"help": "Run name: outputs go to <runs_dir>/<run>/eval/."})
     runs_dir: str = "runs"
-    sft_model_path: str | None = field(default=None, metadata={"help": "Default: the run's SFT model (reference)."})
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "The start (SFT) policy, also the reference; default: the run's SFT model."}
+    )
     ppo_model_path: str | None = field(default=None, metadata={"help": "Default: the run's PPO model."})
     reward_model_path: str | None = field(default=None, metadata={"help": "Default: the run's reward model."})
-    prompts: str = field(default="demo", metadata={"help": "'demo' (its held-out eval prompts) or a file."})
+    prompts: str | None = field(default=None, metadata={"help": "Held-out prompts: a file with a 'prompt' column."})
     num_prompts: int | None = None
     max_new_tokens: int = 128
     # Sampling at temperature 1 draws from the policy's own distribution, which the KL estimate needs.
@@ -43,9 +45,13 @@ class EvalConfig:
     max_kl: float = field(
         default=20.0, metadata={"help": "Bound the PPO policy's KL to the reference must stay below."}
     )
-    rubric: str | None = field(default=None, metadata={"help": "module:function; default: the demo rubric on demo."})
+    rubric: str | None = field(default=None, metadata={"help": "Gold rubric module:function (gold_score); default none."})
     seed: int = 0
     report_to: str | None = "wandb"
+
+    def __post_init__(self):
+        if not self.prompts:
+            raise ValueError("Set prompts: a file of held-out prompts (a 'prompt' column) to compare the policies on.")
 
 
 def sequence_logprobs(model, sequences: torch.Tensor, context_length: int, pad_id: int) -> torch.Tensor:
@@ -222,7 +228,7 @@ def write_report(out_dir: Path, sft: dict, ppo: dict, metrics: dict, config: Eva
 
 def main(config: EvalConfig) -> dict[str, Any]:
     stage = runs.StageRun("eval", config.run, config.runs_dir)
-    sft_path = runs.stage_output(config.run, "sft", config.runs_dir, config.sft_model_path)
+    sft_path = runs.stage_output(config.run, "sft", config.runs_dir, config.model_name_or_path)
     ppo_path = runs.stage_output(config.run, "ppo", config.runs_dir, config.ppo_model_path)
     rm_path = runs.stage_output(config.run, "rm", config.runs_dir, config.reward_model_path)
     prompt_rows, prompts_path = load_prompts(config.prompts, config.num_prompts), config.prompts

@@ -24,14 +24,14 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, get_scheduler
-from trl import TrlParser
 from trl.models.utils import unwrap_model_for_generation
 
 from pipeline.lib import runs
 from pipeline.lib.launch import configure_cpu_deepspeed, release_zero3_init
-from pipeline.lib.models import lora_config, merge_adapter, save_here
+from pipeline.lib.models import save_here
 from pipeline.lib.prompts import load_prompts
 from pipeline.lib.rubric import load_rubric
+from pipeline.lib.stage import ModelArguments, RunArguments, Stage, finish_model, parse, weights_dir
 from pipeline.lib.tracking import Tracker
 from ppo import checkpoint, rewards
 from ppo.algorithm import (
@@ -120,18 +120,18 @@ class Timer:
         self.spent[name] = self.spent.get(name, 0.0) + time.perf_counter() - start
 
 
-def main(config: PPOStageConfig) -> dict[str, Any]:
+def main(run: RunArguments, model_args: ModelArguments, config: PPOStageConfig) -> dict[str, Any]:
     configure_cpu_deepspeed()  # gloo for DeepSpeed on CPU, before accelerate picks a backend
     accelerator = Accelerator(
         gradient_accumulation_steps=config.micro_batches_per_mini_batch,
         mixed_precision="bf16" if config.bf16 else "no",
     )
-    stage = runs.StageRun("ppo", config.run, config.runs_dir)
+    stage = Stage("ppo", run, [run, model_args, config], config.report_to, accelerator.is_main_process)
     set_seed(config.seed)
 
     # step 1. inputs: the policy (SFT), the reward models and their statistics, the prompts; then the models.
-    sft_path = runs.stage_output(config.run, "sft", config.runs_dir, config.sft_model_path)
-    rm_paths = [runs.stage_output(config.run, "rm", config.runs_dir, p) for p in config.reward_model_path or [None]]
+    sft_path = runs.stage_output(run.run, "sft", run.runs_dir, model_args.model_name_or_path)
+    rm_paths = [runs.stage_output(run.run, "rm", run.runs_dir, p) for p in config.reward_model_path or [None]]
     if config.generation_backend == "vllm":
         check_vllm_available()
     tokenizer = AutoTokenizer.from_pretrained(sft_path, padding_side="left")
@@ -139,20 +139,20 @@ def main(config: PPOStageConfig) -> dict[str, Any]:
     rubric = load_rubric(config.rubric)
     if rubric is not None:  # said out loud: a rubric written for other prompts would score these silently
         accelerator.print(f"[ppo] gold rubric {config.rubric} scores every rollout (rollout/gold_score)")
-    models = build_models(config, accelerator, sft_path, rm_paths, tokenizer)
+    models = build_models(config, model_args, accelerator, sft_path, rm_paths, tokenizer)
 
     # step 2. resume: the latest checkpoint's weights, optimizer, schedule, KL coefficient and history.
-    progress = resume(config, accelerator) if config.resume else Progress()
-    tracker = Tracker(
-        config.report_to, config.run, "ppo", stage.dir, runs.config_dict(config), accelerator.is_main_process
-    )
+    settings = checkpoint.trajectory_settings(run, model_args, config)
+    progress = resume(config, accelerator, settings) if run.resume else Progress(settings=settings)
 
     # step 3. train: each step generates, scores and learns from processes x local_batch_size rollouts.
     num_steps = -(-config.total_episodes // (config.local_batch_size * accelerator.num_processes))
     bar = tqdm_steps(accelerator, progress.step, num_steps)
     try:
         while progress.step < num_steps:
-            metrics = train_step(config, accelerator, models, prompts, tokenizer, rubric, progress, tracker, num_steps)
+            metrics = train_step(
+                config, accelerator, models, prompts, tokenizer, rubric, progress, stage.tracker, num_steps
+            )
             bar.update(1)
             bar.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.2f}")
     except torch.OutOfMemoryError as err:
@@ -160,7 +160,7 @@ def main(config: PPOStageConfig) -> dict[str, Any]:
     bar.close()
 
     # step 4. save the policy and the critic (gathered under ZeRO-3), then free the training models.
-    model_dir, adapter_dir = save_policy(config, accelerator, models, tokenizer, stage.dir)
+    save_policy(config, model_args, accelerator, models, stage.dir)
     extra = {
         "final_kl_coef": models.kl.value,
         "prompts_dropped_too_long": prompts.dropped,
@@ -171,8 +171,9 @@ def main(config: PPOStageConfig) -> dict[str, Any]:
     del models  # the LoRA merge loads the base model once more: without this, that would be the run's peak
     accelerator.free_memory()
     gc.collect()
-    if config.use_lora and config.merge_lora and is_writer(config, accelerator):
-        merge_adapter(sft_path, adapter_dir, model_dir, tokenizer)
+    model_dir = stage.dir / "model"
+    if is_writer(config, accelerator):
+        finish_model(stage.dir, model_args, sft_path, tokenizer)
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return {}
@@ -187,9 +188,7 @@ def main(config: PPOStageConfig) -> dict[str, Any]:
         "gold_rubric": config.rubric,
         **extra,
     }
-    tracker.summary({k: v for k, v in metrics.items() if isinstance(v, int | float)})
-    summary = stage.finish(
-        config,
+    return stage.finish(
         metrics=metrics,
         inputs={
             "sft_model": sft_path,
@@ -202,15 +201,18 @@ def main(config: PPOStageConfig) -> dict[str, Any]:
             "history": stage.dir / "history.jsonl",
             "checkpoints": config.output_dir,
         },
-        extra={"tracking": tracker.record, "notes": notes},
+        extra={"notes": notes},
+        line=summary_line,
     )
-    tracker.finish()
-    print(
-        f"[ppo] done in {runs.format_duration(summary['wall_time_s'])} | {progress.episode} episodes | "
-        f"score {metrics.get('score_first', 0):.3f} -> {metrics.get('score_last', 0):.3f} | "
-        f"kl {metrics.get('kl_last', 0):.3f} | model: {model_dir}"
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    m = summary["metrics"]
+    return (
+        f"[ppo] done in {runs.format_duration(summary['wall_time_s'])} | {m['episodes']} episodes | "
+        f"score {m.get('score_first', 0):.3f} -> {m.get('score_last', 0):.3f} | "
+        f"kl {m.get('kl_last', 0):.3f} | model: {summary['outputs']['model']}"
     )
-    return summary
 
 
 def train_step(
@@ -274,7 +276,7 @@ def train_step(
             "episode": progress.episode,
             "resumed_at": progress.resumed_at,
             "elapsed_s": elapsed,
-            "settings": checkpoint.trajectory_settings(config),
+            "settings": progress.settings,
         }
         checkpoint.save(
             accelerator,
@@ -307,6 +309,7 @@ class Progress:
     resumed_at: list[int] = field(default_factory=list)
     elapsed_before: float = 0.0  # training seconds before the last resume
     started: float = field(default_factory=time.perf_counter)
+    settings: dict[str, Any] = field(default_factory=dict)  # what the run computes with: checked on resume
 
 
 def load_ppo_prompts(config: PPOStageConfig, accelerator: Accelerator, tokenizer) -> Prompts:
@@ -318,12 +321,13 @@ def load_ppo_prompts(config: PPOStageConfig, accelerator: Accelerator, tokenizer
     )
 
 
-def resume(config: PPOStageConfig, accelerator: Accelerator) -> Progress:
-    path, meta, history = checkpoint.latest(config)
+def resume(config: PPOStageConfig, accelerator: Accelerator, settings: dict[str, Any]) -> Progress:
+    path, meta, history = checkpoint.latest(config.output_dir, settings)
     accelerator.load_state(str(path / "accelerate"))
     step = meta["global_step"]
     accelerator.print(f"[ppo] resuming from {path} at step {step}, episode {meta['episode']}")
-    return Progress(step, meta["episode"], history[:step], [*meta["resumed_at"], step], meta.get("elapsed_s", 0.0))
+    resumed_at = [*meta["resumed_at"], step]
+    return Progress(step, meta["episode"], history[:step], resumed_at, meta.get("elapsed_s", 0.0), settings=settings)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -331,7 +335,12 @@ def resume(config: PPOStageConfig, accelerator: Accelerator) -> Progress:
 
 
 def build_models(
-    config: PPOStageConfig, accelerator: Accelerator, sft_path: Path, rm_paths: list[Path], tokenizer
+    config: PPOStageConfig,
+    model_args: ModelArguments,
+    accelerator: Accelerator,
+    sft_path: Path,
+    rm_paths: list[Path],
+    tokenizer,
 ) -> Models:
     frozen_dtype = torch.bfloat16 if config.bf16 else torch.float32
     reward_models = rewards.load_reward_models(
@@ -348,28 +357,13 @@ def build_models(
     policy = AutoModelForCausalLM.from_pretrained(sft_path)
     value_model = AutoModelForSequenceClassification.from_pretrained(value_path, num_labels=1)
     value_model.config.pad_token_id = tokenizer.pad_token_id
-    ref = None if config.use_lora else AutoModelForCausalLM.from_pretrained(sft_path, dtype=frozen_dtype)
-    if config.use_lora:
+    ref = None if model_args.use_lora else AutoModelForCausalLM.from_pretrained(sft_path, dtype=frozen_dtype)
+    if model_args.use_lora:
         from peft import get_peft_model
 
-        policy = get_peft_model(
-            policy,
-            lora_config(
-                config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules, "CAUSAL_LM"
-            ),
-        )
+        policy = get_peft_model(policy, model_args.peft_config("CAUSAL_LM"))
         if config.value_lora:
-            add_value_adapters(
-                value_model,
-                lora_config(
-                    config.lora_r,
-                    config.lora_alpha,
-                    config.lora_dropout,
-                    config.lora_target_modules,
-                    "SEQ_CLS",
-                    exclude_modules=["score"],
-                ),
-            )
+            add_value_adapters(value_model, model_args.peft_config("SEQ_CLS", exclude_modules=["score"]))
     for module in (policy, value_model, ref):
         if module is not None:
             disable_dropout(module)
@@ -416,7 +410,7 @@ def build_models(
     generator = None
     if config.generation_backend == "vllm":
         generator = VLLMGenerator(
-            sft_path, tokenizer, config, config.use_lora, config.seed + accelerator.process_index
+            sft_path, tokenizer, config, model_args.use_lora, config.seed + accelerator.process_index
         )
     return Models(model, ref, reward_models, optimizer, scheduler, kl, generator, parameters, notes)
 
@@ -793,24 +787,21 @@ def full_state_dict(config: PPOStageConfig, accelerator: Accelerator, model: tor
 
 
 def save_policy(
-    config: PPOStageConfig, accelerator: Accelerator, models: Models, tokenizer, stage_dir: Path
-) -> tuple[Path, Path]:
-    model_dir, adapter_dir = stage_dir / "model", stage_dir / "adapter"
+    config: PPOStageConfig, model_args: ModelArguments, accelerator: Accelerator, models: Models, stage_dir: Path
+) -> None:
+    """The policy's weights (its adapters with LoRA) and the critic; every process takes part (ZeRO-3 gathers)."""
     state_dict = full_state_dict(config, accelerator, models.model)
     release_zero3_init()
     if is_writer(config, accelerator):
         unwrapped = accelerator.unwrap_model(models.model)
         policy_state = {k.removeprefix("policy."): v for k, v in state_dict.items() if k.startswith("policy.")}
-        save_here(unwrapped.policy, adapter_dir if config.use_lora else model_dir, state_dict=policy_state)
-        if not config.use_lora:
-            tokenizer.save_pretrained(model_dir)
+        save_here(unwrapped.policy, weights_dir(stage_dir, model_args), state_dict=policy_state)
         # The critic too, to continue from or to inspect (with LoRA: its adapters and head included).
         value_state = {
             k.removeprefix("value_model."): v for k, v in state_dict.items() if k.startswith("value_model.")
         }
         save_here(unwrapped.value_model, stage_dir / "value_model", state_dict=value_state)
     accelerator.wait_for_everyone()
-    return model_dir, adapter_dir
 
 
 def ppo_metrics(history: list[dict[str, float]]) -> dict[str, float]:
@@ -841,5 +832,4 @@ def ppo_metrics(history: list[dict[str, float]]) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    (stage_config,) = TrlParser((PPOStageConfig,)).parse_args_and_config()
-    main(stage_config)
+    main(*parse(PPOStageConfig, "ppo"))

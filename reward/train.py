@@ -11,13 +11,13 @@ Writes ``runs/<run>/rm/``: ``model/`` (loads with ``AutoModelForSequenceClassifi
 unchanged, since PPO feeds the policy's token ids to it), ``reward_stats.json`` (mean and std of the scores of the
 training responses: PPO normalises with them), ``reward_histogram.png`` (held-out chosen vs rejected rewards),
 checkpoints, ``config.yaml`` and ``summary.json``: held-out accuracy, accuracy by rank gap, calibration (ECE) and,
-for simulated labels on the demo prompts, agreement with the gold rubric.
+with a gold ``rubric`` (the pipeline config names it), agreement with it.
 """
 
 from __future__ import annotations
 
-import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,15 +29,22 @@ from datasets import Dataset
 from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
-from transformers.trainer_utils import get_last_checkpoint
-from trl import RewardConfig, RewardTrainer, TrlParser
+from trl import RewardConfig, RewardTrainer
 from trl.trainer.utils import pad
 
 from pipeline.lib import runs
 from pipeline.lib.launch import fill_training_defaults, release_zero3_init
-from pipeline.lib.models import lora_config
-from pipeline.lib.tables import DataError, read_table
-from pipeline.lib.tracking import Tracker
+from pipeline.lib.rubric import load_rubric
+from pipeline.lib.stage import (
+    ModelArguments,
+    RunArguments,
+    Stage,
+    finish_model,
+    latest_checkpoint,
+    parse,
+    weights_dir,
+)
+from pipeline.lib.tables import DataError
 from reward import data as rm_data
 from reward import evaluate as rm_eval
 from reward.losses import kway_ranking_loss, rank_gap_margin, ranking_accuracy
@@ -47,11 +54,10 @@ LOSSES = ("pairwise", "kway")
 
 @dataclass
 class RMStageConfig(RewardConfig):
-    """Everything ``RewardConfig`` (and so ``TrainingArguments``) takes, plus the stage's own settings below."""
+    """Everything ``RewardConfig`` (and so ``TrainingArguments``) takes, plus the stage's own settings below. The run
+    and the start model (default: the run's SFT policy) are ``pipeline.lib.stage.RunArguments`` and
+    ``ModelArguments``; with LoRA the score head is trained in full and the saved model is always merged."""
 
-    run: str = field(default=runs.DEFAULT_RUN, metadata={"help": "Run name: outputs go to <runs_dir>/<run>/rm/."})
-    runs_dir: str = field(default="runs", metadata={"help": "Root folder of all runs."})
-    model_name_or_path: str | None = field(default=None, metadata={"help": "Default: the run's SFT model."})
     preferences: str | None = field(
         default=None,
         metadata={
@@ -63,12 +69,10 @@ class RMStageConfig(RewardConfig):
         default=False, metadata={"help": "Pairs ranked n places apart must be scored at least n - 1 apart."}
     )
     eval_fraction: float = field(default=0.1, metadata={"help": "Share of the prompts held out for evaluation."})
-    use_lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter (and the score head in full)."})
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: str = field(default="all-linear", metadata={"help": "'all-linear' or comma-separated names."})
-    resume: bool = field(default=False, metadata={"help": "Continue from the latest checkpoint of this run."})
+    rubric: str | None = field(
+        default=None,
+        metadata={"help": "Gold rubric module:function: the held-out pairs' agreement with it (eval_gold_accuracy)."},
+    )
     # Defaults of the parent changed for this stage: small models on CPU train faster without checkpointing.
     gradient_checkpointing: bool = False
     report_to: str | None = field(
@@ -79,14 +83,12 @@ class RMStageConfig(RewardConfig):
     # 128 on Neuron, which compiles once per shape. The K-way collator pads to it as TRL's pair collator does.
 
     def __post_init__(self):
-        fill_training_defaults(self, "rm")
+        fill_training_defaults(self)
         super().__post_init__()
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}.")
         if not 0 < self.eval_fraction < 1:
             raise ValueError(f"eval_fraction must be between 0 and 1, got {self.eval_fraction}.")
-        if self.use_lora and self.lora_r <= 0:
-            raise ValueError(f"lora_r must be positive, got {self.lora_r}.")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -169,9 +171,9 @@ class RMData:
     stats: dict[str, Any]
 
 
-def input_path(config: RMStageConfig) -> Path:
+def input_path(run: RunArguments, config: RMStageConfig) -> Path:
     """The file to train on: the export's preferences.jsonl (pairwise) or rankings.jsonl (kway), or the user's."""
-    path = runs.stage_output(config.run, "export", config.runs_dir, config.preferences)
+    path = runs.stage_output(run.run, "export", run.runs_dir, config.preferences)
     if config.loss == "pairwise":
         return path / "preferences.jsonl" if (path / "preferences.jsonl").is_file() else path
     if path.is_dir():
@@ -233,18 +235,6 @@ def load_data(config: RMStageConfig, path: Path, tokenizer) -> RMData:
     )
 
 
-def uses_gold_rubric(path: Path, prompts: list[str], runs_dir: str) -> bool:
-    """Whether the demo's gold rubric can judge these pairs: labels the export marks simulated, or demo prompts."""
-    summary = runs.read_summary(path if path.is_dir() else path.parent)
-    if summary and summary.get("stage") == "export" and summary.get("metrics", {}).get("all_simulated"):
-        return True
-    from pipeline.demo.data import SPLIT_SIZES, ensure_demo_data
-
-    demo = ensure_demo_data(runs_dir)
-    known = {row["prompt"][-1]["content"] for split in SPLIT_SIZES for row in read_table(demo / f"{split}.jsonl")}
-    return all(prompt in known for prompt in prompts)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Evaluation of the saved model
 
@@ -268,9 +258,10 @@ def score_sequences(model_dir: Path, sequences: list[list[int]], batch_size: int
 
 
 def evaluate_pairs(
-    pairs: list[dict[str, Any]], scores: dict, gold: bool
+    pairs: list[dict[str, Any]], scores: dict, rubric: Callable[[str, str], float] | None
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """The held-out figures for summary.json, and the chosen and rejected rewards."""
+    """The held-out figures for summary.json, and the chosen and rejected rewards; with a gold ``rubric``, how often
+    the reward model and the labels order a pair as the rubric does."""
     r_chosen = np.array([scores[tuple(p["chosen_ids"])] for p in pairs])
     r_rejected = np.array([scores[tuple(p["rejected_ids"])] for p in pairs])
     metrics = {
@@ -286,11 +277,10 @@ def evaluate_pairs(
     }
     if all(p["rank_gap"] is not None for p in pairs):
         metrics["accuracy_by_gap"] = rm_eval.accuracy_by_gap(r_chosen, r_rejected, [p["rank_gap"] for p in pairs])
-    if gold:
-        from pipeline.demo.data import house_style_score
+    if rubric is not None:
 
         def score(pair, key):
-            return house_style_score(pair["prompt"][-1]["content"], " ".join(m["content"] for m in pair[key]))
+            return rubric(pair["prompt"][-1]["content"], " ".join(m["content"] for m in pair[key]))
 
         gold_chosen = [score(p, "chosen") for p in pairs]
         gold_rejected = [score(p, "rejected") for p in pairs]
@@ -323,57 +313,32 @@ def plot_rewards(path: Path, r_chosen: np.ndarray, r_rejected: np.ndarray) -> No
     plt.close(fig)
 
 
-def merge_reward_adapter(base_path: Path, adapter_dir: Path, out_dir: Path, pad_token_id: int) -> None:
-    """The SFT model with a scalar head, the trained adapter (and head) merged in: a plain model PPO loads."""
-    from peft import PeftModel
-
-    base = AutoModelForSequenceClassification.from_pretrained(base_path, num_labels=1, dtype=torch.float32)
-    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
-    merged.config.pad_token_id = pad_token_id
-    merged.save_pretrained(out_dir)
-
-
-def save_policy_tokenizer(policy_dir: Path, out_dir: Path) -> None:
-    """The policy's tokenizer files, byte for byte (a re-save would record how it was loaded, e.g. offline)."""
-    written = AutoTokenizer.from_pretrained(policy_dir).save_pretrained(out_dir)
-    for path in map(Path, written):
-        if (policy_dir / path.name).is_file():
-            shutil.copyfile(policy_dir / path.name, path)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def main(config: RMStageConfig) -> dict[str, Any]:
+def main(run: RunArguments, model_args: ModelArguments, config: RMStageConfig) -> dict[str, Any]:
     state = PartialState()
-    stage = runs.StageRun("rm", config.run, config.runs_dir)
+    stage = Stage("rm", run, [run, model_args, config], config.report_to, state.is_main_process)
     timing: dict[str, float] = {}
 
     # step 1. inputs: the run's SFT policy (whose chat template renders the data) and its exported labels.
     t0 = time.perf_counter()
-    model_path = runs.stage_output(config.run, "sft", config.runs_dir, config.model_name_or_path)
-    data_path = input_path(config)
+    if model_args.use_lora and not model_args.merge_lora:
+        raise ValueError("merge_lora: false is not for the reward model: PPO loads a plain model, so it is merged.")
+    model_path = runs.stage_output(run.run, "sft", run.runs_dir, model_args.model_name_or_path)
+    data_path = input_path(run, config)
+    checkpoint = latest_checkpoint(config.output_dir) if run.resume else None
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.chat_template is None:
         raise ValueError(
             f"{model_path} has no chat template. The reward model scores conversations exactly as the policy renders "
             "them, so it needs the policy's template: start from a chat model (the run's SFT model by default)."
         )
+    rubric = load_rubric(config.rubric)
     data = load_data(config, data_path, tokenizer)
     timing["load_s"] = time.perf_counter() - t0
 
     # step 2. train: TRL loads the SFT model with a fresh scalar head (num_labels=1, pad_token_id from the tokenizer).
-    peft_config = None
-    if config.use_lora:
-        peft_config = lora_config(
-            config.lora_r,
-            config.lora_alpha,
-            config.lora_dropout,
-            config.lora_target_modules,
-            "SEQ_CLS",
-            modules_to_save=["score"],
-        )
-    tracker = Tracker(config.report_to, config.run, "rm", stage.dir, runs.config_dict(config), state.is_main_process)
     trainer_class, collator = RewardTrainer, None
     if config.loss == "kway":
         trainer_class, collator = KWayRewardTrainer, RankingCollator(tokenizer.pad_token_id, config.pad_to_multiple_of)
@@ -384,33 +349,20 @@ def main(config: RMStageConfig) -> dict[str, Any]:
         train_dataset=data.train,
         eval_dataset=data.eval,
         processing_class=tokenizer,
-        peft_config=peft_config,
+        peft_config=model_args.peft_config("SEQ_CLS", modules_to_save=["score"]),
     )
-    checkpoint = None
-    if config.resume:
-        checkpoint = get_last_checkpoint(config.output_dir) if Path(config.output_dir).is_dir() else None
-        if checkpoint is None:
-            raise FileNotFoundError(
-                f"resume: no checkpoint in {config.output_dir}. Run without RESUME=1 to start anew."
-            )
     t0 = time.perf_counter()
-    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    train_result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     timing["train_s"] = time.perf_counter() - t0
 
     # step 3. save: every process takes part (ZeRO-3 gathers the shards); LoRA is merged on the main process. The
     # tokenizer is the policy's own: PPO checks that the two match.
     t0 = time.perf_counter()
-    model_dir = stage.dir / "model"
     release_zero3_init()
-    if config.use_lora:
-        adapter_dir = stage.dir / "adapter"
-        trainer.save_model(str(adapter_dir))
-        if state.is_main_process:
-            merge_reward_adapter(model_path, adapter_dir, model_dir, tokenizer.pad_token_id)
-    else:
-        trainer.save_model(str(model_dir))
+    trainer.save_model(str(weights_dir(stage.dir, model_args)))
+    model_dir = stage.dir / "model"
     if state.is_main_process:
-        save_policy_tokenizer(model_path, model_dir)
+        finish_model(stage.dir, model_args, model_path, tokenizer, AutoModelForSequenceClassification, num_labels=1)
     state.wait_for_everyone()
     timing["save_s"] = time.perf_counter() - t0
     if not state.is_main_process:
@@ -422,15 +374,16 @@ def main(config: RMStageConfig) -> dict[str, Any]:
     scores = score_sequences(model_dir, eval_sequences + data.train_sequences, config.per_device_eval_batch_size)
     reward_stats = rm_eval.reward_stats([scores[s] for s in {tuple(ids) for ids in data.train_sequences}])
     runs.write_json(stage.dir / "reward_stats.json", reward_stats)
-    gold = uses_gold_rubric(data_path, [p["prompt"][-1]["content"] for p in data.eval_pairs], config.runs_dir)
-    eval_metrics, r_chosen, r_rejected = evaluate_pairs(data.eval_pairs, scores, gold)
+    eval_metrics, r_chosen, r_rejected = evaluate_pairs(data.eval_pairs, scores, rubric)
     plot_rewards(stage.dir / "reward_histogram.png", r_chosen, r_rejected)
     rows = [[float(r), "chosen"] for r in r_chosen] + [[float(r), "rejected"] for r in r_rejected]
-    tracker.log_table("eval/reward_histogram", ["reward", "response"], rows)
+    stage.tracker.log_table("eval/reward_histogram", ["reward", "response"], rows)
     timing["score_s"] = time.perf_counter() - t0
 
+    # step 5. finish: summary.json and the tracker.
     metrics = {
         **eval_metrics,
+        "gold_rubric": config.rubric,
         "reward_mean": reward_stats["mean"],
         "reward_std": reward_stats["std"],
         "loss": config.loss,
@@ -446,9 +399,7 @@ def main(config: RMStageConfig) -> dict[str, Any]:
         "data": data.stats,
         "timing": {name: round(seconds, 2) for name, seconds in timing.items()},
     }
-    tracker.summary({k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)})
-    summary = stage.finish(
-        config,
+    return stage.finish(
         metrics=metrics,
         inputs={"sft_model": model_path, "preferences": data_path},
         outputs={
@@ -457,11 +408,8 @@ def main(config: RMStageConfig) -> dict[str, Any]:
             "reward_histogram": stage.dir / "reward_histogram.png",
             "checkpoints": config.output_dir,
         },
-        extra={"tracking": tracker.record},
+        line=summary_line,
     )
-    tracker.finish()
-    print(summary_line(summary))
-    return summary
 
 
 def summary_line(summary: dict[str, Any]) -> str:
@@ -475,5 +423,4 @@ def summary_line(summary: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    (stage_config,) = TrlParser((RMStageConfig,)).parse_args_and_config()
-    main(stage_config)
+    main(*parse(RMStageConfig, "rm"))

@@ -20,6 +20,18 @@ os.environ["TRL_EXPERIMENTAL_SILENCE"] = "1"
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` are skipped on machines without CUDA, said in the summary (``-ra``)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def shared_runs(tmp_path_factory) -> Path:
     """A runs/ folder shared by the session, holding the cached demo data and micro model (built once)."""

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from pipeline.candidates import CandidatesConfig, main, unique_texts
 from tests.conftest import REPO, read_jsonl
 
@@ -65,6 +67,7 @@ def test_missing_sft_model_names_the_stage_to_run(tmp_path):
         main(CandidatesConfig(run="t", runs_dir=str(tmp_path), prompts=str(make_prompts(tmp_path, 2))))
 
 
+@pytest.mark.slow
 def test_two_processes_share_the_prompts(tmp_path, micro_model):
     prompts = make_prompts(tmp_path, 6)
     cmd = [

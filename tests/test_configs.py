@@ -11,6 +11,7 @@ import yaml
 
 from tests.conftest import REPO
 
+TRAINING = {"sft.yaml": "sft", "sft_hub_example.yaml": "sft", "ppo.yaml": "ppo", "rm.yaml": "rm"}
 STAGE_CONFIGS = {
     "sft.yaml": "pipeline.sft:SFTStageConfig",
     "sft_hub_example.yaml": "pipeline.sft:SFTStageConfig",
@@ -39,24 +40,32 @@ def test_every_stage_yaml_is_listed_here():
 def test_stage_yaml_parses(name, tmp_path, monkeypatch):
     from trl import TrlParser
 
+    from pipeline.lib.stage import ModelArguments, RunArguments, parse
+
     monkeypatch.chdir(tmp_path)  # output dirs derived from the config must not land in the repo
     cls = load_class(STAGE_CONFIGS[name])
     # bf16 configs are for GPUs; parsing them on a CPU machine is still checked, with bf16 off.
     args = ["--config", str(REPO / "configs" / name)]
     if any(f.name == "bf16" for f in dataclasses.fields(cls)):
         args += ["--bf16", "false"]
-    (config,) = TrlParser((cls,)).parse_args_and_config(args)
+    if name in TRAINING:  # the run and the start model are their own dataclasses, composed with the stage's
+        configs = parse(cls, TRAINING[name], args)
+        assert [type(c) for c in configs] == [RunArguments, ModelArguments, cls]
+    else:
+        configs = TrlParser((cls,)).parse_args_and_config(args)
     raw = yaml.safe_load((REPO / "configs" / name).read_text())
     for key, value in raw.items():
         if key == "bf16":
             continue
-        actual = getattr(config, key)  # a typo in a key fails here: the dataclass has no such field
+        owner = next((c for c in configs if hasattr(c, key)), None)
+        assert owner is not None, f"{name}: {key} is no setting of the stage"  # a typo in a key fails here
+        actual = getattr(owner, key)
         # TrainingArguments turns some values into enums or lists; compare what they stand for.
         assert value in (actual, getattr(actual, "value", None)) or actual == [value], key
 
 
 def test_pipeline_yaml_parses():
-    from pipeline.conductor.orchestrate import STAGES, PipelineConfig
+    from pipeline.conductor.config import STAGES, PipelineConfig
 
     config = PipelineConfig.from_yaml(REPO / "configs" / "pipeline.yaml")
     assert set(config.stages) == set(STAGES)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.demo import data as dd
+from pipeline.demo import rubric
 
 PROMPT = (
     "Draft a reply to this customer e-mail.\n\n"
@@ -105,8 +106,8 @@ def test_prompts_have_the_parseable_layout_and_every_scenario_is_recognised(spli
             instruction, header, _body = prompt.split("\n\n", 2)
             assert instruction in dd.INSTRUCTIONS
             assert header.startswith("From: ") and "\nSubject: " in header
-            assert dd.customer_first_name(prompt) in dd.FIRST_NAMES
-            assert dd.detect_scenario(prompt).name == row["scenario"]
+            assert rubric.customer_first_name(prompt) in dd.FIRST_NAMES
+            assert rubric.detect_scenario(prompt).name == row["scenario"]
             assert prompt.isascii()
 
 
@@ -118,12 +119,12 @@ def test_house_style_share_is_a_minority_of_the_sft_data(splits):
 
 def test_every_reply_addresses_its_scenario_whatever_its_style(splits):
     for row in _sft_rows(splits):
-        assert dd.rubric_breakdown(_text(row, "prompt"), _text(row, "completion"))["next_step"] == 1.0, row["id"]
+        assert rubric.rubric_breakdown(_text(row, "prompt"), _text(row, "completion"))["next_step"] == 1.0, row["id"]
 
 
 def test_each_style_breaks_exactly_its_own_rules(splits):
     for row in _sft_rows(splits):
-        breakdown = dd.rubric_breakdown(_text(row, "prompt"), _text(row, "completion"))
+        breakdown = rubric.rubric_breakdown(_text(row, "prompt"), _text(row, "completion"))
         failed = {name for name, score in breakdown.items() if score < 1.0}
         must, may = STYLE_FAILS[row["style"]]
         assert must <= failed <= must | may, (row["id"], row["style"], failed)
@@ -133,7 +134,7 @@ def test_house_replies_score_higher_on_average_than_every_other_style(splits):
     by_style: dict[str, list[float]] = {}
     for row in _sft_rows(splits):
         by_style.setdefault(row["style"], []).append(
-            dd.house_style_score(_text(row, "prompt"), _text(row, "completion"))
+            rubric.house_style_score(_text(row, "prompt"), _text(row, "completion"))
         )
     means = {style: sum(scores) / len(scores) for style, scores in by_style.items()}
     assert means["house"] == pytest.approx(1.0)
@@ -167,18 +168,28 @@ def test_command_line_writes_files_and_reports_the_house_share(tmp_path, capsys)
 
 
 def test_ensure_demo_data_builds_once_then_reuses_the_cache(tmp_path, monkeypatch):
-    path = dd.ensure_demo_data(tmp_path, seed=0)
-    assert path == tmp_path / "_data" / f"{dd.DEMO_VERSION}-seed0"
+    path = dd.ensure_demo_data(tmp_path)
+    assert path == tmp_path / "_data" / "demo"  # the path the stage configs name
     mtimes = {p.name: p.stat().st_mtime_ns for p in path.iterdir()}
-    assert set(mtimes) == {f"{split}.jsonl" for split in dd.SPLIT_SIZES}
+    assert set(mtimes) == {f"{split}.jsonl" for split in dd.SPLIT_SIZES} | {dd.VERSION_FILE}
 
     def must_not_write(*args, **kwargs):
         raise AssertionError("the cached data was rewritten")
 
     monkeypatch.setattr(dd, "write_demo_data", must_not_write)
-    assert dd.ensure_demo_data(tmp_path, seed=0) == path
+    assert dd.ensure_demo_data(tmp_path) == path
     assert {p.name: p.stat().st_mtime_ns for p in path.iterdir()} == mtimes
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary directory left behind
+
+
+def test_data_of_an_older_demo_version_is_rebuilt(tmp_path):
+    path = dd.ensure_demo_data(tmp_path)
+    (path / dd.VERSION_FILE).write_text("demo-v0\n")
+    (path / "prompts.jsonl").write_text("{}\n")
+    assert dd.ensure_demo_data(tmp_path) == path
+    assert (path / dd.VERSION_FILE).read_text().strip() == dd.DEMO_VERSION
+    assert len((path / "prompts.jsonl").read_text().splitlines()) == dd.SPLIT_SIZES["prompts"]
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # the old copy is gone too
 
 
 def test_a_crash_while_building_leaves_no_cache(tmp_path, monkeypatch):
@@ -188,7 +199,7 @@ def test_a_crash_while_building_leaves_no_cache(tmp_path, monkeypatch):
 
     monkeypatch.setattr(dd, "write_demo_data", crash_halfway)
     with pytest.raises(KeyboardInterrupt):
-        dd.ensure_demo_data(tmp_path, seed=0)
+        dd.ensure_demo_data(tmp_path)
     assert list((tmp_path / "_data").iterdir()) == []
 
 
@@ -198,13 +209,13 @@ def test_a_crash_while_building_leaves_no_cache(tmp_path, monkeypatch):
 
 
 def test_rubric_weights_sum_to_one():
-    assert sum(dd.RUBRIC_WEIGHTS.values()) == pytest.approx(1.0)
+    assert sum(rubric.RUBRIC_WEIGHTS.values()) == pytest.approx(1.0)
 
 
 def test_perfect_house_replies_score_one():
-    assert dd.rubric_breakdown(PROMPT, PERFECT) == dict.fromkeys(dd.RUBRIC_WEIGHTS, 1.0)
-    assert dd.house_style_score(PROMPT, PERFECT) == pytest.approx(1.0)
-    assert dd.house_style_score(CARE_PROMPT, CARE_PERFECT) == pytest.approx(1.0)
+    assert rubric.rubric_breakdown(PROMPT, PERFECT) == dict.fromkeys(rubric.RUBRIC_WEIGHTS, 1.0)
+    assert rubric.house_style_score(PROMPT, PERFECT) == pytest.approx(1.0)
+    assert rubric.house_style_score(CARE_PROMPT, CARE_PERFECT) == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize(
@@ -236,12 +247,12 @@ def test_perfect_house_replies_score_one():
     ],
 )
 def test_each_violation_costs_its_weight(response, expected):
-    assert dd.house_style_score(PROMPT, response) == pytest.approx(expected)
+    assert rubric.house_style_score(PROMPT, response) == pytest.approx(expected)
 
 
 def test_an_apology_where_none_is_due_costs_the_apology_weight():
     reply = CARE_PERFECT.replace("Hi Jordan,\n\n", "Hi Jordan,\n\nI'm sorry for the slow reply. ")
-    assert dd.house_style_score(CARE_PROMPT, reply) == pytest.approx(0.85)
+    assert rubric.house_style_score(CARE_PROMPT, reply) == pytest.approx(0.85)
 
 
 @pytest.mark.parametrize(
@@ -249,20 +260,20 @@ def test_an_apology_where_none_is_due_costs_the_apology_weight():
     ["", "   \n\n ", "asdf qwer zxcv", "lorem ipsum " * 30, "<|end|><|end|>", "!!!???...", "\x00\x01 \ufffd"],
 )
 def test_empty_and_garbage_output_scores_zero(garbage):
-    assert dd.house_style_score(PROMPT, garbage) == 0.0
-    assert dd.house_style_score(CARE_PROMPT, garbage) == 0.0
+    assert rubric.house_style_score(PROMPT, garbage) == 0.0
+    assert rubric.house_style_score(CARE_PROMPT, garbage) == 0.0
 
 
 def test_credit_for_what_a_reply_leaves_out_needs_one_thing_it_does():
     # 50 on-topic-free words earn nothing; with the greeting they also earn apology, length and corporate credit:
     # 0.20 + 0.15 + 0.15 + 0.15.
     filler = " ".join(["clay"] * 48)
-    assert dd.house_style_score(CARE_PROMPT, filler + " pots here") == 0.0
-    assert dd.house_style_score(CARE_PROMPT, f"Hi Jordan,\n\n{filler}") == pytest.approx(0.65)
+    assert rubric.house_style_score(CARE_PROMPT, filler + " pots here") == 0.0
+    assert rubric.house_style_score(CARE_PROMPT, f"Hi Jordan,\n\n{filler}") == pytest.approx(0.65)
 
 
 def test_rubric_copes_with_prompts_it_cannot_parse():
     # Without a From line any single-name greeting counts, and without a scenario any next step does.
-    assert dd.house_style_score("", PERFECT) == pytest.approx(1.0)
-    assert dd.house_style_score("no header at all", "") == 0.0
-    assert dd.customer_first_name("garbage") is None and dd.detect_scenario("garbage") is None
+    assert rubric.house_style_score("", PERFECT) == pytest.approx(1.0)
+    assert rubric.house_style_score("no header at all", "") == 0.0
+    assert rubric.customer_first_name("garbage") is None and rubric.detect_scenario("garbage") is None

@@ -12,95 +12,74 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.conductor.orchestrate import STAGES, PipelineConfig, plan
+from pipeline.conductor.config import STAGES, PipelineConfig
+from pipeline.conductor.orchestrate import plan
 from pipeline.lib.launch import threads_per_process
-from tests.conftest import REPO
+from tests.conftest import REPO, read_jsonl
 
 NO_TRACKING = ["--report_to", "none"]
 
 
-def length_rubric(prompt: str, response: str) -> float:
-    """The simulated labelers' rubric here: the micro model's replies are noise the demo rubric scores alike."""
-    return float(len(response))
+# A team's own rubric, in a module outside the project (on PYTHONPATH only through the test). Its scores sit far from
+# the demo rubric's [0, 1], so a gold figure that came from anywhere else shows; each process that calls it leaves
+# its command line in RUBRIC_LOG, so every stage that scores can be seen to have called it.
+TEAM_RUBRIC = """
+import os, sys
 
 
-def pipeline_config(tmp_path: Path, micro_model: str, small_sft_data: dict, ppo_lr: str = "1e-3", rounds: int = 1):
-    sft = [
-        "--model_name_or_path",
-        micro_model,
-        "--dataset",
-        str(small_sft_data["sft_train"]),
-        "--eval_dataset",
-        str(small_sft_data["sft_eval"]),
-        "--max_steps",
-        "4",
-        "--eval_steps",
-        "2",
-        "--save_steps",
-        "2",
+def score(prompt: str, response: str) -> float:
+    global _logged
+    if not globals().get("_logged") and os.environ.get("RUBRIC_LOG"):
+        with open(os.environ["RUBRIC_LOG"], "a") as fh:
+            fh.write(" ".join(sys.argv) + "\\n")
+        _logged = True
+    return 10.0 + len(response) / 1000
+"""
+
+
+def team_rubric(prompt: str, response: str) -> float:
+    return 10.0 + len(response) / 1000
+
+
+def pipeline_config(
+    tmp_path: Path, micro_model: str, small_sft_data: dict, demo_dir: Path, ppo_lr: str = "1e-3", rounds: int = 1
+):
+    (tmp_path / "rubrics").mkdir(exist_ok=True)
+    (tmp_path / "rubrics" / "team_rubric.py").write_text(TEAM_RUBRIC)
+    sft = ["--model_name_or_path", micro_model, "--dataset", str(small_sft_data["sft_train"])]
+    sft += ["--eval_dataset", str(small_sft_data["sft_eval"]), "--max_steps", "4", "--eval_steps", "2"]
+    sft += ["--save_steps", "2", "--per_device_train_batch_size", "8", "--max_length", "256", "--num_samples", "2"]
+    sft += ["--sample_max_new_tokens", "8", "--early_stopping_patience", "0", *NO_TRACKING]
+    candidates = ["--prompts", str(demo_dir / "prompts.jsonl"), "--num_prompts", "16", "--k", "3"]
+    candidates += ["--max_new_tokens", "12", "--batch_size", "8"]
+    ppo = [
+        "--prompts",
+        str(demo_dir / "prompts.jsonl"),
+        "--total_episodes",
+        "16",
         "--per_device_train_batch_size",
-        "8",
-        "--max_length",
-        "256",
-        "--num_samples",
-        "2",
-        "--sample_max_new_tokens",
-        "8",
-        "--early_stopping_patience",
-        "0",
-        *NO_TRACKING,
+        "4",
     ]
+    ppo += ["--gradient_accumulation_steps", "2", "--response_length", "12", "--num_prompts", "40"]
+    ppo += ["--eval_prompts", "8", "--num_sample_generations", "0", "--local_rollout_forward_batch_size", "8"]
+    ppo += ["--learning_rate", ppo_lr, "--checkpoint_steps", "0", *NO_TRACKING]
+    evaluation = ["--prompts", str(demo_dir / "eval_prompts.jsonl"), "--num_prompts", "8", "--max_new_tokens", "12"]
+    rm = ["--max_steps", "4", "--per_device_train_batch_size", "8", *NO_TRACKING]
     config = {
         "run": "t",
         "runs_dir": str(tmp_path / "runs"),
         "rounds": rounds,
         "labeling": "simulated",
+        "rubric": "team_rubric:score",
         "gold_share": 0.1,
         "stages": {
             "sft": {"config": "configs/sft.yaml", "args": sft},
-            "candidates": {
-                "config": "configs/candidates.yaml",
-                "args": ["--num_prompts", "16", "--k", "3", "--max_new_tokens", "12", "--batch_size", "8"],
-            },
-            "labeling": {
-                "config": "configs/labeling.yaml",
-                "args": ["--labelers", "2", "--rubric", "tests.test_pipeline:length_rubric"],
-            },
+            "candidates": {"config": "configs/candidates.yaml", "args": candidates},
+            "labeling": {"config": "configs/labeling.yaml", "args": ["--labelers", "2"]},
             "export": {"args": []},
-            "rm": {
-                "config": "configs/rm.yaml",
-                "args": ["--max_steps", "4", "--per_device_train_batch_size", "8", *NO_TRACKING],
-            },
-            "ppo": {
-                "config": "configs/ppo.yaml",
-                "args": [
-                    "--total_episodes",
-                    "16",
-                    "--per_device_train_batch_size",
-                    "4",
-                    "--gradient_accumulation_steps",
-                    "2",
-                    "--response_length",
-                    "12",
-                    "--num_prompts",
-                    "40",
-                    "--eval_prompts",
-                    "8",
-                    "--num_sample_generations",
-                    "0",
-                    "--local_rollout_forward_batch_size",
-                    "8",
-                    "--learning_rate",
-                    ppo_lr,
-                    "--checkpoint_steps",
-                    "0",
-                    *NO_TRACKING,
-                ],
-            },
-            "eval": {
-                "config": "configs/eval.yaml",
-                "args": ["--num_prompts", "8", "--max_new_tokens", "12", *NO_TRACKING],
-            },
+            "rm": {"config": "configs/rm.yaml", "args": rm},
+            "ppo": {"config": "configs/ppo.yaml", "args": ppo},
+            "eval": {"config": "configs/eval.yaml", "args": [*evaluation, *NO_TRACKING]},
         },
     }
     path = tmp_path / "pipeline.yaml"
@@ -108,10 +87,17 @@ def pipeline_config(tmp_path: Path, micro_model: str, small_sft_data: dict, ppo_
     return path
 
 
+def pipeline_env(config: Path) -> dict[str, str]:
+    """PYTHONPATH with the team's rubric module beside the repository, as a user would set it."""
+    path = os.pathsep.join([str(REPO), str(config.parent / "rubrics")])
+    return {**os.environ, "PYTHONPATH": path, "RUBRIC_LOG": str(config.parent / "rubric_calls.txt")}
+
+
 def run_pipeline(config: Path, *extra: str) -> subprocess.CompletedProcess:
     proc = subprocess.run(
         [sys.executable, "-m", "pipeline", "run", "--config", str(config), *extra],
         cwd=REPO,
+        env=pipeline_env(config),
         capture_output=True,
         text=True,
         timeout=900,
@@ -133,7 +119,7 @@ def test_plan_covers_every_stage_of_every_round(tmp_path):
     round2 = {s.stage: s for s in steps if s.round == 2}
     candidates = " ".join(round2["candidates"].commands[0])
     assert f"--model_name_or_path {tmp_path}/r/ppo/model" in candidates  # round 2 samples from round 1's policy
-    assert f"--sft_model_path {tmp_path}/r/sft/model" in " ".join(round2["ppo"].commands[0])
+    assert f"--model_name_or_path {tmp_path}/r/sft/model" in " ".join(round2["ppo"].commands[0])
     assert all("--db" in " ".join(c) for s in steps if s.stage in ("labeling", "export") for c in s.commands)
 
 
@@ -156,8 +142,30 @@ def test_bad_pipeline_config_is_refused(tmp_path):
         PipelineConfig.from_yaml(path)
 
 
-def test_pipeline_runs_every_stage_then_skips_and_reruns_only_what_changed(tmp_path, micro_model, small_sft_data):
-    config = pipeline_config(tmp_path, micro_model, small_sft_data)
+def assert_gold_figures_come_from_the_team_rubric(tmp_path: Path, run_dir: Path, report: str) -> None:
+    """The rubric named once in the pipeline config reached every stage that scores, and no other rubric did."""
+    calls = (tmp_path / "rubric_calls.txt").read_text()
+    for caller in ("import-candidates", "simulate", "reward/train.py", "ppo/train.py", "ppo/evaluate.py"):
+        assert caller in calls, caller
+    rm = json.loads((run_dir / "rm" / "summary.json").read_text())["metrics"]
+    assert rm["gold_rubric"] == "team_rubric:score" and rm["eval_gold_pairs"] > 0
+    assert 0 <= rm["eval_gold_accuracy"] <= 1
+    ppo = json.loads((run_dir / "ppo" / "summary.json").read_text())["metrics"]
+    assert ppo["gold_rubric"] == "team_rubric:score"
+    assert ppo["gold_score_first"] >= 10 and ppo["gold_score_last"] >= 10  # the demo rubric scores in [0, 1]
+    evaluation = json.loads((run_dir / "eval" / "summary.json").read_text())["metrics"]
+    assert evaluation["sft"]["gold_score"] >= 10 and evaluation["ppo"]["gold_score"] >= 10
+    for row in read_jsonl(run_dir / "eval" / "samples.jsonl"):
+        for policy in ("sft", "ppo"):
+            assert row[policy]["gold"] == pytest.approx(team_rubric("", row[policy]["response"]))
+    assert "by the rubric `team_rubric:score`" in report
+
+
+@pytest.mark.slow
+def test_pipeline_runs_every_stage_then_skips_and_reruns_only_what_changed(
+    tmp_path, micro_model, small_sft_data, demo_dir
+):
+    config = pipeline_config(tmp_path, micro_model, small_sft_data, demo_dir)
     first = run_pipeline(config)
     assert set(statuses(first.stdout).values()) == {"ran"}, first.stdout[-3000:]
     run_dir = tmp_path / "runs" / "t"
@@ -169,11 +177,12 @@ def test_pipeline_runs_every_stage_then_skips_and_reruns_only_what_changed(tmp_p
     for section in ("## SFT", "## Reward model", "## PPO", "SFT against PPO", "Sample responses"):
         assert section in report
     assert (run_dir / "report.html").exists() and (run_dir / "report_sft_loss.png").exists()
+    assert_gold_figures_come_from_the_team_rubric(tmp_path, run_dir, report)
 
     second = run_pipeline(config)
     assert set(statuses(second.stdout).values()) == {"skipped"}, second.stdout[-3000:]
 
-    changed = pipeline_config(tmp_path, micro_model, small_sft_data, ppo_lr="5e-4")
+    changed = pipeline_config(tmp_path, micro_model, small_sft_data, demo_dir, ppo_lr="5e-4")
     third = run_pipeline(changed)
     assert statuses(third.stdout) == {
         **dict.fromkeys(["sft", "candidates", "labeling", "export", "rm"], "skipped"),
@@ -182,14 +191,16 @@ def test_pipeline_runs_every_stage_then_skips_and_reruns_only_what_changed(tmp_p
     }, third.stdout[-3000:]
 
 
-def test_a_failing_stage_keeps_earlier_outputs_and_says_how_to_go_on(tmp_path, micro_model, small_sft_data):
-    config = pipeline_config(tmp_path, micro_model, small_sft_data)
+@pytest.mark.slow
+def test_a_failing_stage_keeps_earlier_outputs_and_says_how_to_go_on(tmp_path, micro_model, small_sft_data, demo_dir):
+    config = pipeline_config(tmp_path, micro_model, small_sft_data, demo_dir)
     raw = yaml.safe_load(config.read_text())
     raw["stages"]["candidates"]["args"] += ["--k", "0"]
     config.write_text(yaml.safe_dump(raw))
     proc = subprocess.run(
         [sys.executable, "-m", "pipeline", "run", "--config", str(config)],
         cwd=REPO,
+        env=pipeline_env(config),
         capture_output=True,
         text=True,
         timeout=600,

@@ -20,9 +20,18 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from tests.conftest import REPO, read_jsonl
 from tests.wandb_records import find_run_file, history_keys
 
+RUBRIC = "pipeline.demo.rubric:house_style_score"
+
 
 def make_ppo_run(root: Path, micro_model: str) -> Path:
-    """A run folder with an 'SFT model' (the micro base) and a 'reward model' (the same, with a scalar head)."""
+    """A run folder with an 'SFT model' (the micro base), a 'reward model' (the same, with a scalar head) and the
+    demo's prompts (from the cached demo data beside the micro model)."""
+    from pipeline.demo.data import ensure_demo_data
+
+    demo = ensure_demo_data(Path(micro_model).parent.parent)
+    root.mkdir(parents=True, exist_ok=True)
+    for split in ("prompts", "eval_prompts"):
+        shutil.copy(demo / f"{split}.jsonl", root / f"{split}.jsonl")
     shutil.copytree(micro_model, root / "t" / "sft" / "model")
     tokenizer = AutoTokenizer.from_pretrained(micro_model)
     torch.manual_seed(0)
@@ -47,6 +56,10 @@ def ppo_args(runs_dir: Path, *extra: str) -> list[str]:
         "t",
         "--runs_dir",
         str(runs_dir),
+        "--prompts",
+        str(runs_dir / "prompts.jsonl"),
+        "--rubric",
+        RUBRIC,
         "--total_episodes",
         "32",
         "--per_device_train_batch_size",
@@ -76,13 +89,11 @@ def ppo_args(runs_dir: Path, *extra: str) -> list[str]:
 
 
 def run_ppo(args: list[str]) -> dict:
-    from trl import TrlParser
-
+    from pipeline.lib.stage import parse
     from ppo.config import PPOStageConfig
     from ppo.train import main
 
-    (config,) = TrlParser((PPOStageConfig,)).parse_args_and_config(args)
-    return main(config)
+    return main(*parse(PPOStageConfig, "ppo", args))
 
 
 def weights(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -160,7 +171,16 @@ def test_ppo_trains_logs_and_saves_a_plain_model(ppo_run):
     from ppo.evaluate import EvalConfig
     from ppo.evaluate import main as evaluate
 
-    result = evaluate(EvalConfig(run="t", runs_dir=str(ppo_run), num_prompts=4, max_new_tokens=8, report_to="none"))
+    config = EvalConfig(
+        run="t",
+        runs_dir=str(ppo_run),
+        prompts=str(ppo_run / "eval_prompts.jsonl"),
+        rubric=RUBRIC,
+        num_prompts=4,
+        max_new_tokens=8,
+        report_to="none",
+    )
+    result = evaluate(config)
     m = result["metrics"]
     assert m["num_prompts"] == 4 and 0.0 <= m["win_rate_ppo_vs_sft"] <= 1.0
     assert m["sft"]["kl_to_reference"] == pytest.approx(0.0, abs=1e-5)  # the reference is the SFT model itself
@@ -415,6 +435,7 @@ def launch(runs_dir: Path, accelerate_config: str, processes: int, *args: str) -
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("zero", "lora"), [(2, False), (3, False), (2, True)])
 def test_two_processes_under_deepspeed(ppo_run, zero, lora):
     extra = ["--use_lora", "true", "--lora_r", "4"] if lora else []
@@ -427,6 +448,7 @@ def test_two_processes_under_deepspeed(ppo_run, zero, lora):
     assert changed(stage / "model", ppo_run / "t" / "sft" / "model")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("zero", [2, 3])
 def test_two_processes_under_zero_make_the_first_update_of_one(tmp_path, micro_model, zero):
     """The same 8 rollouts (sampling is seeded per rollout), advantages whitened over both processes, the loss

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -58,6 +59,7 @@ def launch_machine(rank: int, runs_dir: Path, port: int, log: Path) -> subproces
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
+@pytest.mark.slow
 def test_two_machines_train_one_policy_and_each_saves_it(ppo_run, tmp_path):  # noqa: F811
     # Machines without a shared disk: each has its own copy of the run's inputs, and writes its own outputs.
     machines = [shutil.copytree(ppo_run / "t", tmp_path / f"machine{rank}" / "t").parent for rank in (0, 1)]

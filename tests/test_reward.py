@@ -80,25 +80,15 @@ def test_accuracy_by_gap_and_gold_agreement_hand_worked():
 def write_export(export_dir: Path, demo_dir: Path, n_prompts: int, k: int = 4, seed: int = 0) -> None:
     """K replies per demo prompt in distinct demo styles, ranked by two simulated labelers (gold rubric + noise)."""
     from pipeline.demo import data as demo
+    from pipeline.demo.rubric import house_style_score
     from pipeline.lib.pairs import ranking_to_pairs
 
     rng = random.Random(seed)
     export_dir.mkdir(parents=True)
     preferences, rankings = [], []
     for row in read_jsonl(demo_dir / "prompts.jsonl")[:n_prompts]:
-        email = row["prompt"][0]["content"]
-        first, last = re.search(r"^From: (\S+) (\S+)", email, re.MULTILINE).groups()
-        slots = demo._slots(rng) | {"first": first, "last": last}
-        scenario = demo.SCENARIO_BY_NAME[row["scenario"]]
-        apology, step, terse, extra = (
-            rng.choice(options).format(**slots) if options else None
-            for options in (scenario.apologies, scenario.steps, scenario.terse, scenario.extras)
-        )
-        parts = demo.ReplyParts(
-            first, last, demo.TITLES.get(first), f"order #{slots['order']}", apology, step, terse, extra
-        )
-        responses = [demo.STYLE_WRITERS[style](parts, rng) for style in rng.sample(list(demo.STYLE_WRITERS), k)]
-        gold = [demo.house_style_score(email, response) for response in responses]
+        responses = demo.replies_in_styles(row, k, rng)
+        gold = [house_style_score(row["prompt"][0]["content"], response) for response in responses]
         for labeler in ("sim-a", "sim-b"):
             noisy = [round(g + rng.gauss(0, 0.05), 1) for g in gold]
             ranks = [sorted(set(noisy), reverse=True).index(x) + 1 for x in noisy]  # dense, 1 = best
@@ -147,6 +137,9 @@ def rm_run(tmp_path, micro_model, export_dir) -> Path:
     return tmp_path
 
 
+RUBRIC = "pipeline.demo.rubric:house_style_score"
+
+
 def rm_args(runs_dir: Path, *extra: str) -> list[str]:
     return [
         "--config",
@@ -178,12 +171,10 @@ def rm_args(runs_dir: Path, *extra: str) -> list[str]:
 
 
 def run_rm(args: list[str]) -> dict:
-    from trl import TrlParser
-
+    from pipeline.lib.stage import parse
     from reward.train import RMStageConfig, main
 
-    (config,) = TrlParser((RMStageConfig,)).parse_args_and_config(args)
-    return main(config)
+    return main(*parse(RMStageConfig, "rm", args))
 
 
 def changed(model_dir: Path, sft_dir: Path, name: str = "model.layers.0.self_attn.q_proj.weight") -> bool:
@@ -211,7 +202,9 @@ def assert_loads_as_reward_model(rm_run: Path) -> None:
 
 
 def test_pairwise_end_to_end_learns_and_logs(rm_run):
-    summary = run_rm(rm_args(rm_run, "--loss", "pairwise", "--num_train_epochs", "1", "--report_to", "wandb"))
+    summary = run_rm(
+        rm_args(rm_run, "--loss", "pairwise", "--num_train_epochs", "1", "--report_to", "wandb", "--rubric", RUBRIC)
+    )
     stage = rm_run / "t" / "rm"
     on_disk = json.loads((stage / "summary.json").read_text())
     assert on_disk == json.loads(json.dumps(summary))
@@ -221,7 +214,8 @@ def test_pairwise_end_to_end_learns_and_logs(rm_run):
     # Learned something: held-out chosen responses score above rejected ones, and above chance.
     assert m["eval_accuracy"] > 0.6 and m["eval_reward_margin"] > 0
     assert 0 <= m["eval_ece"] <= 1 and set(m["accuracy_by_gap"]) <= {"1", "2", "3"}
-    # Simulated labels on demo prompts: judged against the gold rubric too.
+    # Labels ranked by the demo's rubric (with noise), judged against it: the rubric the config names.
+    assert m["gold_rubric"] == RUBRIC
     assert 0 <= m["eval_gold_accuracy"] <= 1 and m["eval_gold_pairs"] > 0
     assert m["eval_label_gold_agreement"] > 0.8
     assert set(m["timing"]) == {"load_s", "train_s", "save_s", "score_s"}
@@ -238,7 +232,11 @@ def test_pairwise_end_to_end_learns_and_logs(rm_run):
 
 def test_kway_end_to_end_trains_on_whole_rankings(rm_run):
     summary = run_rm(
-        rm_args(rm_run, "--loss", "kway", "--per_device_train_batch_size", "4", "--margin_from_rank_gap", "true")
+        rm_args(
+            rm_run,
+            *("--loss", "kway", "--per_device_train_batch_size", "4", "--margin_from_rank_gap", "true"),
+            *("--rubric", RUBRIC),
+        )
     )
     m = summary["metrics"]
     assert m["loss"] == "kway" and m["data"]["format"] == "rankings"
@@ -280,7 +278,9 @@ def test_resume_continues_from_the_saved_step(rm_run):
     resumed = load_file(stage / "model" / "model.safetensors")
     for name, tensor in uninterrupted.items():
         torch.testing.assert_close(resumed[name], tensor, rtol=1e-4, atol=1e-5)
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    from pipeline.lib.stage import ResumeError
+
+    with pytest.raises(ResumeError, match="no checkpoint .* Run without RESUME=1"):
         shutil.rmtree(stage / "checkpoints")
         run_rm([*args, "--resume", "true"])
 
@@ -329,7 +329,7 @@ def test_hh_rlhf_file_from_the_command_line(tmp_path, micro_model):
     assert re.search(r"\[rm\] done in .* held-out accuracy \d+\.\d% on \d+ pairs", proc.stdout)
     m = json.loads((tmp_path / "t" / "rm" / "summary.json").read_text())["metrics"]
     assert m["data"]["format"] == "hh-rlhf" and m["eval_pairs"] > 0
-    assert m["eval_gold_accuracy"] is None  # not demo prompts: there is no gold rubric for them
+    assert m["eval_gold_accuracy"] is None and m["gold_rubric"] is None  # no rubric named: no gold figures
 
 
 def test_missing_inputs_name_the_stage_to_run_first(tmp_path, micro_model, export_dir):
@@ -355,6 +355,7 @@ def test_config_checks():
         RMStageConfig(eval_fraction=0.0, bf16=False)
 
 
+@pytest.mark.slow
 def test_two_processes_under_deepspeed_zero2(rm_run):
     """Real `accelerate launch` with 2 processes and DeepSpeed ZeRO-2 on the CPU (the shipped K-way loss)."""
     cmd = [

@@ -65,12 +65,10 @@ def sft_args(runs_dir: Path, model: str, data: dict[str, Path], *extra: str) -> 
 
 
 def run_sft(args: list[str]) -> dict:
-    from trl import TrlParser
-
+    from pipeline.lib.stage import parse
     from pipeline.sft import SFTStageConfig, main
 
-    (config,) = TrlParser((SFTStageConfig,)).parse_args_and_config(args)
-    return main(config)
+    return main(*parse(SFTStageConfig, "sft", args))
 
 
 def test_sft_end_to_end_learns_and_logs(tmp_path, micro_model, small_sft_data):
@@ -162,7 +160,9 @@ def test_resume_continues_from_the_saved_step(tmp_path, micro_model, small_sft_d
 
 
 def test_resume_without_checkpoint_says_what_to_do(tmp_path, micro_model, small_sft_data):
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    from pipeline.lib.stage import ResumeError
+
+    with pytest.raises(ResumeError, match="no checkpoint .* Run without RESUME=1"):
         run_sft(
             sft_args(
                 tmp_path, micro_model, small_sft_data, "--max_steps", "2", "--report_to", "none", "--resume", "true"
@@ -185,6 +185,7 @@ def test_early_stopping_needs_evaluation(tmp_path, micro_model, small_sft_data):
         )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("zero", [2, 3])
 def test_two_processes_under_deepspeed(tmp_path, micro_model, small_sft_data, zero):
     """Real `accelerate launch` with 2 processes and DeepSpeed ZeRO on the CPU; the saved model loads."""

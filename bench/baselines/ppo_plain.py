@@ -16,22 +16,20 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-
-from datasets import Dataset  # noqa: E402
-from transformers import (  # noqa: E402
+# The bench runs it with TRL_EXPERIMENTAL_SILENCE=1 (bench.core.CHILD_ENV): trl.experimental warns on import.
+from datasets import Dataset
+from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     TrainerCallback,
 )
-from trl import TrlParser  # noqa: E402
-from trl.experimental.ppo import PPOConfig, PPOTrainer  # noqa: E402
+from trl import TrlParser
+from trl.experimental.ppo import PPOConfig, PPOTrainer
 
 
 @dataclass

@@ -19,7 +19,6 @@ SFT model, so the KL of every round is measured against the same distribution).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import os
@@ -27,88 +26,23 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from labeling_ui import api as labeling
+from pipeline.conductor.config import ROUND_STAGES, STAGES, UPSTREAM, PipelineConfig, round_run, stage_dir
+from pipeline.conductor.report import write_report
+from pipeline.lib import launch, runs
 
-from pipeline.lib import runs
-from pipeline.lib.launch import threads_per_process
-
-STAGES = ("sft", "candidates", "labeling", "export", "rm", "ppo", "eval")
-ROUND_STAGES = STAGES[1:]  # what a round after the first repeats
-UPSTREAM = {
-    "sft": (),
-    "candidates": ("sft",),
-    "labeling": ("candidates",),
-    "export": ("labeling",),
-    "rm": ("sft", "export"),
-    "ppo": ("sft", "rm"),
-    "eval": ("sft", "rm", "ppo"),
-}
 TRAINING = {"sft": "pipeline.sft", "candidates": "pipeline.candidates", "rm": "reward.train", "ppo": "ppo.train"}
+SCORED = ("rm", "ppo", "eval")  # stages given the gold rubric, besides labeling
 STATE = "pipeline.json"
 NEEDS_LABELS = 3  # exit status: the human labeling stage is waiting for labels
 
 
 class StageFailed(RuntimeError):
     pass
-
-
-class WaitingForLabels(RuntimeError):
-    pass
-
-
-@dataclass
-class StageSettings:
-    config: str | None = None  # the stage's own YAML (configs/<stage>.yaml)
-    args: list[str] = field(default_factory=list)  # overrides, as on the stage's command line
-
-
-@dataclass
-class PipelineConfig:
-    run: str = runs.DEFAULT_RUN
-    runs_dir: str = "runs"
-    rounds: int = 1
-    labeling: str = "simulated"  # simulated: the simulated labelers rank; human: people rank in the app
-    db: str | None = None  # labels database URL; default: runs/<run>/labeling/labels.db
-    gold_share: float = 0.0  # demo only: this share of prompts become gold items ranked by the demo rubric
-    min_rankings: int | None = None  # human: rankings needed to go on (default: every regular item `overlap` times)
-    nproc: int = 1  # processes for the training stages (accelerate launch)
-    zero: int = 0  # DeepSpeed ZeRO stage for the training stages: 0 (off), 2 or 3
-    stages: dict[str, StageSettings] = field(default_factory=dict)
-
-    def __post_init__(self):
-        given = self.stages  # from YAML: {stage: {config, args}}; a stage left out gets its defaults
-        self.stages = {
-            name: s if isinstance(s := given.get(name) or {}, StageSettings) else StageSettings(**s) for name in STAGES
-        }
-        if self.labeling not in ("simulated", "human"):
-            raise ValueError(f"labeling must be 'simulated' or 'human', got {self.labeling!r}.")
-        if self.rounds < 1:
-            raise ValueError(f"rounds must be at least 1, got {self.rounds}.")
-        if self.zero not in (0, 2, 3):
-            raise ValueError(f"zero must be 0, 2 or 3, got {self.zero}.")
-        for name, settings in self.stages.items():
-            if settings.config and not Path(settings.config).exists():
-                raise ValueError(f"stages.{name}.config: {settings.config} does not exist.")
-            if not all(isinstance(a, str | int | float) for a in settings.args):
-                raise ValueError(f"stages.{name}.args must be a list of command-line words, got {settings.args!r}.")
-            settings.args = [str(a) for a in settings.args]
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> PipelineConfig:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-        unknown = set(raw) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"{path}: unknown settings {sorted(unknown)}.")
-        raw.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**raw)
-
-    @property
-    def db_url(self) -> str:
-        return self.db or f"sqlite:///{Path(self.runs_dir) / self.run / 'labeling' / 'labels.db'}"
 
 
 @dataclass
@@ -124,84 +58,45 @@ class Step:
         return self.stage if self.round == 1 else f"{self.stage} (round {self.round})"
 
 
-def round_run(config: PipelineConfig, r: int) -> str:
-    return config.run if r == 1 else f"{config.run}/round{r}"
+def db_url(config: PipelineConfig) -> str:
+    return config.db or labeling.default_db_url(config.run, config.runs_dir)
 
 
-def launch(config: PipelineConfig, module: str) -> list[str]:
-    """The command that runs a training stage: accelerate launch with the configs/accelerate file for the setup."""
-    if config.zero:
-        accelerate_file = f"configs/accelerate/zero{config.zero}.yaml"
-    else:
-        accelerate_file = "configs/accelerate/single.yaml" if config.nproc == 1 else "configs/accelerate/ddp.yaml"
-    return [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        accelerate_file,
-        "--num_processes",
-        str(config.nproc),
-        "--num_cpu_threads_per_process",
-        str(threads_per_process(config.nproc)),
-        "-m",
-        module,
-    ]
-
-
-def stage_dir(config: PipelineConfig, stage: str, r: int) -> Path:
-    return runs.stage_dir(round_run(config, r), stage, config.runs_dir)
+def stage_command(config: PipelineConfig, stage: str) -> list[str]:
+    """How a stage starts: the training stages under ``accelerate launch`` (the launch rules), the others plainly."""
+    if stage in TRAINING:
+        return launch.command(TRAINING[stage], config.nproc, config.zero)
+    return [sys.executable, "-m", {"eval": "ppo.evaluate"}.get(stage, "labeling_ui")]
 
 
 def plan(config: PipelineConfig) -> list[Step]:
     """Every stage of every round, with the commands that run it."""
     steps = []
-    base = ["--runs_dir", config.runs_dir]
-    first = lambda stage: str(stage_dir(config, stage, 1))  # noqa: E731
+    rubric = ["--rubric", config.rubric] if config.rubric else []
     for r in range(1, config.rounds + 1):
-        run = round_run(config, r)
-        common = ["--run", run, *base]
+        common = ["--run", round_run(config, r), "--runs_dir", config.runs_dir]
+        sft_model = str(stage_dir(config, "sft", 1) / "model")
         for stage in STAGES if r == 1 else ROUND_STAGES:
             settings = config.stages[stage]
             own = (["--config", settings.config] if settings.config else []) + common
-            if stage == "sft":
-                commands = [[*launch(config, TRAINING[stage]), *own, *settings.args]]
-            elif stage == "candidates":
-                model = [] if r == 1 else ["--model_name_or_path", str(stage_dir(config, "ppo", r - 1) / "model")]
-                commands = [[*launch(config, TRAINING[stage]), *own, *model, *settings.args]]
-            elif stage == "labeling":
+            start = [] if r == 1 else ["--model_name_or_path", sft_model]  # later rounds start from round 1's SFT
+            if stage == "candidates" and r > 1:  # ... but sample from the last round's policy
+                start = ["--model_name_or_path", str(stage_dir(config, "ppo", r - 1) / "model")]
+            if stage == "labeling":
                 candidates = str(stage_dir(config, "candidates", r) / "candidates.jsonl")
-                imports = [
-                    sys.executable,
-                    "-m",
-                    "labeling_ui",
-                    "import-candidates",
-                    *common,
-                    "--db",
-                    config.db_url,
-                    "--file",
-                    candidates,
-                    "--rubric-gold-share",
-                    str(config.gold_share),
-                ]
-                commands = [imports]
-                if config.labeling == "simulated":
-                    commands.append(
-                        [sys.executable, "-m", "labeling_ui", "simulate", *own, "--db", config.db_url, *settings.args]
-                    )
-            elif stage == "export":
                 commands = [
-                    [sys.executable, "-m", "labeling_ui", "export", *common, "--db", config.db_url, *settings.args]
+                    [*stage_command(config, stage), "import-candidates", *common, "--db", db_url(config)]
+                    + ["--file", candidates, "--rubric-gold-share", str(config.gold_share), *rubric]
                 ]
-            elif stage == "rm":
-                sft = [] if r == 1 else ["--model_name_or_path", first("sft") + "/model"]
-                commands = [[*launch(config, TRAINING[stage]), *own, *sft, *settings.args]]
-            elif stage == "ppo":
-                sft = [] if r == 1 else ["--sft_model_path", first("sft") + "/model"]
-                commands = [[*launch(config, TRAINING[stage]), *own, *sft, *settings.args]]
-            else:  # eval
-                sft = [] if r == 1 else ["--sft_model_path", first("sft") + "/model"]
-                commands = [[sys.executable, "-m", "ppo.evaluate", *own, *sft, *settings.args]]
+                if config.labeling == "simulated":
+                    simulate = [*stage_command(config, stage), "simulate", *own, "--db", db_url(config), *rubric]
+                    commands.append(simulate + settings.args)
+            elif stage == "export":
+                commands = [[*stage_command(config, stage), "export", *common, "--db", db_url(config), *settings.args]]
+            else:
+                scored = rubric if stage in SCORED else []
+                commands = [[*stage_command(config, stage), *own, *(start if stage != "sft" else []), *scored]]
+                commands[0] += settings.args
             steps.append(Step(stage, r, commands, settings.config))
     return steps
 
@@ -251,33 +146,14 @@ def changed_inputs(directory: Path) -> list[str]:
 # --- the human labeling stage -------------------------------------------------------------------------------------
 
 
-def labeling_progress(config: PipelineConfig, overlap: int) -> tuple[int, int]:
-    """(current rankings of regular items, rankings needed to go on)."""
-    import sqlalchemy as sa
-
-    from labeling_ui.db import Item, Ranking, make_engine, migrate
-
-    migrate(config.db_url)
-    engine = make_engine(config.db_url)
-    try:
-        with engine.connect() as connection:
-            items = connection.scalar(sa.select(sa.func.count()).select_from(Item).where(~Item.is_gold))
-            done = connection.scalar(
-                sa.select(sa.func.count())
-                .select_from(Ranking)
-                .join(Item, Item.id == Ranking.item_id)
-                .where(Ranking.is_current, ~Item.is_gold)
-            )
-    finally:
-        engine.dispose()
-    needed = config.min_rankings if config.min_rankings is not None else items * overlap
-    return done, needed
-
-
-def labeling_overlap(config: PipelineConfig) -> int:
+def labeling_progress(config: PipelineConfig) -> tuple[int, int]:
+    """(current rankings of regular items, rankings needed to go on), from the labeling stage's own API."""
+    progress = labeling.labeling_progress(db_url(config))
+    if config.min_rankings is not None:
+        return progress.rankings, config.min_rankings
     settings = config.stages["labeling"]
-    raw = yaml.safe_load(Path(settings.config).read_text()) if settings.config else {}
-    return int((raw or {}).get("overlap", 2))
+    overlap = (labeling.load_config(settings.config) if settings.config else labeling.LabelingConfig()).overlap
+    return progress.rankings, progress.items * overlap
 
 
 # --- running ------------------------------------------------------------------------------------------------------
@@ -338,10 +214,17 @@ def execute(config: PipelineConfig, start: str | None = None, only: str | None =
     log = Path(config.runs_dir) / config.run / "pipeline.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     t_start, results = time.perf_counter(), []
+    if config.prepare:
+        say("\n━━ prepare ━━")
+        try:
+            run_commands(Step("prepare", 1, [[sys.executable, "-m", m] for m in config.prepare], None), log)
+        except StageFailed as error:
+            say(f"\n✗ prepare failed: {error}.")
+            return 1
     for index, step in enumerate(steps, start=1):
         directory = stage_dir(config, step.stage, step.round)
         if step.stage == "labeling" and config.labeling == "human":
-            done, needed = labeling_progress(config, labeling_overlap(config))
+            done, needed = labeling_progress(config)
             step.extra_key = done  # more labels: export and everything after runs again
         upstream = [read_state(stage_dir(config, stage, r)) for stage, r in upstream_of(step)]
         key, state = stage_key(step, upstream), read_state(directory)
@@ -361,7 +244,7 @@ def execute(config: PipelineConfig, start: str | None = None, only: str | None =
             say("  settings or upstream stages changed since its last run; running again")
         if step.stage == "labeling" and config.labeling == "human":
             run_commands(Step(step.stage, step.round, step.commands, None), log)  # import the new candidates
-            done, needed = labeling_progress(config, labeling_overlap(config))
+            done, needed = labeling_progress(config)
             if done < needed:
                 say(
                     f"  waiting for labels: {done} of {needed} rankings so far, {needed - done} missing.\n"
@@ -392,8 +275,6 @@ def execute(config: PipelineConfig, start: str | None = None, only: str | None =
             results.append((step.name, "ready", 0.0, f"{done} rankings"))
 
     if not only:
-        from pipeline.conductor.report import write_report
-
         report = write_report(config)
         say(f"\nReport: {report} (and {report.with_suffix('.html')})")
     summarize(results, time.perf_counter() - t_start)
@@ -435,8 +316,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.command == "report":
-        from pipeline.conductor.report import write_report
-
         print(write_report(config))
         return 0
     return execute(config, start=args.start, only=args.only, only_round=args.round)

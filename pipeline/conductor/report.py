@@ -14,7 +14,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pipeline.conductor.config import round_run, stage_dir
 from pipeline.lib import runs
+from pipeline.lib.prompts import load_prompts
 
 SAMPLES_SHOWN = 3
 
@@ -246,18 +248,15 @@ def _eval_rows(eval_dirs: list[tuple[str, Path]]) -> list[list[Any]]:
     return rows
 
 
-def _samples(eval_dir: Path, runs_dir: str) -> list[str]:
+def _samples(eval_dir: Path) -> list[str]:
     rows = _load_jsonl(eval_dir / "samples.jsonl")
     if not rows:
         return []
+    # The prompts themselves, from the file the evaluation read (recorded in its summary.json).
+    recorded = ((runs.read_summary(eval_dir) or {}).get("inputs") or {}).get("prompts") or {}
     prompts = {}
-    try:
-        from pipeline.demo.data import ensure_demo_data
-
-        data = Path(ensure_demo_data(runs_dir))
-        prompts = {r["id"]: r["prompt"][-1]["content"] for r in _load_jsonl(data / "eval_prompts.jsonl")}
-    except (OSError, KeyError, IndexError):
-        pass
+    if recorded.get("path") and Path(recorded["path"]).is_file():
+        prompts = {r["prompt_id"]: r["prompt"][-1]["content"] for r in load_prompts(recorded["path"])}
     # The largest gold improvements first: what PPO changed, at a glance.
     rows.sort(key=lambda r: r["ppo"].get("gold", 0) - r["sft"].get("gold", 0), reverse=True)
     lines = ["## Sample responses before and after PPO", ""]
@@ -299,11 +298,13 @@ def _wandb_section(run_dir: Path) -> list[str]:
 
 def write_report(config) -> Path:
     """Write runs/<run>/report.md, report.html and the plots; returns the markdown path."""
-    from pipeline.conductor.orchestrate import round_run, stage_dir
-
     run_dir = Path(config.runs_dir) / config.run
     run_dir.mkdir(parents=True, exist_ok=True)
     lines = [f"# Pipeline report: run `{config.run}`", ""]
+    if config.rubric:
+        lines += [f"Gold figures (gold accuracy, gold score) are by the rubric `{config.rubric}`.", ""]
+    else:
+        lines += ["No gold rubric is set (`rubric:` in the pipeline config): the figures are the reward model's.", ""]
 
     stage_rows = []
     for r in range(1, config.rounds + 1):
@@ -361,7 +362,7 @@ def write_report(config) -> Path:
         suffix = "" if config.rounds == 1 else f" (round {r})"
         lines += _rm_section(stage_dir(config, "rm", r), run_dir, f"Reward model{suffix}")
         lines += _ppo_section(stage_dir(config, "ppo", r), run_dir, f"PPO{suffix}")
-    lines += _samples(stage_dir(config, "eval", config.rounds), config.runs_dir)
+    lines += _samples(stage_dir(config, "eval", config.rounds))
     lines += _wandb_section(run_dir)
     lines += [
         f"Runs: {', '.join(f'`{run_dir.parent / round_run(config, r)}`' for r in range(1, config.rounds + 1))}",

@@ -1,9 +1,9 @@
 """The embedded default base model: a tiny Llama-architecture causal LM and a byte-level BPE tokenizer.
 
 No model hub is needed: the tokenizer is trained on the project's own demo text and the model is randomly
-initialised from a seed, both deterministically. A config names it as ``embedded:<preset>`` (for instance
-``embedded:tiny-llama``); it is built the first time it is named and cached under ``runs/_models/``. Any Hugging Face
-model id or local path works in its place: ``resolve_model`` passes those through to ``from_pretrained`` unchanged.
+initialised from a seed, both deterministically. ``python -m pipeline.demo`` builds the demo's
+``runs/_models/tiny-llama/`` (and the tests' ``micro-llama``) with ``resolve_model("embedded:<preset>")``; the stage
+configs name it by that path, where any Hugging Face model id or local path can stand instead.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from pipeline.demo.data import corpus_texts, is_current, replace_dir, stamp
 
 EMBEDDED_PREFIX = "embedded:"
 
@@ -58,7 +60,7 @@ def is_embedded(name_or_path: str) -> bool:
     return name_or_path.startswith(EMBEDDED_PREFIX)
 
 
-def resolve_model(name_or_path: str, runs_dir: str | Path = "runs", seed: int = 0) -> str:
+def resolve_model(name_or_path: str, runs_dir: str | Path = "runs") -> str:
     """The path or id to give ``from_pretrained``: builds an embedded model on first use, passes others through."""
     if not is_embedded(name_or_path):
         return name_or_path
@@ -69,12 +71,10 @@ def resolve_model(name_or_path: str, runs_dir: str | Path = "runs", seed: int = 
             + ", ".join(EMBEDDED_PREFIX + p for p in PRESETS)
             + ", or give a Hugging Face id or a path."
         )
-    from pipeline.demo.data import DEMO_VERSION
-
     # The tokenizer is trained on the demo text, so a new demo version means a new model.
-    target = Path(runs_dir) / "_models" / f"{preset}-{DEMO_VERSION}-seed{seed}"
-    if not (target / "config.json").exists():
-        build_base_model(preset, target, seed=seed)
+    target = Path(runs_dir) / "_models" / preset
+    if not is_current(target):
+        build_base_model(preset, target)
     return str(target)
 
 
@@ -111,8 +111,6 @@ def build_base_model(preset: str, out_dir: str | Path, seed: int = 0) -> Path:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    from pipeline.demo.data import corpus_texts
-
     spec = PRESETS[preset]
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -140,9 +138,8 @@ def build_base_model(preset: str, out_dir: str | Path, seed: int = 0) -> Path:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "PRESET.json").write_text(str(asdict(spec)).replace("'", '"') + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        stamp(tmp)
+        replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
@@ -160,7 +157,7 @@ def main() -> None:
     if args.out:
         path = build_base_model(args.preset, args.out, seed=args.seed)
     else:
-        path = resolve_model(EMBEDDED_PREFIX + args.preset, runs_dir=args.runs_dir, seed=args.seed)
+        path = resolve_model(EMBEDDED_PREFIX + args.preset, runs_dir=args.runs_dir)
     from transformers import AutoConfig
 
     n_params = _count_parameters(path)

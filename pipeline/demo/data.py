@@ -1,4 +1,4 @@
-"""The demo data set: a support-mail assistant for a small pottery shop, and the gold rubric for its house style.
+"""The demo data set: a support-mail assistant for a small pottery shop, which writes in the shop's house style.
 
 Juniper & Co. is an invented four-person ceramics studio. Its team wants an assistant that drafts replies to
 customer e-mails in the team's own HOUSE STYLE:
@@ -14,7 +14,7 @@ customer e-mails in the team's own HOUSE STYLE:
 Everything is generated from templates and a seed; nothing is downloaded. The SFT splits deliberately mix the
 house style (30%) with eight other styles that each break some of the rules, so supervised fine-tuning alone
 learns the content but not reliably the style: teaching the style is left to the preference stages.
-``house_style_score`` is the gold rubric those stages are measured against.
+``pipeline.demo.rubric.house_style_score`` is the gold rubric those stages are measured against.
 """
 
 from __future__ import annotations
@@ -776,6 +776,20 @@ def _balanced(labels: list[str], weights: list[float], n: int, rng: random.Rando
     return out
 
 
+def replies_in_styles(row: dict, k: int, rng: random.Random) -> list[str]:
+    """``k`` replies to a demo prompt row (``id``, ``prompt``, ``scenario``), each in a different style."""
+    email = row["prompt"][-1]["content"]
+    first, last = re.search(r"^From: (\S+) (\S+)", email, re.MULTILINE).groups()
+    slots = _slots(rng) | {"first": first, "last": last}
+    scenario = SCENARIO_BY_NAME[row["scenario"]]
+    apology, step, terse, extra = (
+        rng.choice(options).format(**slots) if options else None
+        for options in (scenario.apologies, scenario.steps, scenario.terse, scenario.extras)
+    )
+    parts = ReplyParts(first, last, TITLES.get(first), f"order #{slots['order']}", apology, step, terse, extra)
+    return [STYLE_WRITERS[style](parts, rng) for style in rng.sample(list(STYLE_WRITERS), k)]
+
+
 def generate(seed: int = 0) -> dict[str, list[dict]]:
     """The four splits. Every prompt is unique across all of them, so no split leaks into another."""
     rng = random.Random(seed)
@@ -816,26 +830,53 @@ def write_demo_data(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
     return paths
 
 
-def ensure_demo_data(runs_dir: str | Path = "runs", seed: int = 0) -> Path:
-    """The cached data directory ``runs_dir/_data/<DEMO_VERSION>-seed<seed>/``, built on first use.
+def ensure_demo_data(runs_dir: str | Path = "runs") -> Path:
+    """The demo data set ``runs_dir/_data/demo/``, built on first use and rebuilt when ``DEMO_VERSION`` changes.
 
-    It is written into a temporary sibling and renamed into place, so a crash never leaves a half-written cache and
-    two processes building it at once both end up with one complete copy.
+    It is written into a temporary sibling and renamed into place, so a crash never leaves a half-written data set
+    and two processes building it at once both end up with one complete copy.
     """
-    target = Path(runs_dir) / "_data" / f"{DEMO_VERSION}-seed{seed}"
-    if target.is_dir():
+    target = Path(runs_dir) / "_data" / "demo"
+    if is_current(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        write_demo_data(tmp, seed)
-        os.rename(tmp, target)
-    except OSError:
-        if not target.is_dir():  # not a lost race with another process: a real failure
-            raise
+        write_demo_data(tmp)
+        stamp(tmp)
+        replace_dir(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+VERSION_FILE = "DEMO_VERSION"
+
+
+def is_current(directory: Path) -> bool:
+    """Whether ``directory`` was built by this version of the demo."""
+    version = directory / VERSION_FILE
+    return version.is_file() and version.read_text().strip() == DEMO_VERSION
+
+
+def stamp(directory: Path) -> None:
+    (directory / VERSION_FILE).write_text(DEMO_VERSION + "\n")
+
+
+def replace_dir(tmp: Path, target: Path) -> None:
+    """Move the freshly built ``tmp`` to ``target``: an older build there is set aside first, and a current one
+    another process finished meanwhile is kept."""
+    if target.exists():
+        if is_current(target):
+            return
+        stale = target.with_name(f".{target.name}-stale-{os.getpid()}")
+        os.rename(target, stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        if not is_current(target):  # not a lost race with another process: a real failure
+            raise
 
 
 def corpus_texts(seed: int = 0) -> list[str]:
@@ -850,117 +891,6 @@ def corpus_texts(seed: int = 0) -> list[str]:
 
 def style_share(rows: list[dict], style: str = "house") -> float:
     return sum(row.get("style") == style for row in rows) / len(rows) if rows else 0.0
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The gold rubric
-# ---------------------------------------------------------------------------------------------------------------
-
-RUBRIC_WEIGHTS = {
-    "greeting": 0.20,
-    "apology": 0.15,
-    "next_step": 0.20,
-    "length": 0.15,
-    "sign_off": 0.15,
-    "no_corporate": 0.15,
-}
-# Credit for what a reply leaves out (apologies, corporate phrases, length) only counts once the reply does at least
-# one thing a reply to this e-mail must do; otherwise empty or garbage output would collect it for free.
-GATED_CHECKS = ("apology", "length", "no_corporate")
-
-_APOLOGY = re.compile(r"\b(sorry|apologi[sz]e[sd]?|apologies|apology)\b", re.IGNORECASE)
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
-
-
-def _lines(text: str) -> list[str]:
-    return [line.strip() for line in text.replace("\r\n", "\n").split("\n") if line.strip()]
-
-
-def customer_first_name(prompt: str) -> str | None:
-    """The first word after ``From:`` in the e-mail, or None when there is no From line."""
-    match = re.search(r"^\s*From:\s*([A-Za-z][A-Za-z'-]*)", prompt, re.MULTILINE)
-    return match.group(1) if match else None
-
-
-def detect_scenario(prompt: str) -> Scenario | None:
-    """The scenario of a customer e-mail, from its subject line (or, failing that, its whole text)."""
-    subject = re.search(r"^\s*Subject:(.*)$", prompt, re.MULTILINE)
-    for text in ([subject.group(1)] if subject else []) + [prompt]:
-        for scenario in SCENARIOS:
-            if re.search(scenario.cue, text, re.IGNORECASE):
-                return scenario
-    return None
-
-
-def count_apologies(response: str) -> int:
-    return sum(bool(_APOLOGY.search(s)) for s in _SENTENCE_END.split(response))
-
-
-def check_greeting(response: str, first_name: str | None) -> float:
-    """1 if the first line is exactly ``Hi <first name>,``; any single name if the e-mail gave none."""
-    lines = _lines(response)
-    if not lines:
-        return 0.0
-    if first_name is None:
-        return float(re.fullmatch(r"Hi [A-Za-z][A-Za-z'-]*,", lines[0]) is not None)
-    return float(lines[0] == f"Hi {first_name},")
-
-
-def check_apology(response: str, scenario: Scenario | None) -> float:
-    """1 for exactly one apology when the customer reports a problem, none otherwise; at most one if unknown."""
-    n = count_apologies(response)
-    if scenario is None:
-        return float(n <= 1)
-    return float(n == 1) if scenario.problem else float(n == 0)
-
-
-def check_next_step(response: str, scenario: Scenario | None) -> float:
-    """1 if the reply names the scenario's concrete next step (any scenario's, if it is unknown)."""
-    patterns = [scenario.next_step] if scenario else [s.next_step for s in SCENARIOS]
-    return float(any(re.search(p, response, re.IGNORECASE) for p in patterns))
-
-
-def check_length(response: str) -> float:
-    """1 within 35-80 words; falls linearly to 0 at 0 words below, and at 160 words above."""
-    n = len(response.split())
-    if n < MIN_WORDS:
-        return n / MIN_WORDS
-    return max(0.0, 1.0 - (n - MAX_WORDS) / MAX_WORDS) if n > MAX_WORDS else 1.0
-
-
-def check_sign_off(response: str) -> float:
-    """1 if the reply ends with the house sign-off and uses it only once."""
-    text = "\n".join(_lines(response))
-    return float(text.endswith(HOUSE_SIGN_OFF) and text.count(HOUSE_SIGN_OFF) == 1)
-
-
-def check_no_corporate(response: str) -> float:
-    """1 without corporate phrases; each distinct one found costs half."""
-    text = " ".join(response.lower().split())
-    found = sum(phrase in text for phrase in CORPORATE_PHRASES)
-    return max(0.0, 1.0 - 0.5 * found)
-
-
-def rubric_breakdown(prompt: str, response: str) -> dict[str, float]:
-    """Each check's score in [0, 1], gated already; ``house_style_score`` is their sum weighted by RUBRIC_WEIGHTS."""
-    scenario = detect_scenario(prompt)
-    scores = {
-        "greeting": check_greeting(response, customer_first_name(prompt)),
-        "apology": check_apology(response, scenario),
-        "next_step": check_next_step(response, scenario),
-        "length": check_length(response),
-        "sign_off": check_sign_off(response),
-        "no_corporate": check_no_corporate(response),
-    }
-    if not max(scores["greeting"], scores["next_step"], scores["sign_off"]):
-        scores |= dict.fromkeys(GATED_CHECKS, 0.0)
-    return scores
-
-
-def house_style_score(prompt: str, response: str) -> float:
-    """The gold rubric: the weighted sum of ``rubric_breakdown``, in [0, 1] (1 = the house style in full)."""
-    breakdown = rubric_breakdown(prompt, response)
-    return min(1.0, math.fsum(RUBRIC_WEIGHTS[name] * score for name, score in breakdown.items()))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,8 +1,29 @@
-"""Process-group set-up shared by the stages."""
+"""Launching a stage, the one source of the launch rules: which accelerate config, how many processes, threads each.
+
+``python -m pipeline.lib.launch --nproc 2 --zero 3 -m ppo.train --config configs/ppo.yaml`` runs
+``accelerate launch --config_file configs/accelerate/zero3.yaml --num_processes 2 --num_cpu_threads_per_process T``
+with the module; the Makefile's stage targets, the conductor and the bench all build their commands here. Below,
+the process-group set-up a stage does once launched.
+"""
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
+from pathlib import Path
+
+ACCELERATE_CONFIGS = Path("configs/accelerate")  # relative, as the DeepSpeed files named inside them: run from the repository
+
+
+def accelerate_config(nproc: int, zero: int) -> Path:
+    """``configs/accelerate/``: single (one process), ddp (several) or zero2 / zero3 (DeepSpeed)."""
+    if zero not in (0, 2, 3):
+        raise ValueError(f"zero must be 0 (off), 2 or 3, got {zero}.")
+    if nproc < 1:
+        raise ValueError(f"nproc must be at least 1, got {nproc}.")
+    name = f"zero{zero}" if zero else ("single" if nproc == 1 else "ddp")
+    return ACCELERATE_CONFIGS / f"{name}.yaml"
 
 
 def threads_per_process(nproc: int) -> int:
@@ -17,24 +38,56 @@ def threads_per_process(nproc: int) -> int:
     return max(1, len(os.sched_getaffinity(0)) // max(1, nproc))
 
 
-def fill_run_defaults(config, stage: str) -> None:
-    """What every training stage's config fills in before it is validated: checkpoints under
-    ``runs/<run>/<stage>/``, the tracking run's name, and bf16 where the GPU has it."""
-    from pipeline.lib import runs
+def accelerate_arguments(
+    nproc: int = 1, zero: int = 0, config_file: str | Path | None = None, threads: int | None = None
+) -> list[str]:
+    """``accelerate launch``'s own arguments; ``config_file`` replaces the one ``nproc`` and ``zero`` pick."""
+    return [
+        "--config_file",
+        str(config_file or accelerate_config(nproc, zero)),
+        "--num_processes",
+        str(nproc),
+        "--num_cpu_threads_per_process",
+        str(threads or threads_per_process(nproc)),
+    ]
 
-    if config.output_dir is None:
-        config.output_dir = str(runs.stage_dir(config.run, stage, config.runs_dir) / "checkpoints")
-    if config.run_name is None:
-        config.run_name = f"{config.run}-{stage}"
+
+def command(
+    module: str, nproc: int = 1, zero: int = 0, config_file: str | Path | None = None, python: str = sys.executable
+) -> list[str]:
+    """The command that runs ``python -m module`` under ``accelerate launch``; the stage's flags go after it."""
+    launch = accelerate_arguments(nproc, zero, config_file)
+    return [python, "-m", "accelerate.commands.launch", *launch, "-m", module]
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-m" not in argv[:-1]:
+        raise SystemExit("usage: python -m pipeline.lib.launch [--nproc N] [--zero 0|2|3] -m MODULE [stage flags]")
+    at = argv.index("-m")
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.lib.launch",
+        description="Run a stage under accelerate launch with the project's launch rules.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--nproc", type=int, default=1, help="processes (GPUs) on this machine")
+    parser.add_argument("--zero", type=int, default=0, help="DeepSpeed ZeRO stage: 0 (off), 2 or 3")
+    parser.add_argument("--accelerate_config", default=None, help="an accelerate YAML instead of the one picked")
+    args = parser.parse_args(argv[:at])
+    cmd = command(argv[at + 1], args.nproc, args.zero, args.accelerate_config) + argv[at + 2 :]
+    os.execv(cmd[0], cmd)
+
+
+# --- inside a launched stage -------------------------------------------------------------------------------------
+
+
+def fill_training_defaults(config) -> None:
+    """What a stage on transformers' Trainer sets before its config is validated: bf16 where the GPU has it, and
+    gloo for DeepSpeed on CPU."""
     if config.bf16 is None:
-        import torch
+        from pipeline.lib.stage import gpu_has_bf16
 
-        config.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-
-
-def fill_training_defaults(config, stage: str) -> None:
-    """``fill_run_defaults`` for a stage on transformers' Trainer, which also needs gloo for DeepSpeed on CPU."""
-    fill_run_defaults(config, stage)
+        config.bf16 = gpu_has_bf16()
     if configure_cpu_deepspeed():
         config.accelerator_config = {**(config.accelerator_config or {}), "use_configured_state": True}
 
@@ -72,3 +125,7 @@ def release_zero3_init() -> None:
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     unset_hf_deepspeed_config()
+
+
+if __name__ == "__main__":
+    main()

@@ -103,7 +103,10 @@ def describe_input(value: str | Path) -> dict[str, str]:
 
 def config_dict(config: Any) -> dict[str, Any]:
     """A config dataclass as plain YAML-able data (enums and paths turned into strings)."""
-    raw = config.to_dict() if hasattr(config, "to_dict") else dataclasses.asdict(config)
+    if isinstance(config, dict):
+        raw = config
+    else:
+        raw = config.to_dict() if hasattr(config, "to_dict") else dataclasses.asdict(config)
     return json.loads(json.dumps(raw, default=str))
 
 

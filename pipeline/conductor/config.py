@@ -1,0 +1,96 @@
+"""The pipeline config (``configs/pipeline.yaml``): the stage list, each stage's YAML and overrides, the gold rubric.
+
+The gold rubric is named here once (``rubric: module:function``) and the conductor passes it to every stage that
+scores with it: the simulated labelers, the gold items mixed into labeling, the reward model's gold agreement, PPO's
+gold score and the evaluation; the report says which rubric its gold figures come from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.lib import runs
+from pipeline.lib.rubric import load_rubric
+
+STAGES = ("sft", "candidates", "labeling", "export", "rm", "ppo", "eval")
+ROUND_STAGES = STAGES[1:]  # what a round after the first repeats
+UPSTREAM = {
+    "sft": (),
+    "candidates": ("sft",),
+    "labeling": ("candidates",),
+    "export": ("labeling",),
+    "rm": ("sft", "export"),
+    "ppo": ("sft", "rm"),
+    "eval": ("sft", "rm", "ppo"),
+}
+
+
+@dataclass
+class StageSettings:
+    config: str | None = None  # the stage's own YAML (configs/<stage>.yaml)
+    args: list[str] = field(default_factory=list)  # overrides, as on the stage's command line
+
+
+@dataclass
+class PipelineConfig:
+    run: str = runs.DEFAULT_RUN
+    runs_dir: str = "runs"
+    rounds: int = 1
+    prepare: list[str] = field(default_factory=list)  # modules run as `python -m MODULE` first (build data, ...)
+    labeling: str = "human"  # human: people rank in the app; simulated: simulated labelers rank by the rubric
+    rubric: str | None = None  # the gold rubric, module:function(prompt, response) -> float (higher = better)
+    db: str | None = None  # labels database URL; default: the labeling stage's (runs/<run>/labeling/labels.db)
+    gold_share: float = 0.0  # this share of the prompts become gold items, ranked by the rubric
+    min_rankings: int | None = None  # human: rankings needed to go on (default: every regular item `overlap` times)
+    nproc: int = 1  # processes for the training stages (accelerate launch)
+    zero: int = 0  # DeepSpeed ZeRO stage for the training stages: 0 (off), 2 or 3
+    stages: dict[str, StageSettings] = field(default_factory=dict)
+
+    def __post_init__(self):
+        given = self.stages  # from YAML: {stage: {config, args}}; a stage left out gets its defaults
+        self.stages = {
+            name: s if isinstance(s := given.get(name) or {}, StageSettings) else StageSettings(**s) for name in STAGES
+        }
+        if self.labeling not in ("simulated", "human"):
+            raise ValueError(f"labeling must be 'simulated' or 'human', got {self.labeling!r}.")
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be at least 1, got {self.rounds}.")
+        if self.zero not in (0, 2, 3):
+            raise ValueError(f"zero must be 0, 2 or 3, got {self.zero}.")
+        if not 0 <= self.gold_share < 1:
+            raise ValueError(f"gold_share must be in [0, 1), got {self.gold_share}.")
+        if self.rubric:
+            load_rubric(self.rubric)  # a typo fails here, not an hour later in the labeling stage
+        elif self.labeling == "simulated" or self.gold_share:
+            needs = "simulated labelers" if self.labeling == "simulated" else "gold items (gold_share)"
+            raise ValueError(f"{needs} rank by a gold rubric: set rubric: module:function, e.g. my_rubrics:score.")
+        if not isinstance(self.prepare, list) or not all(isinstance(m, str) for m in self.prepare):
+            raise ValueError(f"prepare must be a list of module names, got {self.prepare!r}.")
+        for name, settings in self.stages.items():
+            if settings.config and not Path(settings.config).exists():
+                raise ValueError(f"stages.{name}.config: {settings.config} does not exist.")
+            if not all(isinstance(a, str | int | float) for a in settings.args):
+                raise ValueError(f"stages.{name}.args must be a list of command-line words, got {settings.args!r}.")
+            settings.args = [str(a) for a in settings.args]
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> PipelineConfig:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        unknown = set(raw) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"{path}: unknown settings {sorted(unknown)}.")
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**raw)
+
+
+def round_run(config: PipelineConfig, r: int) -> str:
+    return config.run if r == 1 else f"{config.run}/round{r}"
+
+
+def stage_dir(config: PipelineConfig, stage: str, r: int) -> Path:
+    return runs.stage_dir(round_run(config, r), stage, config.runs_dir)

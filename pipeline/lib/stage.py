@@ -1,0 +1,199 @@
+"""The skeleton every training stage shares: where its run lives, the model it starts from, resume, save, finish.
+
+A stage's command line is three dataclasses composed by ``trl.TrlParser``, as TRL's own scripts compose
+``ModelConfig``: ``RunArguments`` and ``ModelArguments`` below, defined once here, and the stage's own config (for
+SFT and the reward model, TRL's ``SFTConfig`` / ``RewardConfig`` with the stage's fields added). ``parse`` returns
+the three; a stage's ``main(run, model, config)`` then reads top to bottom: ``Stage`` opens ``runs/<run>/<stage>/``
+and the tracker, ``latest_checkpoint`` finds where to resume, ``weights_dir`` and ``finish_model`` save, and
+``Stage.finish`` writes summary.json and closes the tracker.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pipeline.lib import runs
+from pipeline.lib.models import save_here
+from pipeline.lib.tracking import Tracker
+
+T = TypeVar("T")
+
+
+@dataclass
+class RunArguments:
+    """Where a stage reads and writes: ``<runs_dir>/<run>/<stage>/``, and whether it continues a killed run."""
+
+    run: str = field(default=runs.DEFAULT_RUN, metadata={"help": "Run name: outputs go to <runs_dir>/<run>/<stage>/."})
+    runs_dir: str = field(default="runs", metadata={"help": "Root folder of all runs."})
+    resume: bool = field(default=False, metadata={"help": "Continue from the latest checkpoint of this run."})
+
+
+@dataclass
+class ModelArguments:
+    """The model a stage starts from, and LoRA. The same names and defaults in every stage."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "The start model: a local path or a Hugging Face id; default: the run's upstream model."},
+    )
+    use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights."})
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: str = field(default="all-linear", metadata={"help": "'all-linear' or comma-separated names."})
+    merge_lora: bool = field(default=True, metadata={"help": "Save the start model with the adapters merged in."})
+
+    def __post_init__(self):
+        if self.lora_r <= 0 or self.lora_alpha <= 0:
+            raise ValueError(f"lora_r and lora_alpha must be positive, got {self.lora_r} and {self.lora_alpha}.")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+
+    def peft_config(self, task_type: str, **extra):
+        """A ``peft.LoraConfig`` when ``use_lora``, else None."""
+        if not self.use_lora:
+            return None
+        from peft import LoraConfig
+
+        targets = self.lora_target_modules
+        if targets != "all-linear":
+            targets = [t.strip() for t in targets.split(",")]
+        return LoraConfig(
+            r=self.lora_r,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            target_modules=targets,
+            task_type=task_type,
+            **extra,
+        )
+
+
+def parse(config_class: type[T], stage: str, argv: list[str] | None = None) -> tuple[RunArguments, ModelArguments, T]:
+    """The stage's three configs from ``--config file.yaml`` and command-line flags (flags win over the file)."""
+    from trl import TrlParser
+
+    run, model, config = TrlParser((RunArguments, ModelArguments, config_class)).parse_args_and_config(argv)
+    fill_run_defaults(run, stage, config)
+    return run, model, config
+
+
+def fill_run_defaults(run: RunArguments, stage: str, config: Any) -> None:
+    """Checkpoints under ``runs/<run>/<stage>/checkpoints`` and the tracking run's name, unless set."""
+    # TrainingArguments turns an unset output_dir into "trainer_output" while parsing.
+    if getattr(config, "output_dir", None) in (None, "trainer_output"):
+        config.output_dir = str(runs.stage_dir(run.run, stage, run.runs_dir) / "checkpoints")
+    if getattr(config, "run_name", None) is None:
+        config.run_name = f"{run.run}-{stage}"
+
+
+def gpu_has_bf16() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def recorded_config(*configs: Any) -> dict[str, Any]:
+    """The composed configs as one flat mapping: config.yaml, the tracker's config, the resume check."""
+    merged: dict[str, Any] = {}
+    for config in configs:
+        merged |= runs.config_dict(config)
+    return merged
+
+
+class ResumeError(RuntimeError):
+    """A resume that cannot continue the run: no checkpoint, or one written with other settings."""
+
+
+def latest_checkpoint(output_dir: str | Path, is_complete: Callable[[Path], bool] | None = None) -> Path:
+    """The newest complete ``checkpoint-<step>`` folder of ``output_dir``, for a stage asked to resume.
+
+    ``is_complete`` tells a finished checkpoint from one a kill cut short; by default transformers' Trainer's
+    (``trainer_state.json`` is written last).
+    """
+    is_complete = is_complete or (lambda path: (path / "trainer_state.json").exists())
+    found = [p for p in Path(output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and is_complete(p)]
+    if not found:
+        raise ResumeError(f"resume: no checkpoint in {output_dir}. Run without RESUME=1 to start anew.")
+    return max(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def weights_dir(stage_dir: Path, model: ModelArguments) -> Path:
+    """Where the trained weights are written: the adapters, to merge into the start model, or the model itself."""
+    return stage_dir / ("adapter" if model.use_lora and model.merge_lora else "model")
+
+
+def finish_model(
+    stage_dir: Path,
+    model: ModelArguments,
+    start_model: str | Path,
+    tokenizer,
+    model_class=None,
+    **model_kwargs,
+) -> Path:
+    """Make ``<stage>/model`` a plain model transformers loads, after ``weights_dir`` was written: the adapters
+    merged into the start model (``model_class`` loads it, with ``model_kwargs``) and the start model's tokenizer.
+
+    The main process only (or each node's, without a shared disk). The tokenizer files are the start model's byte for
+    byte where it is a local folder: a re-save would record how it was loaded (e.g. offline) and the next stage
+    compares tokenizers.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model_dir = stage_dir / "model"
+    if model.use_lora and model.merge_lora:
+        from peft import PeftModel
+
+        base = (model_class or AutoModelForCausalLM).from_pretrained(start_model, dtype=torch.float32, **model_kwargs)
+        merged = PeftModel.from_pretrained(base, weights_dir(stage_dir, model)).merge_and_unload()
+        if tokenizer.pad_token_id is not None:
+            merged.config.pad_token_id = tokenizer.pad_token_id
+        save_here(merged, model_dir)
+    written = tokenizer.save_pretrained(model_dir)
+    if Path(start_model).is_dir():
+        for path in map(Path, written):
+            if (Path(start_model) / path.name).is_file():
+                shutil.copyfile(Path(start_model) / path.name, path)
+    return model_dir
+
+
+class Stage:
+    """One stage run: its folder ``runs/<run>/<stage>/``, timer, tracker and summary.json.
+
+    >>> stage = Stage("sft", run, [run, model, config], config.report_to, is_main_process=True)
+    >>> ...  # train, save
+    >>> stage.finish(metrics={...}, inputs={...}, outputs={...}, line="[sft] done ...")
+    """
+
+    def __init__(self, name: str, run: RunArguments, configs: list[Any], report_to, is_main_process: bool = True):
+        self.name, self.run, self.configs = name, run, configs
+        self.record = runs.StageRun(name, run.run, run.runs_dir)
+        self.dir = self.record.dir
+        self.tracker = Tracker(report_to, run.run, name, self.dir, recorded_config(*configs), is_main_process)
+
+    def finish(
+        self,
+        metrics: dict[str, Any],
+        inputs: dict[str, str | Path],
+        outputs: dict[str, str | Path],
+        extra: dict[str, Any] | None = None,
+        line: Callable[[dict[str, Any]], str] | None = None,
+    ) -> dict[str, Any]:
+        """summary.json (with the config and the tracking record), the tracker's summary; prints ``line(summary)``."""
+        numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        self.tracker.summary(numbers)
+        summary = self.record.finish(
+            recorded_config(*self.configs),
+            metrics=metrics,
+            inputs=inputs,
+            outputs=outputs,
+            extra={"tracking": self.tracker.record, **(extra or {})},
+        )
+        self.tracker.finish()
+        if line is not None:
+            print(line(summary))
+        return summary
