@@ -1,9 +1,9 @@
-"""Rank conventions and inter-annotator agreement: small pure functions (numpy and krippendorff only).
+"""Inter-annotator agreement: small pure functions (numpy and krippendorff only).
 
-A ranking is a list of ints aligned with an item's candidates, 1 = best. Stored rankings are DENSE: tied candidates
-share a rank and the next rank is one more (1, 1, 2). ``pairwise_agreement`` and ``kendall_tau_b`` compare two
-rankings of the same candidates; ``krippendorff_alpha_ordinal`` takes a labelers x units matrix where a unit is one
-(item, candidate) and the value its rank.
+A ranking is a list of ints aligned with an item's candidates, 1 = best, ties sharing a rank (the rank forms are in
+``labeling_ui.rules``). ``pairwise_agreement`` and ``kendall_tau_b`` compare two rankings of the same candidates;
+``krippendorff_alpha_ordinal`` takes a labelers x units matrix where a unit is one (item, candidate) and the value its
+rank.
 """
 
 from __future__ import annotations
@@ -18,22 +18,6 @@ import numpy as np
 
 def _sign(x: float) -> int:
     return (x > 0) - (x < 0)
-
-
-def dense_ranks(values: Sequence[float]) -> list[int]:
-    """Smaller value = better rank, ties share a rank, no gaps: [10, 10, 30] -> [1, 1, 2]."""
-    distinct = sorted(set(values))
-    return [distinct.index(v) + 1 for v in values]
-
-
-def competition_ranks(values: Sequence[float]) -> list[int]:
-    """Ties share a rank and the next rank skips the tied places: [10, 10, 30] -> [1, 1, 3]."""
-    return [1 + sum(other < v for other in values) for v in values]
-
-
-def ranks_from_scores(scores: Sequence[float], decimals: int = 6) -> list[int]:
-    """Dense ranks where the HIGHEST score is rank 1; scores equal to ``decimals`` places tie (float noise)."""
-    return dense_ranks([-round(s, decimals) for s in scores])
 
 
 def pairwise_agreement(a: Sequence[int], b: Sequence[int]) -> float:

@@ -7,7 +7,8 @@ The rules (``LabelStore.next_item`` applies them to the database):
 - gold items are mixed in at ``gold_rate``: a labeler's n-th item is gold when ``floor(n * rate + phase)`` steps up,
   with a per-labeler phase, so over any stretch of N items a labeler gets N * rate gold items give or take one, and
   labelers do not all meet gold at the same moment. Every labeler may do every gold item once; gold items are only
-  interleaved with real work, never handed out alone.
+  interleaved with real work, never handed out alone;
+- which prompts become gold items at import (``split_gold_by_rubric``) depends only on the prompt id.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import datetime as dt
 import hashlib
 import math
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+
+from labeling_ui.rules import ranks_from_scores, user_message
 
 LEASE = dt.timedelta(minutes=30)  # an item handed out and not ranked holds its slot this long
 
@@ -72,3 +75,22 @@ def planned_remaining(n_done: int, open_regular: int, open_gold: int, rate: floa
         n_done += 1
         remaining += 1
     return remaining
+
+
+def split_gold_by_rubric(
+    rows: Sequence[dict], share: float, rubric: Callable[[str, str], float]
+) -> tuple[list[dict], list[dict]]:
+    """(regular rows, gold rows): a ``share`` of the prompts, picked by a hash of the prompt id, become gold items
+    whose ``gold_ranking`` is ``rubric(prompt, response)`` ranked (the highest score first, equal scores tied).
+
+    The pick depends only on the prompt id, so re-importing a grown file keeps every earlier decision.
+    """
+    regular, gold = [], []
+    for row in rows:
+        if stable_hash("rubric-gold", row["prompt_id"]) / 2**64 < share:
+            prompt = user_message(row["prompt"])
+            scores = [rubric(prompt, text) for text in row["candidates"]]
+            gold.append({**row, "gold_ranking": ranks_from_scores(scores)})
+        else:
+            regular.append(row)
+    return regular, gold

@@ -1,58 +1,113 @@
 """The labeling stage's command line: ``python -m labeling_ui COMMAND`` (``--help`` on any command).
 
+    serve [--config C] [--host H] [--port N]
+    simulate [--config C] [--rubric module:function] [--labelers N] [--noise S,S] [--url URL] [--limit N]
+    import-candidates [--file PATH] [--rubric-gold-share F --rubric module:function]
+    export [--aggregation all|majority|drop_contested] [--include-gold]
     users add NAME [--role labeler|admin] [--password P]   (no --password: one is generated and printed once)
     users list | users disable NAME
-    import-candidates [--file PATH] [--rubric-gold-share F]
-    export [--aggregation all|majority|drop_contested] [--include-gold]
 
 Every command takes --run (default "default"), --runs_dir (default "runs") and --db URL (default: the run's SQLite
-file, runs/<run>/labeling/labels.db). Other modules add commands through one function each: labeling_ui.app's
-``add_serve_command(subparsers)`` and labeling_ui.simulate's ``add_simulate_command(subparsers)``, used when they
-exist; they call ``add_common_arguments`` on their parser and ``open_store(args)`` in their handler.
+file, runs/<run>/labeling/labels.db). ``COMMANDS`` maps each command to its handler; ``build_parser`` gives each its
+arguments. Gradio loads only inside ``serve`` (see labeling_ui.server).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
+import dataclasses
 import sys
+from collections.abc import Callable
 
-from labeling_ui.assignment import stable_hash
+from labeling_ui import server, simulate
+from labeling_ui.assignment import split_gold_by_rubric
+from labeling_ui.config import DEFAULT_CONFIG, load_config
 from labeling_ui.db import default_db_url
-from labeling_ui.store import LabelStore, user_message
+from labeling_ui.export import AGGREGATIONS, ExportConfig
+from labeling_ui.export import main as export_stage
+from labeling_ui.storage import LabelStore
 from labeling_ui.users import generate_password
 from pipeline.lib import runs
+from pipeline.lib.rubric import load_rubric
+from pipeline.lib.tables import read_table
 
 MIN_PASSWORD = 8
-# (module, function adding its subcommand): commands owned by other modules of the package.
-COMMAND_HOOKS = (("labeling_ui.app", "add_serve_command"), ("labeling_ui.simulate", "add_simulate_command"))
-
-
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", default=runs.DEFAULT_RUN, help="Run name (default: %(default)s).")
-    parser.add_argument("--runs_dir", default="runs", help="Folder of the runs (default: %(default)s).")
-    parser.add_argument(
-        "--db", default=None, help="Database URL, sqlite:///PATH or postgresql://... (default: the run's SQLite file)."
-    )
 
 
 def db_url(args: argparse.Namespace) -> str:
     return args.db or default_db_url(args.run, args.runs_dir)
 
 
-def open_store(args: argparse.Namespace, **kwargs) -> LabelStore:
-    return LabelStore(db_url(args), **kwargs)
+# --- the app and the simulated labelers ---------------------------------------------------------------------------
 
 
-# --- users ------------------------------------------------------------------------------------------------------
+def serve_command(args: argparse.Namespace) -> None:
+    config = load_config(args.config)
+    url = db_url(args)
+    host = args.host or config.host
+    port = config.port if args.port is None else args.port
+    server.serve(config, url, ExportConfig(run=args.run, runs_dir=args.runs_dir, db=url), host, port)
+
+
+def simulate_command(args: argparse.Namespace) -> None:
+    overrides = {}
+    if args.noise:
+        overrides["noise"] = [float(x) for x in args.noise.split(",")]
+    if args.rubric:
+        overrides["rubric"] = args.rubric
+    config = dataclasses.replace(load_config(args.config), **overrides)  # the overrides pass the file's checks
+    simulate.rubric_of(config)  # refused before the database is opened (and created)
+    store = LabelStore.for_config(db_url(args), config)
+    try:
+        passwords_file = runs.stage_dir(args.run, "labeling", args.runs_dir) / "simulated_users.json"
+        summary = simulate.simulate(store, config, passwords_file, args.labelers, args.url, args.limit)
+    finally:
+        store.close()
+    simulate.report(summary)
+
+
+# --- items and export ---------------------------------------------------------------------------------------------
+
+
+def import_candidates_command(args: argparse.Namespace) -> None:
+    share = args.rubric_gold_share
+    if not 0 <= share < 1:
+        raise ValueError(f"--rubric-gold-share must be in [0, 1), got {share}.")
+    rubric = load_rubric(args.rubric)
+    if share and rubric is None:
+        raise ValueError(
+            f"--rubric-gold-share {share} needs --rubric module:function, the gold rubric that ranks the gold items "
+            "(a function(prompt, response) -> float, higher is better)."
+        )
+    path = runs.stage_output(args.run, "candidates", args.runs_dir, args.file)
+    rows = read_table(path)
+    regular, gold = split_gold_by_rubric(rows, share, rubric) if share else (rows, [])
+    store = LabelStore(db_url(args))
+    try:
+        added, added_gold = store.import_candidates(regular), store.add_gold_items(gold)
+    finally:
+        store.close()
+    print(
+        f"Imported {path}: {added} new items and {added_gold} new gold items "
+        f"({len(rows) - added - added_gold} already there) -> {db_url(args)}"
+    )
+
+
+def export_command(args: argparse.Namespace) -> None:
+    config = ExportConfig(
+        run=args.run, runs_dir=args.runs_dir, db=args.db, aggregation=args.aggregation, include_gold=args.include_gold
+    )
+    export_stage(config)
+
+
+# --- users --------------------------------------------------------------------------------------------------------
 
 
 def users_add(args: argparse.Namespace) -> None:
     if args.password is not None and len(args.password) < MIN_PASSWORD:
         raise ValueError(f"Choose a password of at least {MIN_PASSWORD} characters, or leave --password out.")
     password = args.password or generate_password()
-    store = open_store(args)
+    store = LabelStore(db_url(args))
     try:
         store.add_user(args.name, password, role=args.role, simulated=args.simulated)
     finally:
@@ -63,7 +118,7 @@ def users_add(args: argparse.Namespace) -> None:
 
 
 def users_list(args: argparse.Namespace) -> None:
-    store = open_store(args)
+    store = LabelStore(db_url(args))
     try:
         users = store.list_users()
     finally:
@@ -81,7 +136,7 @@ def users_list(args: argparse.Namespace) -> None:
 
 
 def users_disable(args: argparse.Namespace) -> None:
-    store = open_store(args)
+    store = LabelStore(db_url(args))
     try:
         store.disable_user(args.name)
     finally:
@@ -89,117 +144,96 @@ def users_disable(args: argparse.Namespace) -> None:
     print(f"Disabled {args.name!r}: they can no longer log in; their rankings stay.")
 
 
-# --- items and export -------------------------------------------------------------------------------------------
+COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "serve": serve_command,
+    "simulate": simulate_command,
+    "import-candidates": import_candidates_command,
+    "export": export_command,
+    "users add": users_add,
+    "users list": users_list,
+    "users disable": users_disable,
+}
 
 
-def split_gold_by_rubric(rows: list[dict], share: float) -> tuple[list[dict], list[dict]]:
-    """(regular rows, gold rows): a ``share`` of the prompts, picked by a hash of the prompt id, become gold items
-    ranked by the demo data's gold rubric (``pipeline.demo.data.house_style_score``).
-
-    The pick depends only on the prompt id, so re-importing a grown file keeps every earlier decision.
-    """
-    from labeling_ui.agreement import ranks_from_scores
-    from pipeline.demo.data import house_style_score
-
-    regular, gold = [], []
-    for row in rows:
-        if stable_hash("rubric-gold", row["prompt_id"]) / 2**64 < share:
-            prompt = user_message(row["prompt"])
-            scores = [house_style_score(prompt, text) for text in row["candidates"]]
-            gold.append({**row, "gold_ranking": ranks_from_scores(scores)})
-        else:
-            regular.append(row)
-    return regular, gold
-
-
-def import_candidates(args: argparse.Namespace) -> None:
-    from pipeline.lib.tables import read_table
-
-    if not 0 <= args.rubric_gold_share < 1:
-        raise ValueError(f"--rubric-gold-share must be in [0, 1), got {args.rubric_gold_share}.")
-    path = runs.stage_output(args.run, "candidates", args.runs_dir, args.file)
-    rows = read_table(path)
-    regular, gold = split_gold_by_rubric(rows, args.rubric_gold_share) if args.rubric_gold_share else (rows, [])
-    store = open_store(args)
-    try:
-        added, added_gold = store.import_candidates(regular), store.add_gold_items(gold)
-    finally:
-        store.close()
-    print(
-        f"Imported {path}: {added} new items and {added_gold} new gold items "
-        f"({len(rows) - added - added_gold} already there) -> {db_url(args)}"
-    )
-
-
-def export(args: argparse.Namespace) -> None:
-    from labeling_ui.export import ExportConfig, main
-
-    main(
-        ExportConfig(
-            run=args.run,
-            runs_dir=args.runs_dir,
-            db=args.db,
-            aggregation=args.aggregation,
-            include_gold=args.include_gold,
-        )
-    )
-
-
-# --- the parser -------------------------------------------------------------------------------------------------
+# --- the parser ---------------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """One subparser per name in ``COMMANDS`` ("users add" is ``users`` then ``add``)."""
+    common = argparse.ArgumentParser(add_help=False)  # the arguments every command takes
+    common.add_argument("--run", default=runs.DEFAULT_RUN, help="Run name (default: %(default)s).")
+    common.add_argument("--runs_dir", default="runs", help="Folder of the runs (default: %(default)s).")
+    common.add_argument(
+        "--db", default=None, help="Database URL, sqlite:///PATH or postgresql://... (default: the run's SQLite file)."
+    )
     parser = argparse.ArgumentParser(
-        prog="python -m labeling_ui", description="The labeling stage: users, items, export of the preferences."
+        prog="python -m labeling_ui",
+        description="The labeling stage: the app, users, items, export of the preferences.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    users = commands.add_parser("users", help="Add, list or disable labelers and admins.")
-    users_commands = users.add_subparsers(dest="users_command", required=True, metavar="ACTION")
-    add = users_commands.add_parser("add", help="Add a user.")
-    add.add_argument("name")
-    add.add_argument("--role", choices=("labeler", "admin"), default="labeler")
-    add.add_argument("--password", help="Default: a generated password, printed once.")
-    add.add_argument("--simulated", action="store_true", help="A simulated labeler (a program, not a person).")
-    add.set_defaults(func=users_add)
-    listing = users_commands.add_parser("list", help="List the users with their number of rankings.")
-    listing.set_defaults(func=users_list)
-    disable = users_commands.add_parser("disable", help="Stop a user from logging in; their rankings stay.")
-    disable.add_argument("name")
-    disable.set_defaults(func=users_disable)
-    for sub in (add, listing, disable):
-        add_common_arguments(sub)
+    serve = commands.add_parser(
+        "serve", parents=[common], help="The ranking app for labelers and admins (prints its URL)."
+    )
+    serve.add_argument("--config", default=str(DEFAULT_CONFIG), help="Default: configs/labeling.yaml.")
+    serve.add_argument("--host", default=None, help="Address to listen on (default: the config's, 127.0.0.1).")
+    serve.add_argument("--port", type=int, default=None, help="Port (default: the config's).")
 
-    imports = commands.add_parser("import-candidates", help="Add the run's candidates as items to label.")
-    add_common_arguments(imports)
+    sim = commands.add_parser(
+        "simulate",
+        parents=[common],
+        help="Simulated labelers rank every item by a rubric (pipeline runs, tests, load tests).",
+    )
+    sim.add_argument("--config", default=str(DEFAULT_CONFIG), help="Default: configs/labeling.yaml.")
+    sim.add_argument(
+        "--rubric",
+        help="module:function(prompt, response) -> float that the labelers rank by (default: the config's rubric; "
+        "one of the two is required).",
+    )
+    sim.add_argument("--labelers", type=int, default=None, help="Default: one per noise level of the config.")
+    sim.add_argument("--noise", help="Comma-separated sigmas, e.g. 0.05,0.15 (default: the config's).")
+    sim.add_argument("--url", help="A running app, e.g. http://127.0.0.1:7860 (default: in this process).")
+    sim.add_argument("--limit", type=int, default=None, help="At most this many rankings per labeler.")
+
+    imports = commands.add_parser(
+        "import-candidates", parents=[common], help="Add the run's candidates as items to label."
+    )
     imports.add_argument("--file", help="Default: runs/<run>/candidates/candidates.jsonl.")
     imports.add_argument(
         "--rubric-gold-share",
         type=float,
         default=0.0,
-        help="Demo data only: this share of the prompts become gold items ranked by the demo's gold rubric "
-        "(keep it the same across imports). Default: %(default)s.",
+        help="This share of the prompts become gold items ranked by --rubric (keep it the same across imports). "
+        "Default: %(default)s.",
     )
-    imports.set_defaults(func=import_candidates)
+    imports.add_argument(
+        "--rubric", help="module:function(prompt, response) -> float that ranks the gold items (needed for a share)."
+    )
 
-    exporting = commands.add_parser("export", help="Write runs/<run>/export/ (preferences, rankings, summary).")
-    add_common_arguments(exporting)
-    exporting.add_argument("--aggregation", choices=("all", "majority", "drop_contested"), default="all")
+    exporting = commands.add_parser(
+        "export", parents=[common], help="Write runs/<run>/export/ (preferences, rankings, summary)."
+    )
+    exporting.add_argument("--aggregation", choices=AGGREGATIONS, default="all")
     exporting.add_argument("--include-gold", action="store_true", help="Also export the gold items.")
-    exporting.set_defaults(func=export)
 
-    for module_name, function in COMMAND_HOOKS:
-        if importlib.util.find_spec(module_name) is not None:
-            hook = getattr(importlib.import_module(module_name), function, None)
-            if hook is not None:
-                hook(commands)
+    users = commands.add_parser("users", help="Add, list or disable labelers and admins.")
+    actions = users.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = actions.add_parser("add", parents=[common], help="Add a user.")
+    add.add_argument("name")
+    add.add_argument("--role", choices=("labeler", "admin"), default="labeler")
+    add.add_argument("--password", help="Default: a generated password, printed once.")
+    add.add_argument("--simulated", action="store_true", help="A simulated labeler (a program, not a person).")
+    actions.add_parser("list", parents=[common], help="List the users with their number of rankings.")
+    disable = actions.add_parser("disable", parents=[common], help="Stop a user from logging in; their rankings stay.")
+    disable.add_argument("name")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    name = f"users {args.action}" if args.command == "users" else args.command
     try:
-        args.func(args)
+        COMMANDS[name](args)
     except (ValueError, FileNotFoundError) as error:  # the user's mistake: the message says what to do
         print(f"error: {error}", file=sys.stderr)
         return 2

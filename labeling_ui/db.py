@@ -15,8 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
 from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, MetaData, String, Text, UniqueConstraint, event
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from pipeline.lib import runs
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 ROLES = ("labeler", "admin")
@@ -129,11 +133,21 @@ class Assignment(Base):
     assigned_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
 
 
+def default_db_path(run: str, runs_dir: str | Path = "runs") -> Path:
+    """``<runs_dir>/<run>/labeling/labels.db``: the run's labels unless ``--db`` names another database."""
+    return runs.stage_dir(run, "labeling", runs_dir) / "labels.db"
+
+
 def default_db_url(run: str, runs_dir: str | Path = "runs") -> str:
-    """``sqlite:///<runs_dir>/<run>/labeling/labels.db``, creating the folder."""
-    folder = Path(runs_dir) / run / "labeling"
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder / 'labels.db'}"
+    """``sqlite:///`` and ``default_db_path``, creating the folder."""
+    path = default_db_path(run, runs_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def shown_url(url: str) -> str:
+    """``url`` with its password masked: for what is printed or written to summary.json."""
+    return sa.make_url(url).render_as_string(hide_password=True)
 
 
 READ_ONLY = "labeling_read_only"  # execution option: a transaction that only reads (see `_sqlite_begin`)
@@ -183,9 +197,6 @@ def advisory_lock(connection: sa.Connection, name: str) -> None:
 
 def migrate(url: str) -> None:
     """Bring the database at ``url`` to the newest schema (alembic upgrade head). Idempotent."""
-    from alembic import command
-    from alembic.config import Config
-
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     engine = make_engine(url)

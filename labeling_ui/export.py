@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from labeling_ui.agreement import agreement_summary
-from labeling_ui.db import default_db_url
-from labeling_ui.store import LabelStore
+from labeling_ui import stats
+from labeling_ui.db import default_db_path, default_db_url, shown_url
+from labeling_ui.storage import LabelStore
 from pipeline.lib import runs
 from pipeline.lib.pairs import ranking_to_pairs
 
@@ -89,9 +90,6 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def _write_parquet(path: Path, rows: list[dict]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     messages = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
     schema = pa.schema(
         [
@@ -165,10 +163,6 @@ def export_preferences(
     _write_jsonl(out_dir / "rankings.jsonl", full_rankings)
 
     simulated = {r["username"]: r["simulated"] for r in kept}
-    regular = {}
-    for r in kept:
-        if not r["is_gold"]:
-            regular.setdefault(r["item_id"], {})[r["username"]] = r["ranks_list"]
     return {
         "aggregation": aggregation,
         "include_gold": include_gold,
@@ -183,7 +177,7 @@ def export_preferences(
         "labelers": len(simulated),
         "simulated_labelers": sum(simulated.values()),
         "all_simulated": bool(simulated) and all(simulated.values()),
-        "agreement": agreement_summary(regular),
+        "agreement": stats.agreement(kept),
     }
 
 
@@ -203,19 +197,19 @@ class ExportConfig:
 def main(config: ExportConfig) -> dict[str, Any]:
     """The export stage: read the run's labels, write runs/<run>/export/ with its summary.json."""
     if config.db is None:
-        path = Path(config.runs_dir) / config.run / "labeling" / "labels.db"
+        path = default_db_path(config.run, config.runs_dir)
         if not path.exists():
             raise runs.MissingInputError(
                 f"No labels for run '{config.run}' at {path}. Import candidates and label first "
                 f"(`python -m labeling_ui import-candidates --run {config.run}`), or pass --db URL."
             )
     url = config.db or default_db_url(config.run, config.runs_dir)
-    shown_url = sa.make_url(url).render_as_string(hide_password=True)  # summary.json must not hold a password
+    shown = shown_url(url)  # summary.json must not hold a password
     stage = runs.StageRun("export", config.run, config.runs_dir)
     metrics = export_preferences(url, stage.dir, config.aggregation, config.include_gold)
     outputs = {name: stage.dir / name for name in ("preferences.jsonl", "preferences.parquet", "rankings.jsonl")}
     summary = stage.finish(
-        dataclasses.replace(config, db=shown_url), metrics=metrics, inputs={"labels_db": shown_url}, outputs=outputs
+        dataclasses.replace(config, db=shown), metrics=metrics, inputs={"labels_db": shown}, outputs=outputs
     )
     print(
         f"[export] {metrics['pairs']} pairs from {metrics['rankings']} rankings of {metrics['items']} items "

@@ -1,20 +1,18 @@
 """Simulated labelers: ``python -m labeling_ui simulate --run R`` (``make simulate``) ranks every item without people.
 
 Each simulated labeler scores every response with a rubric, ``module:function(prompt, response) -> float`` (higher is
-better; default: the demo's gold rubric of the house style), adds Gaussian noise with its own sigma, and ranks by the
-noisy scores. Responses with equal rubric scores get the same noise and so stay tied. The noise is seeded by (seed,
-labeler, item): a run gives the same rankings whatever order the items come in.
+better; ``--rubric`` or the labeling config's ``rubric``, there is no default), adds Gaussian noise with its own sigma,
+and ranks by the noisy scores. Responses with equal rubric scores get the same noise and so stay tied. The noise is
+seeded by (seed, labeler, item): a run gives the same rankings whatever order the items come in.
 
-Without ``--url`` the labelers call ``LabelingService`` in this process, the code behind the app's page and API (the
-demo's 500 items x 2 labelers take seconds). With ``--url`` each labeler logs in to a running app with gradio_client
-and works in its own thread, as a person would. The simulated users are created on the first run, flagged
+Without ``--url`` the labelers call ``LabelingService`` in this process, the code behind the app's page and API (500
+items x 2 labelers take seconds). With ``--url`` each labeler logs in to a running app with gradio_client and works
+in its own thread, as a person would. The simulated users are created on the first run, flagged
 ``simulated``; their passwords are kept in ``runs/<run>/labeling/simulated_users.json`` for later runs over HTTP.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import json
 import os
 import random
@@ -27,22 +25,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from labeling_ui.agreement import ranks_from_scores
+from tqdm import tqdm
+
+from labeling_ui import stats
 from labeling_ui.assignment import stable_hash
-from labeling_ui.cli import add_common_arguments, db_url
-from labeling_ui.store import LabelStore
+from labeling_ui.config import LabelingConfig
+from labeling_ui.rules import Submission, ranks_from_scores
+from labeling_ui.service import LabelingService
+from labeling_ui.storage import LabelStore
 from labeling_ui.users import generate_password
+from pipeline.lib.rubric import load_rubric
 
 Rubric = Callable[[str, str], float]
 
 
-def load_rubric(spec: str) -> Rubric:
-    """``module:function`` -> the function."""
-    module, _, name = spec.partition(":")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as error:
-        raise ValueError(f"Cannot load the rubric {spec!r} (module:function): {error}") from error
+def rubric_of(config: LabelingConfig) -> Rubric:
+    """The config's rubric, loaded; a ValueError that says how to name one when the config has none."""
+    rubric = load_rubric(config.rubric)
+    if rubric is None:
+        raise ValueError(
+            "The simulated labelers need a rubric to rank by: pass --rubric module:function (a function(prompt, "
+            "response) -> float, higher is better; `make simulate RUBRIC=module:function`), or set `rubric:` in the "
+            "labeling config."
+        )
+    return rubric
 
 
 def noisy_ranks(scores: Sequence[float], sigma: float, rng: random.Random) -> list[int]:
@@ -96,8 +102,6 @@ class _Progress:
     """One bar for all labelers; its total is what they have left, re-estimated as they report it."""
 
     def __init__(self, names: Sequence[str]):
-        from tqdm import tqdm
-
         self.bar = tqdm(total=0, unit="ranking", desc="simulate", dynamic_ncols=True)
         self.left = dict.fromkeys(names, 0)
         self.lock = threading.Lock()
@@ -115,7 +119,9 @@ class _Progress:
         self.bar.close()
 
 
-def _in_process(service: Any, labelers: list[SimulatedLabeler], limit: int | None, progress: _Progress) -> dict:
+def _in_process(
+    service: LabelingService, labelers: list[SimulatedLabeler], limit: int | None, progress: _Progress
+) -> dict:
     """Labelers take turns, one item each, as people working at the same time would."""
     counts = dict.fromkeys((lab.username for lab in labelers), 0)
     active = list(labelers)
@@ -128,9 +134,10 @@ def _in_process(service: Any, labelers: list[SimulatedLabeler], limit: int | Non
                 continue
             started = time.perf_counter()
             ranks = labeler.rank(item)
-            result = service.submit(
-                labeler.username, uuid.uuid4().hex, item["item_id"], ranks, seconds_spent=time.perf_counter() - started
+            submission = Submission(
+                uuid.uuid4().hex, item["item_id"], ranks, seconds_spent=time.perf_counter() - started
             )
+            result = service.submit(labeler.username, submission)
             if not result["ok"]:
                 raise RuntimeError(f"{labeler.username}'s ranking was refused: {result['message']}")
             counts[labeler.username] += 1
@@ -140,6 +147,7 @@ def _in_process(service: Any, labelers: list[SimulatedLabeler], limit: int | Non
 
 def _over_http(url: str, labeler: SimulatedLabeler, password: str, limit: int | None, progress: _Progress) -> int:
     """One labeler logged in to the app at ``url``, ranking until nothing is left (or ``limit``)."""
+    # Gradio's client (with httpx and huggingface_hub, ~0.5 s to import) loads only for a run against a live app.
     from gradio_client import Client
 
     client = Client(url, auth=(labeler.username, password), verbose=False)
@@ -170,7 +178,7 @@ def _over_http(url: str, labeler: SimulatedLabeler, password: str, limit: int | 
 
 def simulate(
     store: LabelStore,
-    config: Any,
+    config: LabelingConfig,
     passwords_file: Path,
     n_labelers: int | None = None,
     url: str | None = None,
@@ -178,17 +186,15 @@ def simulate(
 ) -> dict[str, Any]:
     """Run the simulated labelers against ``store`` (in process) or the app at ``url``; returns the summary.
 
-    ``config`` is a ``labeling_ui.app.LabelingConfig``: its rubric, noise levels (labeler i gets
-    ``noise[i % len(noise)]``; one labeler per level by default), guidelines version and seed.
+    From ``config``: the rubric (required), the noise levels (labeler i gets ``noise[i % len(noise)]``; one labeler
+    per level by default), the guidelines version and the seed.
     """
-    from labeling_ui.app import LabelingService
-
     n_labelers = n_labelers or len(config.noise)
     if n_labelers < 1:
         raise ValueError(f"--labelers must be at least 1, got {n_labelers}.")
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be at least 1 (rankings per labeler), got {limit}.")
-    rubric = load_rubric(config.rubric)
+    rubric = rubric_of(config)
     labelers = [
         SimulatedLabeler(f"sim-{i + 1}", config.noise[i % len(config.noise)], rubric, config.seed)
         for i in range(n_labelers)
@@ -214,7 +220,8 @@ def simulate(
                 counts = {name: future.result() for name, future in futures.items()}
     finally:
         progress.close()
-    stats = {s["username"]: s for s in store.labeler_stats()}
+    rankings = store.all_current_rankings()
+    by_name = {s["username"]: s for s in stats.labeler_stats(store.list_users(), rankings)}
     return {
         "seconds": round(time.perf_counter() - started, 2),
         "mode": url or "in-process",
@@ -223,12 +230,12 @@ def simulate(
                 "username": lab.username,
                 "sigma": lab.sigma,
                 "submitted": counts[lab.username],
-                "rankings": stats[lab.username]["count"],
-                "gold_accuracy": stats[lab.username]["gold_accuracy"],
+                "rankings": by_name[lab.username]["count"],
+                "gold_accuracy": by_name[lab.username]["gold_accuracy"],
             }
             for lab in labelers
         ],
-        "agreement": store.agreement(),
+        "agreement": stats.agreement(rankings),
     }
 
 
@@ -236,21 +243,8 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def main(args: argparse.Namespace) -> dict[str, Any]:
-    from labeling_ui.app import load_config
-
-    config = load_config(args.config)
-    if args.noise:
-        config.noise = [float(x) for x in args.noise.split(",")]
-    if args.rubric:
-        config.rubric = args.rubric
-    config.__post_init__()  # the overrides pass the same checks as the file
-    store = LabelStore(db_url(args), overlap=config.overlap, gold_rate=config.gold_rate, seed=config.seed)
-    try:
-        passwords_file = Path(args.runs_dir) / args.run / "labeling" / "simulated_users.json"
-        summary = simulate(store, config, passwords_file, args.labelers, args.url, args.limit)
-    finally:
-        store.close()
+def report(summary: dict[str, Any]) -> None:
+    """Print what ``simulate`` returns: rankings per labeler, gold accuracy and agreement."""
     total = sum(lab["submitted"] for lab in summary["labelers"])
     print(f"[simulate] {total} rankings in {summary['seconds']} s ({summary['mode']}):")
     for lab in summary["labelers"]:
@@ -260,21 +254,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         )
     a = summary["agreement"]
     print(
-        f"[simulate] agreement over {a['n_items']} items ranked twice or more: pairwise {_fmt(a['pairwise_agreement'])}, "
-        f"Kendall's tau {_fmt(a['kendall_tau'])}, Krippendorff's alpha {_fmt(a['krippendorff_alpha'])}"
+        f"[simulate] agreement over {a['n_items']} items ranked twice or more: "
+        f"pairwise {_fmt(a['pairwise_agreement'])}, Kendall's tau {_fmt(a['kendall_tau'])}, "
+        f"Krippendorff's alpha {_fmt(a['krippendorff_alpha'])}"
     )
-    return summary
-
-
-def add_simulate_command(subparsers: Any) -> None:
-    from labeling_ui.app import DEFAULT_CONFIG
-
-    parser = subparsers.add_parser("simulate", help="Simulated labelers rank every item (demo, tests, load tests).")
-    add_common_arguments(parser)
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="Default: configs/labeling.yaml.")
-    parser.add_argument("--labelers", type=int, default=None, help="Default: one per noise level of the config.")
-    parser.add_argument("--noise", help="Comma-separated sigmas, e.g. 0.05,0.15 (default: the config's).")
-    parser.add_argument("--rubric", help="module:function(prompt, response) -> float (default: the config's).")
-    parser.add_argument("--url", help="A running app, e.g. http://127.0.0.1:7860 (default: in this process).")
-    parser.add_argument("--limit", type=int, default=None, help="At most this many rankings per labeler.")
-    parser.set_defaults(func=main)

@@ -23,6 +23,7 @@ from trl import TrlParser
 
 from pipeline.lib import runs
 from pipeline.lib.prompts import load_prompts
+from pipeline.lib.stage import Stage
 
 CANDIDATES = "candidates.jsonl"
 
@@ -134,7 +135,7 @@ def read_done(path: Path) -> set[str]:
 
 def main(config: CandidatesConfig) -> dict[str, Any]:
     state = PartialState()
-    stage = runs.StageRun("candidates", config.run, config.runs_dir)
+    stage = Stage("candidates", config.run, config.runs_dir, [config], is_main_process=state.is_main_process)
     model_path = str(runs.stage_output(config.run, "sft", config.runs_dir, config.model_name_or_path))
     rows, prompts_path = load_prompts(config.prompts, config.num_prompts), config.prompts
     out_path = stage.dir / CANDIDATES
@@ -187,17 +188,12 @@ def main(config: CandidatesConfig) -> dict[str, Any]:
         "items_with_fewer_than_k": totals["short_items"],
         "prompts_per_second": round(len(todo) / elapsed, 2) if todo and elapsed > 0 else None,
     }
-    summary = stage.finish(
-        config,
+    return stage.finish(
         metrics=metrics,
         inputs={"model": model_path, "prompts": prompts_path},
         outputs={"candidates": out_path},
+        headline=f"{metrics['new_items']} new items ({metrics['already_done']} already there), k={config.k}",
     )
-    print(
-        f"[candidates] done in {runs.format_duration(summary['wall_time_s'])} | {metrics['new_items']} new items "
-        f"({metrics['already_done']} already there), k={config.k} | {out_path}"
-    )
-    return summary
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from accelerate import PartialState
 from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback
 from trl import SFTConfig, SFTTrainer
 
-from pipeline.lib import runs
 from pipeline.lib.launch import fill_training_defaults, release_zero3_init
 from pipeline.lib.prompts import load_prompts
 from pipeline.lib.stage import (
@@ -29,6 +28,7 @@ from pipeline.lib.stage import (
     finish_model,
     latest_checkpoint,
     parse,
+    trainer_figures,
     weights_dir,
 )
 from pipeline.lib.tables import load_sft_dataset
@@ -188,9 +188,27 @@ def packed_rows_needed(config: SFTStageConfig, model) -> bool:
     return bfd and not is_flash_attention_requested(model.config)
 
 
+def build_trainer(config: SFTStageConfig, model_args: ModelArguments, model, tokenizer, train, evaluation):
+    """TRL's SFTTrainer, with early stopping when asked and packed rows where attention needs them."""
+    callbacks = [EarlyStoppingCallback(config.early_stopping_patience)] if config.early_stopping_patience else []
+    score_labelled_positions_only()
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=tokenizer,
+        peft_config=model_args.peft_config("CAUSAL_LM"),
+        callbacks=callbacks,
+    )
+    if packed_rows_needed(config, model):
+        trainer.data_collator = PackedRowsCollator(trainer.data_collator)
+    return trainer
+
+
 def main(run: RunArguments, model_args: ModelArguments, config: SFTStageConfig) -> dict[str, Any]:
     state = PartialState()
-    stage = Stage("sft", run, [run, model_args, config], config.report_to, state.is_main_process)
+    stage = Stage("sft", run.run, run.runs_dir, [run, model_args, config], config.report_to, state.is_main_process)
 
     # step 1. inputs: the start model and the data, on the main process first so several processes never build the
     # same datasets cache at once.
@@ -209,19 +227,7 @@ def main(run: RunArguments, model_args: ModelArguments, config: SFTStageConfig) 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
 
     # step 2. train, evaluating every eval_steps (and at step 0 when eval_on_start, which gives the base model's loss).
-    callbacks = [EarlyStoppingCallback(config.early_stopping_patience)] if config.early_stopping_patience else []
-    score_labelled_positions_only()
-    trainer = SFTTrainer(
-        model=model,
-        args=config,
-        train_dataset=train,
-        eval_dataset=evaluation,
-        processing_class=tokenizer,
-        peft_config=model_args.peft_config("CAUSAL_LM"),
-        callbacks=callbacks,
-    )
-    if packed_rows_needed(config, model):
-        trainer.data_collator = PackedRowsCollator(trainer.data_collator)
+    trainer = build_trainer(config, model_args, model, tokenizer, train, evaluation)
     train_result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     final_eval = trainer.evaluate()
 
@@ -244,14 +250,11 @@ def main(run: RunArguments, model_args: ModelArguments, config: SFTStageConfig) 
     # step 5. finish: summary.json and the tracker.
     history = trainer.state.log_history
     eval_before = next((h["eval_loss"] for h in history if "eval_loss" in h and h.get("step") == 0), None)
+    before = "n/a" if eval_before is None else f"{eval_before:.3f}"
     metrics = {
         "eval_loss_before": eval_before,
         "eval_loss_after": final_eval["eval_loss"],
-        "train_loss": train_result.training_loss,
-        "train_samples_per_second": train_result.metrics.get("train_samples_per_second"),
-        "train_runtime_s": train_result.metrics.get("train_runtime"),
-        "global_step": trainer.state.global_step,
-        "epochs": trainer.state.epoch,
+        **trainer_figures(trainer, train_result),
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "num_train_examples": len(train),
         "num_eval_examples": len(evaluation),
@@ -262,17 +265,8 @@ def main(run: RunArguments, model_args: ModelArguments, config: SFTStageConfig) 
         metrics=metrics,
         inputs={"base_model": model_path, **data_inputs},
         outputs={"model": model_dir, "checkpoints": config.output_dir, "samples": stage.dir / "samples.jsonl"},
-        line=summary_line,
-    )
-
-
-def summary_line(summary: dict[str, Any]) -> str:
-    m = summary["metrics"]
-    before = f"{m['eval_loss_before']:.3f}" if m.get("eval_loss_before") is not None else "n/a"
-    return (
-        f"[{summary['stage']}] done in {runs.format_duration(summary['wall_time_s'])} | "
-        f"{m['train_samples_per_second'] or 0:.1f} samples/s | eval loss {before} -> {m['eval_loss_after']:.3f} | "
-        f"model: {summary['outputs']['model']}"
+        headline=f"{metrics['train_samples_per_second'] or 0:.1f} samples/s | eval loss {before} -> "
+        f"{metrics['eval_loss_after']:.3f}",
     )
 
 

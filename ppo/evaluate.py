@@ -22,7 +22,7 @@ from trl import TrlParser
 from pipeline.lib import runs
 from pipeline.lib.prompts import load_prompts
 from pipeline.lib.rubric import load_rubric
-from pipeline.lib.tracking import Tracker
+from pipeline.lib.stage import Stage
 from ppo import rewards
 from ppo.shaping import response_lengths
 
@@ -45,7 +45,9 @@ class EvalConfig:
     max_kl: float = field(
         default=20.0, metadata={"help": "Bound the PPO policy's KL to the reference must stay below."}
     )
-    rubric: str | None = field(default=None, metadata={"help": "Gold rubric module:function (gold_score); default none."})
+    rubric: str | None = field(
+        default=None, metadata={"help": "Gold rubric module:function (gold_score); default none."}
+    )
     seed: int = 0
     report_to: str | None = "wandb"
 
@@ -227,7 +229,7 @@ def write_report(out_dir: Path, sft: dict, ppo: dict, metrics: dict, config: Eva
 
 
 def main(config: EvalConfig) -> dict[str, Any]:
-    stage = runs.StageRun("eval", config.run, config.runs_dir)
+    stage = Stage("eval", config.run, config.runs_dir, [config], config.report_to)
     sft_path = runs.stage_output(config.run, "sft", config.runs_dir, config.model_name_or_path)
     ppo_path = runs.stage_output(config.run, "ppo", config.runs_dir, config.ppo_model_path)
     rm_path = runs.stage_output(config.run, "rm", config.runs_dir, config.reward_model_path)
@@ -255,10 +257,9 @@ def main(config: EvalConfig) -> dict[str, Any]:
             fh.write(json.dumps({"prompt_id": a["prompt_id"], "sft": a, "ppo": b}) + "\n")
     report = write_report(stage.dir, sft, ppo, metrics, config)
 
-    tracker = Tracker(config.report_to, config.run, "eval", stage.dir, runs.config_dict(config))
     flat = {f"{name}/{k}": v for name in ("sft", "ppo") for k, v in metrics[name].items()}
-    tracker.log({**flat, "win_rate_ppo_vs_sft": metrics["win_rate_ppo_vs_sft"]})
-    tracker.log_table(
+    stage.tracker.log({**flat, "win_rate_ppo_vs_sft": metrics["win_rate_ppo_vs_sft"]})
+    stage.tracker.log_table(
         "samples",
         ["prompt_id", "sft", "sft_score", "ppo", "ppo_score"],
         [
@@ -266,20 +267,14 @@ def main(config: EvalConfig) -> dict[str, Any]:
             for a, b in zip(sft["rows"], ppo["rows"], strict=True)
         ][:32],
     )
-    summary = stage.finish(
-        config,
+    gold = f" | gold {sft['summary']['gold_score']:.3f} -> {ppo['summary']['gold_score']:.3f}" if rubric else ""
+    return stage.finish(
         metrics=metrics,
         inputs={"sft_model": sft_path, "ppo_model": ppo_path, "reward_model": rm_path, "prompts": prompts_path},
         outputs={"report": report, "samples": stage.dir / "samples.jsonl"},
+        headline=f"reward {sft['summary']['reward_mean']:.3f} -> {ppo['summary']['reward_mean']:.3f} | win rate "
+        f"{metrics['win_rate_ppo_vs_sft']:.1%} | KL {ppo['summary']['kl_to_reference']:.3f}{gold}",
     )
-    tracker.finish()
-    gold = f" | gold {sft['summary']['gold_score']:.3f} -> {ppo['summary']['gold_score']:.3f}" if rubric else ""
-    print(
-        f"[eval] done in {runs.format_duration(summary['wall_time_s'])} | reward {sft['summary']['reward_mean']:.3f} -> "
-        f"{ppo['summary']['reward_mean']:.3f} | win rate {metrics['win_rate_ppo_vs_sft']:.1%} | "
-        f"KL {ppo['summary']['kl_to_reference']:.3f}{gold} | report: {report}"
-    )
-    return summary
 
 
 if __name__ == "__main__":

@@ -80,6 +80,11 @@ class Models:
     parameters: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
+    def figures(self) -> dict[str, Any]:
+        """Parameter counts and each reward model's normalisation, for summary.json."""
+        normalisation = [{"path": str(m.path), "mean": m.mean, "std": m.std} for m in self.reward_models]
+        return {**self.parameters, "reward_normalisation": normalisation}
+
 
 @dataclass
 class Batch:
@@ -126,7 +131,9 @@ def main(run: RunArguments, model_args: ModelArguments, config: PPOStageConfig) 
         gradient_accumulation_steps=config.micro_batches_per_mini_batch,
         mixed_precision="bf16" if config.bf16 else "no",
     )
-    stage = Stage("ppo", run, [run, model_args, config], config.report_to, accelerator.is_main_process)
+    stage = Stage(
+        "ppo", run.run, run.runs_dir, [run, model_args, config], config.report_to, accelerator.is_main_process
+    )
     set_seed(config.seed)
 
     # step 1. inputs: the policy (SFT), the reward models and their statistics, the prompts; then the models.
@@ -146,27 +153,11 @@ def main(run: RunArguments, model_args: ModelArguments, config: PPOStageConfig) 
     progress = resume(config, accelerator, settings) if run.resume else Progress(settings=settings)
 
     # step 3. train: each step generates, scores and learns from processes x local_batch_size rollouts.
-    num_steps = -(-config.total_episodes // (config.local_batch_size * accelerator.num_processes))
-    bar = tqdm_steps(accelerator, progress.step, num_steps)
-    try:
-        while progress.step < num_steps:
-            metrics = train_step(
-                config, accelerator, models, prompts, tokenizer, rubric, progress, stage.tracker, num_steps
-            )
-            bar.update(1)
-            bar.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.2f}")
-    except torch.OutOfMemoryError as err:
-        raise RuntimeError(OOM_ADVICE) from err
-    bar.close()
+    train(config, accelerator, models, prompts, tokenizer, rubric, progress, stage.tracker)
 
     # step 4. save the policy and the critic (gathered under ZeRO-3), then free the training models.
     save_policy(config, model_args, accelerator, models, stage.dir)
-    extra = {
-        "final_kl_coef": models.kl.value,
-        "prompts_dropped_too_long": prompts.dropped,
-        **models.parameters,
-        "reward_normalisation": [{"path": str(m.path), "mean": m.mean, "std": m.std} for m in models.reward_models],
-    }
+    extra = {"final_kl_coef": models.kl.value, "prompts_dropped_too_long": prompts.dropped, **models.figures()}
     notes = models.notes
     del models  # the LoRA merge loads the base model once more: without this, that would be the run's peak
     accelerator.free_memory()
@@ -188,31 +179,30 @@ def main(run: RunArguments, model_args: ModelArguments, config: PPOStageConfig) 
         "gold_rubric": config.rubric,
         **extra,
     }
+    inputs = {"sft_model": sft_path, **{f"reward_model_{i}": p for i, p in enumerate(rm_paths)}}
+    outputs = {"model": model_dir, "value_model": stage.dir / "value_model", "history": stage.dir / "history.jsonl"}
     return stage.finish(
         metrics=metrics,
-        inputs={
-            "sft_model": sft_path,
-            **{f"reward_model_{i}": p for i, p in enumerate(rm_paths)},
-            "prompts": prompts.path,
-        },
-        outputs={
-            "model": model_dir,
-            "value_model": stage.dir / "value_model",
-            "history": stage.dir / "history.jsonl",
-            "checkpoints": config.output_dir,
-        },
+        inputs={**inputs, "prompts": prompts.path},
+        outputs={**outputs, "checkpoints": config.output_dir},
         extra={"notes": notes},
-        line=summary_line,
+        headline=f"{progress.episode} episodes | score {metrics.get('score_first', 0):.3f} -> "
+        f"{metrics.get('score_last', 0):.3f} | kl {metrics.get('kl_last', 0):.3f}",
     )
 
 
-def summary_line(summary: dict[str, Any]) -> str:
-    m = summary["metrics"]
-    return (
-        f"[ppo] done in {runs.format_duration(summary['wall_time_s'])} | {m['episodes']} episodes | "
-        f"score {m.get('score_first', 0):.3f} -> {m.get('score_last', 0):.3f} | "
-        f"kl {m.get('kl_last', 0):.3f} | model: {summary['outputs']['model']}"
-    )
+def train(config, accelerator, models, prompts, tokenizer, rubric, progress: Progress, tracker: Tracker) -> None:
+    """Steps until ``total_episodes``, from where ``progress`` is, with a progress bar."""
+    num_steps = -(-config.total_episodes // (config.local_batch_size * accelerator.num_processes))
+    bar = tqdm_steps(accelerator, progress.step, num_steps)
+    try:
+        while progress.step < num_steps:
+            metrics = train_step(config, accelerator, models, prompts, tokenizer, rubric, progress, tracker, num_steps)
+            bar.update(1)
+            bar.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.2f}")
+    except torch.OutOfMemoryError as err:
+        raise RuntimeError(OOM_ADVICE) from err
+    bar.close()
 
 
 def train_step(

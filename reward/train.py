@@ -16,7 +16,6 @@ with a gold ``rubric`` (the pipeline config names it), agreement with it.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ from pipeline.lib.stage import (
     finish_model,
     latest_checkpoint,
     parse,
+    trainer_figures,
     weights_dir,
 )
 from pipeline.lib.tables import DataError
@@ -316,33 +316,14 @@ def plot_rewards(path: Path, r_chosen: np.ndarray, r_rejected: np.ndarray) -> No
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def main(run: RunArguments, model_args: ModelArguments, config: RMStageConfig) -> dict[str, Any]:
-    state = PartialState()
-    stage = Stage("rm", run, [run, model_args, config], config.report_to, state.is_main_process)
-    timing: dict[str, float] = {}
-
-    # step 1. inputs: the run's SFT policy (whose chat template renders the data) and its exported labels.
-    t0 = time.perf_counter()
-    if model_args.use_lora and not model_args.merge_lora:
-        raise ValueError("merge_lora: false is not for the reward model: PPO loads a plain model, so it is merged.")
-    model_path = runs.stage_output(run.run, "sft", run.runs_dir, model_args.model_name_or_path)
-    data_path = input_path(run, config)
-    checkpoint = latest_checkpoint(config.output_dir) if run.resume else None
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    if tokenizer.chat_template is None:
-        raise ValueError(
-            f"{model_path} has no chat template. The reward model scores conversations exactly as the policy renders "
-            "them, so it needs the policy's template: start from a chat model (the run's SFT model by default)."
-        )
-    rubric = load_rubric(config.rubric)
-    data = load_data(config, data_path, tokenizer)
-    timing["load_s"] = time.perf_counter() - t0
-
-    # step 2. train: TRL loads the SFT model with a fresh scalar head (num_labels=1, pad_token_id from the tokenizer).
+def build_trainer(
+    config: RMStageConfig, model_args: ModelArguments, model_path: Path, tokenizer, data: RMData
+) -> RewardTrainer:
+    """TRL's RewardTrainer (or the K-way one); TRL loads the start model with a fresh scalar head (num_labels=1)."""
     trainer_class, collator = RewardTrainer, None
     if config.loss == "kway":
         trainer_class, collator = KWayRewardTrainer, RankingCollator(tokenizer.pad_token_id, config.pad_to_multiple_of)
-    trainer = trainer_class(
+    return trainer_class(
         model=str(model_path),
         args=config,
         data_collator=collator,
@@ -351,25 +332,10 @@ def main(run: RunArguments, model_args: ModelArguments, config: RMStageConfig) -
         processing_class=tokenizer,
         peft_config=model_args.peft_config("SEQ_CLS", modules_to_save=["score"]),
     )
-    t0 = time.perf_counter()
-    train_result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    timing["train_s"] = time.perf_counter() - t0
 
-    # step 3. save: every process takes part (ZeRO-3 gathers the shards); LoRA is merged on the main process. The
-    # tokenizer is the policy's own: PPO checks that the two match.
-    t0 = time.perf_counter()
-    release_zero3_init()
-    trainer.save_model(str(weights_dir(stage.dir, model_args)))
-    model_dir = stage.dir / "model"
-    if state.is_main_process:
-        finish_model(stage.dir, model_args, model_path, tokenizer, AutoModelForSequenceClassification, num_labels=1)
-    state.wait_for_everyone()
-    timing["save_s"] = time.perf_counter() - t0
-    if not state.is_main_process:
-        return {}
 
-    # step 4. score the held-out pairs and the training responses with the saved model, as PPO will load it.
-    t0 = time.perf_counter()
+def score_saved_model(stage: Stage, model_dir: Path, data: RMData, config: RMStageConfig, rubric) -> dict[str, Any]:
+    """The held-out figures and reward_stats.json, from the saved model loaded as PPO will load it."""
     eval_sequences = [ids for p in data.eval_pairs for ids in (p["chosen_ids"], p["rejected_ids"])]
     scores = score_sequences(model_dir, eval_sequences + data.train_sequences, config.per_device_eval_batch_size)
     reward_stats = rm_eval.reward_stats([scores[s] for s in {tuple(ids) for ids in data.train_sequences}])
@@ -378,47 +344,76 @@ def main(run: RunArguments, model_args: ModelArguments, config: RMStageConfig) -
     plot_rewards(stage.dir / "reward_histogram.png", r_chosen, r_rejected)
     rows = [[float(r), "chosen"] for r in r_chosen] + [[float(r), "rejected"] for r in r_rejected]
     stage.tracker.log_table("eval/reward_histogram", ["reward", "response"], rows)
-    timing["score_s"] = time.perf_counter() - t0
+    return {**eval_metrics, "reward_mean": reward_stats["mean"], "reward_std": reward_stats["std"]}
+
+
+def main(run: RunArguments, model_args: ModelArguments, config: RMStageConfig) -> dict[str, Any]:
+    state = PartialState()
+    stage = Stage("rm", run.run, run.runs_dir, [run, model_args, config], config.report_to, state.is_main_process)
+
+    # step 1. inputs: the run's SFT policy (whose chat template renders the data) and its exported labels.
+    with stage.timed("load_s"):
+        if model_args.use_lora and not model_args.merge_lora:
+            raise ValueError(
+                "merge_lora: false is not for the reward model: PPO loads a plain model, so it is merged."
+            )
+        model_path = runs.stage_output(run.run, "sft", run.runs_dir, model_args.model_name_or_path)
+        data_path = input_path(run, config)
+        checkpoint = latest_checkpoint(config.output_dir) if run.resume else None
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        if tokenizer.chat_template is None:
+            raise ValueError(
+                f"{model_path} has no chat template. The reward model scores conversations exactly as the policy "
+                "renders them, so it needs the policy's template: start from a chat model (by default the run's SFT)."
+            )
+        rubric = load_rubric(config.rubric)
+        data = load_data(config, data_path, tokenizer)
+
+    # step 2. train.
+    trainer = build_trainer(config, model_args, model_path, tokenizer, data)
+    with stage.timed("train_s"):
+        train_result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+
+    # step 3. save: every process takes part (ZeRO-3 gathers the shards); LoRA is merged on the main process. The
+    # tokenizer is the policy's own: PPO checks that the two match.
+    model_dir = stage.dir / "model"
+    with stage.timed("save_s"):
+        release_zero3_init()
+        trainer.save_model(str(weights_dir(stage.dir, model_args)))
+        if state.is_main_process:
+            finish_model(
+                stage.dir, model_args, model_path, tokenizer, AutoModelForSequenceClassification, num_labels=1
+            )
+        state.wait_for_everyone()
+    if not state.is_main_process:
+        return {}
+
+    # step 4. score the held-out pairs and the training responses with the saved model, as PPO will load it.
+    with stage.timed("score_s"):
+        scored = score_saved_model(stage, model_dir, data, config, rubric)
 
     # step 5. finish: summary.json and the tracker.
     metrics = {
-        **eval_metrics,
+        **scored,
         "gold_rubric": config.rubric,
-        "reward_mean": reward_stats["mean"],
-        "reward_std": reward_stats["std"],
         "loss": config.loss,
-        "train_loss": train_result.training_loss,
-        "train_samples_per_second": train_result.metrics.get("train_samples_per_second"),
-        "train_runtime_s": train_result.metrics.get("train_runtime"),
-        "global_step": trainer.state.global_step,
-        "epochs": trainer.state.epoch,
+        **trainer_figures(trainer, train_result),
         "num_train_examples": len(data.train),
         "num_eval_examples": len(data.eval),
         "num_train_prompts": data.prompts["train"],
         "num_eval_prompts": data.prompts["eval"],
         "data": data.stats,
-        "timing": {name: round(seconds, 2) for name, seconds in timing.items()},
+        "timing": stage.timing,
     }
+    gold = "" if rubric is None else f" (gold rubric {metrics['eval_gold_accuracy']:.1%})"
+    outputs = {"model": model_dir, "reward_stats": stage.dir / "reward_stats.json"}
+    outputs |= {"reward_histogram": stage.dir / "reward_histogram.png", "checkpoints": config.output_dir}
     return stage.finish(
         metrics=metrics,
         inputs={"sft_model": model_path, "preferences": data_path},
-        outputs={
-            "model": model_dir,
-            "reward_stats": stage.dir / "reward_stats.json",
-            "reward_histogram": stage.dir / "reward_histogram.png",
-            "checkpoints": config.output_dir,
-        },
-        line=summary_line,
-    )
-
-
-def summary_line(summary: dict[str, Any]) -> str:
-    m = summary["metrics"]
-    gold = f" (gold rubric {m['eval_gold_accuracy']:.1%})" if m.get("eval_gold_accuracy") is not None else ""
-    return (
-        f"[{summary['stage']}] done in {runs.format_duration(summary['wall_time_s'])} | {m['loss']} loss | "
-        f"held-out accuracy {m['eval_accuracy']:.1%}{gold} on {m['eval_pairs']} pairs | ECE {m['eval_ece']:.3f} | "
-        f"model: {summary['outputs']['model']}"
+        outputs=outputs,
+        headline=f"{config.loss} loss | held-out accuracy {metrics['eval_accuracy']:.1%}{gold} on "
+        f"{metrics['eval_pairs']} pairs | ECE {metrics['eval_ece']:.3f}",
     )
 
 

@@ -22,6 +22,8 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
+# The demo's gold rubric, named explicitly as configs/pipeline.yaml names it: labeling_ui itself has no default rubric.
+HOUSE_STYLE = "pipeline.demo.rubric:house_style_score"
 READY = re.compile(r"running at (http://\S+)")
 ADMIN_PASSWORD = re.compile(r"Log in as 'admin' with password: (\S+)")
 

@@ -19,7 +19,7 @@ STAGE_CONFIGS = {
     "ppo.yaml": "ppo.config:PPOStageConfig",
     "eval.yaml": "ppo.evaluate:EvalConfig",
     "rm.yaml": "reward.train:RMStageConfig",
-    "labeling.yaml": "labeling_ui.app:LabelingConfig",
+    "labeling.yaml": "labeling_ui.config:LabelingConfig",
 }
 OTHER_CONFIGS = {"pipeline.yaml"}  # not a TrlParser config: tested below
 

@@ -14,16 +14,20 @@ import pytest
 import sqlalchemy as sa
 
 from labeling_ui import cli
-from labeling_ui.agreement import ranks_from_scores
-from labeling_ui.app import LabelingConfig, LabelingService, ensure_admin, load_config
+from labeling_ui.config import LabelingConfig, load_config
 from labeling_ui.db import Ranking
 from labeling_ui.export import ExportConfig
 from labeling_ui.export import main as export_main
-from labeling_ui.simulate import load_rubric, noisy_ranks, simulate
-from labeling_ui.store import LabelStore
-from pipeline.demo.data import generate, house_style_score
+from labeling_ui.rules import Submission, ranks_from_scores
+from labeling_ui.server import ensure_admin
+from labeling_ui.service import LabelingService
+from labeling_ui.simulate import noisy_ranks, simulate
+from labeling_ui.storage import LabelStore
+from pipeline.demo.data import generate
+from pipeline.demo.rubric import house_style_score
+from pipeline.lib.rubric import load_rubric
 from tests.conftest import REPO, read_jsonl
-from tests.labeling_server import LabelingServer, question_rows
+from tests.labeling_server import HOUSE_STYLE, LabelingServer, question_rows
 
 CONFIG = REPO / "configs" / "labeling.yaml"
 ALICE = ("alice", "alice-password")
@@ -61,12 +65,13 @@ def ranking_rows(url: str) -> list[tuple[str, int, str]]:
 # --- the config --------------------------------------------------------------------------------------------------
 
 
-def test_the_shipped_config_parses_and_its_rubric_loads():
+def test_the_shipped_config_parses_and_names_no_rubric():
     config = load_config(CONFIG)
     assert config.host == "127.0.0.1"
     assert config.guidelines_version and "**Ties.**" in config.guidelines
     assert config.overlap == 2 and config.noise == [0.05, 0.15]
-    assert load_rubric(config.rubric) is house_style_score
+    assert config.rubric is None  # the pipeline config names the gold rubric and passes it with --rubric
+    assert load_rubric(HOUSE_STYLE) is house_style_score
 
 
 def test_config_errors_say_what_to_change(tmp_path):
@@ -78,8 +83,8 @@ def test_config_errors_say_what_to_change(tmp_path):
         LabelingConfig(noise=[-0.1])
     with pytest.raises(ValueError, match="module:function"):
         LabelingConfig(rubric="pipeline.demo.data.house_style_score")
-    with pytest.raises(ValueError, match="Cannot load the rubric"):
-        load_rubric("pipeline.demo.data:no_such_rubric")
+    with pytest.raises(ValueError, match="cannot load it"):
+        load_rubric("pipeline.demo.rubric:no_such_rubric")
 
 
 # --- the service: one code path for the page, the API and the simulation ------------------------------------------
@@ -101,21 +106,22 @@ def test_submit_is_stored_once_and_refusals_say_what_to_fix(service):
     assert (item["done"], item["total"]) == (0, 3)
     ids = [c["id"] for c in item["candidates"]]
 
-    incomplete = service.submit("alice", "s-0", item["item_id"], {ids[0]: 1})
+    incomplete = service.submit("alice", Submission("s-0", item["item_id"], {ids[0]: 1}))
     assert not incomplete["ok"] and "Rank every response: 3 of 4 have no rank yet" in incomplete["message"]
-    gap = service.submit("alice", "s-0", item["item_id"], dict(zip(ids, [1, 1, 4, 4], strict=True)))
+    gap = service.submit("alice", Submission("s-0", item["item_id"], dict(zip(ids, [1, 1, 4, 4], strict=True))))
     assert not gap["ok"] and "leave a gap" in gap["message"]
 
     ranks = dict(zip(ids, [2, 1, 1, 3], strict=True))  # a tie for first place
-    first = service.submit("alice", "s-1", item["item_id"], ranks, flags={ids[0]: ["off_topic"]}, seconds_spent=4.0)
-    retry = service.submit("alice", "s-1", item["item_id"], ranks)
+    flagged = Submission("s-1", item["item_id"], ranks, flags={ids[0]: ["off_topic"]}, seconds_spent=4.0)
+    first = service.submit("alice", flagged)
+    retry = service.submit("alice", Submission("s-1", item["item_id"], ranks))
     assert first == {"ok": True, "created": True, "version": 1, "message": "Saved."}
     assert retry["ok"] and not retry["created"] and retry["version"] == 1
     stored = service.store.recent_submissions("alice")
     assert len(stored) == 1 and stored[0]["ranks"] == ranks and stored[0]["guidelines_version"] == "g-7"
     assert stored[0]["flags"] == {ids[0]: ["off_topic"]}
 
-    edit = service.submit("alice", "s-2", item["item_id"], dict(zip(ids, [1, 2, 3, 4], strict=True)))
+    edit = service.submit("alice", Submission("s-2", item["item_id"], dict(zip(ids, [1, 2, 3, 4], strict=True))))
     assert edit["ok"] and edit["version"] == 2 and "edit" in edit["message"]
     assert service.next_item("alice")["item_id"] != item["item_id"]
     assert service.progress("alice") == (1, 3)
@@ -233,7 +239,7 @@ def test_simulated_labelers_over_http(app_server, tmp_path):
     server, url = app_server
     store = LabelStore(url)
     try:
-        summary = simulate(store, LabelingConfig(), tmp_path / "users.json", url=server.url, limit=2)
+        summary = simulate(store, LabelingConfig(rubric=HOUSE_STYLE), tmp_path / "users.json", url=server.url, limit=2)
         assert [(lab["username"], lab["submitted"]) for lab in summary["labelers"]] == [("sim-1", 2), ("sim-2", 2)]
         simulated = {u["username"]: u["simulated"] for u in store.list_users()}
         assert simulated["sim-1"] and simulated["sim-2"] and not simulated["alice"]
@@ -260,7 +266,7 @@ def test_simulation_ranks_everything_twice_agrees_realistically_and_exports_pair
     store.import_candidates(rows)
     passwords = tmp_path / "users.json"
     try:
-        summary = simulate(store, LabelingConfig(), passwords)
+        summary = simulate(store, LabelingConfig(rubric=HOUSE_STYLE), passwords)
         assert [(lab["username"], lab["sigma"], lab["submitted"]) for lab in summary["labelers"]] == [
             ("sim-1", 0.05, 16),
             ("sim-2", 0.15, 16),
@@ -272,7 +278,9 @@ def test_simulation_ranks_everything_twice_agrees_realistically_and_exports_pair
         assert 0.6 < agreement["pairwise_agreement"] < 1.0  # the noise makes them disagree on some close calls
         assert stat.S_IMODE(passwords.stat().st_mode) == 0o600
         saved = json.loads(passwords.read_text())
-        again = simulate(store, LabelingConfig(), passwords)  # nothing left; the same users are reused
+        again = simulate(
+            store, LabelingConfig(rubric=HOUSE_STYLE), passwords
+        )  # nothing left; the same users are reused
         assert [lab["submitted"] for lab in again["labelers"]] == [0, 0]
         assert json.loads(passwords.read_text()) == saved
     finally:
@@ -289,7 +297,8 @@ def test_without_noise_the_simulated_labelers_rank_as_the_rubric(tmp_path):
     rows = rubric_rows(6)
     store.import_candidates(rows)
     try:
-        summary = simulate(store, LabelingConfig(noise=[0.0]), tmp_path / "users.json", n_labelers=2)
+        config = LabelingConfig(noise=[0.0], rubric=HOUSE_STYLE)
+        summary = simulate(store, config, tmp_path / "users.json", n_labelers=2)
         assert summary["agreement"]["pairwise_agreement"] == 1.0
         expected = {
             r["prompt_id"]: ranks_from_scores(
@@ -319,6 +328,8 @@ def test_simulate_command(tmp_path, capsys):
         url,
         "--config",
         str(CONFIG),
+        "--rubric",
+        HOUSE_STYLE,
         "--labelers",
         "3",
         "--noise",

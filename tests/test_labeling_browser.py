@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from labeling_ui.store import LabelStore
+from labeling_ui.storage import LabelStore
 from tests.conftest import REPO
 from tests.labeling_server import LabelingServer, question_rows
 
@@ -155,3 +155,40 @@ def test_admin_sees_the_admin_tab_and_the_flagged_text_literally(server, browser
     page.wait_for_function("[...document.querySelectorAll('textarea')].some(t => t.value.includes('pairs from'))")
     assert dialogs == [] and page.evaluate("window.__xss") is None
     assert page.locator("img[src='x'], table b").count() == 0
+
+
+def test_labeler_edits_a_ranking_from_my_rankings_and_it_is_a_new_version(server, browser, tmp_path):
+    running, url = server
+    dialogs: list[str] = []
+    page = open_page(browser, running.url, *LABELER, dialogs)
+    page.get_by_role("tab", name="My rankings").click()
+    page.locator("#recent input").click()
+    page.get_by_role("option").first.click()  # her one ranking (the other item she skipped)
+    page.locator("#edit-btn").click()
+    page.get_by_text("Prompt (editing your ranking, version 1)").wait_for()
+    assert "Editing your ranking (version 1)" in page.inner_text("#status")
+
+    # The form shows the stored ranking in her display order: ranks 1, 3, 2, 4 from the first test, flag and comment.
+    texts = [page.locator(f"#text-{i} textarea").input_value() for i in range(4)]
+    assert HOSTILE in texts
+    assert [page.locator(f"#rank-{i} input[value='{r}']").is_checked() for i, r in enumerate([1, 3, 2, 4])] == [
+        True
+    ] * 4
+    assert page.locator("#comment textarea").input_value() == "one response has markup in it"
+    page.locator("body").click(position={"x": 5, "y": 700})
+    for key in "a4b1c3d2":
+        page.keyboard.press(key)
+    page.keyboard.press("Control+Enter")
+    page.wait_for_function("document.querySelector('#status').innerText.includes('Saved your edit (version 2)')")
+    assert page.inner_text("#progress") == "1 done of 3"  # an edit is not a new item done
+
+    store = LabelStore(url)
+    try:
+        (ranking,) = [r for r in store.all_current_rankings() if r["username"] == LABELER[0]]
+        assert store.count_rankings() == 2  # version 1 stays; version 2 is current
+    finally:
+        store.close()
+    by_text = {c["text"]: c["id"] for c in ranking["candidates"]}
+    assert ranking["version"] == 2 and [ranking["ranks"][by_text[t]] for t in texts] == [4, 1, 3, 2]
+    assert ranking["flags"] == {by_text[HOSTILE]: ["unsafe"]} and ranking["comment"] == "one response has markup in it"
+    assert dialogs == [] and page.evaluate("window.__xss") is None

@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from labeling_ui.db import Ranking, User
-from labeling_ui.store import LabelStore
+from labeling_ui.storage import LabelStore
 from tests.labeling_server import ApiClient, LabelingServer, question_rows
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -1,4 +1,5 @@
-"""The labeling store, agreement statistics and the export, against hand-worked examples; SQLite and PostgreSQL."""
+"""The labeling rules, storage, agreement statistics and the export, against hand-worked examples; SQLite and
+PostgreSQL."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ import pytest
 import sqlalchemy as sa
 from scipy.stats import kendalltau
 
-from labeling_ui import agreement, assignment
+from labeling_ui import agreement, assignment, rules, stats
 from labeling_ui.db import Base, make_engine
 from labeling_ui.export import aggregate_pairs, export_preferences
-from labeling_ui.store import LabelStore, RankingError, normalize_ranks
+from labeling_ui.rules import RankingError, Submission, normalize_ranks
+from labeling_ui.storage import LabelStore
 from pipeline.lib.pairs import ranking_to_pairs
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -64,16 +66,17 @@ def rank_in_order(store: LabelStore, user: str, submission_id: str, reverse: boo
     view = store.next_item(user)
     ids = [cid for cid, _ in view.candidates]
     ids = ids[::-1] if reverse else ids
-    return view, store.submit_ranking(user, submission_id, view.item_id, {cid: r + 1 for r, cid in enumerate(ids)})
+    ranks = {cid: r + 1 for r, cid in enumerate(ids)}
+    return view, store.submit_ranking(user, Submission(submission_id, view.item_id, ranks))
 
 
 # --- agreement: hand-worked ---------------------------------------------------------------------------------------
 
 
 def test_rank_forms():
-    assert agreement.dense_ranks([10, 10, 30, 20]) == [1, 1, 3, 2]
-    assert agreement.competition_ranks([10, 10, 30, 20]) == [1, 1, 4, 3]
-    assert agreement.ranks_from_scores([0.2, 0.9, 0.2 + 1e-9]) == [2, 1, 2]  # highest score first; float noise ties
+    assert rules.dense_ranks([10, 10, 30, 20]) == [1, 1, 3, 2]
+    assert rules.competition_ranks([10, 10, 30, 20]) == [1, 1, 4, 3]
+    assert rules.ranks_from_scores([0.2, 0.9, 0.2 + 1e-9]) == [2, 1, 2]  # highest score first; float noise ties
 
 
 def test_pairwise_agreement_counts_ties_as_a_relation():
@@ -204,16 +207,16 @@ def test_submit_is_idempotent_and_edits_are_new_versions(store):
     view, first = rank_in_order(store, "ana", "s1")
     assert first.created and first.version == 1
     ids = [cid for cid, _ in view.candidates]
-    again = store.submit_ranking("ana", "s1", view.item_id, {cid: r + 1 for r, cid in enumerate(ids)})
+    again = store.submit_ranking("ana", Submission("s1", view.item_id, {cid: r + 1 for r, cid in enumerate(ids)}))
     assert not again.created and again.ranking_id == first.ranking_id
-    edit = store.submit_ranking("ana", "s2", view.item_id, {cid: 4 - r for r, cid in enumerate(ids)})
+    edit = store.submit_ranking("ana", Submission("s2", view.item_id, {cid: 4 - r for r, cid in enumerate(ids)}))
     assert edit.created and edit.version == 2
     assert store.count_rankings() == 2 and store.count_rankings(current_only=True) == 1
     (current,) = store.all_current_rankings()
     assert current["version"] == 2 and current["ranks"][ids[0]] == 4
     with pytest.raises(RankingError, match="another item"):
         other = store.next_item("ana")
-        store.submit_ranking("ana", "s1", other.item_id, {cid: 1 for cid, _ in other.candidates})
+        store.submit_ranking("ana", Submission("s1", other.item_id, {cid: 1 for cid, _ in other.candidates}))
 
 
 def test_reads_do_not_wait_for_a_writer_and_concurrent_writers_all_land(store, db_url):
@@ -310,11 +313,12 @@ def test_gold_items_are_mixed_in_at_the_rate(db_url):
             got.append(view.item_id)
             ids = dict(view.candidates)
             gold_order = {cid: int(text.split()[1]) + 1 for cid, text in ids.items()}
-            store.submit_ranking("ana", f"s{len(got)}", view.item_id, gold_order)
-        stats = {s["username"]: s for s in store.labeler_stats()}["ana"]
+            store.submit_ranking("ana", Submission(f"s{len(got)}", view.item_id, gold_order))
+        labelers = stats.labeler_stats(store.list_users(), store.all_current_rankings())
+        ana = {s["username"]: s for s in labelers}["ana"]
         # 12 regular items at a gold rate of 1/4: 3 or 4 gold items among them (the phase decides), none after
-        assert stats["gold_done"] in (3, 4) and len(got) == 12 + stats["gold_done"]
-        assert stats["gold_accuracy"] == pytest.approx(1.0)
+        assert ana["gold_done"] in (3, 4) and len(got) == 12 + ana["gold_done"]
+        assert ana["gold_accuracy"] == pytest.approx(1.0)
     finally:
         store.close()
 

@@ -13,7 +13,9 @@ import os
 import sys
 from pathlib import Path
 
-ACCELERATE_CONFIGS = Path("configs/accelerate")  # relative, as the DeepSpeed files named inside them: run from the repository
+ACCELERATE_CONFIGS = Path(
+    "configs/accelerate"
+)  # relative, as the DeepSpeed files named inside them: run from the repository
 
 
 def accelerate_config(nproc: int, zero: int) -> Path:

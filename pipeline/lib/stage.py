@@ -11,7 +11,9 @@ and the tracker, ``latest_checkpoint`` finds where to resume, ``weights_dir`` an
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -121,6 +123,17 @@ def latest_checkpoint(output_dir: str | Path, is_complete: Callable[[Path], bool
     return max(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
+def trainer_figures(trainer, train_result) -> dict[str, Any]:
+    """What a transformers Trainer run reports for summary.json: loss, speed, steps."""
+    return {
+        "train_loss": train_result.training_loss,
+        "train_samples_per_second": train_result.metrics.get("train_samples_per_second"),
+        "train_runtime_s": train_result.metrics.get("train_runtime"),
+        "global_step": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+    }
+
+
 def weights_dir(stage_dir: Path, model: ModelArguments) -> Path:
     """Where the trained weights are written: the adapters, to merge into the start model, or the model itself."""
     return stage_dir / ("adapter" if model.use_lora and model.merge_lora else "model")
@@ -164,16 +177,32 @@ def finish_model(
 class Stage:
     """One stage run: its folder ``runs/<run>/<stage>/``, timer, tracker and summary.json.
 
-    >>> stage = Stage("sft", run, [run, model, config], config.report_to, is_main_process=True)
+    >>> stage = Stage("sft", run.run, run.runs_dir, [run, model, config], config.report_to)
     >>> ...  # train, save
-    >>> stage.finish(metrics={...}, inputs={...}, outputs={...}, line="[sft] done ...")
+    >>> stage.finish(metrics={...}, inputs={...}, outputs={...}, headline="eval loss 2.1 -> 1.4")
     """
 
-    def __init__(self, name: str, run: RunArguments, configs: list[Any], report_to, is_main_process: bool = True):
-        self.name, self.run, self.configs = name, run, configs
-        self.record = runs.StageRun(name, run.run, run.runs_dir)
+    def __init__(
+        self, name: str, run: str, runs_dir: str, configs: list[Any], report_to=None, is_main_process: bool = True
+    ):
+        self.name, self.configs = name, configs
+        self.record = runs.StageRun(name, run, runs_dir)
         self.dir = self.record.dir
-        self.tracker = Tracker(report_to, run.run, name, self.dir, recorded_config(*configs), is_main_process)
+        self.timing: dict[str, float] = {}
+        self.tracker = Tracker(report_to, run, name, self.dir, recorded_config(*configs), is_main_process)
+
+    @property
+    def wall_time_s(self) -> float:
+        return self.record.wall_time_s
+
+    @contextmanager
+    def timed(self, name: str):
+        """Seconds spent in the block, kept in ``self.timing[name]`` (a stage's phases in summary.json)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timing[name] = round(time.perf_counter() - start, 2)
 
     def finish(
         self,
@@ -181,9 +210,10 @@ class Stage:
         inputs: dict[str, str | Path],
         outputs: dict[str, str | Path],
         extra: dict[str, Any] | None = None,
-        line: Callable[[dict[str, Any]], str] | None = None,
+        headline: str = "",
     ) -> dict[str, Any]:
-        """summary.json (with the config and the tracking record), the tracker's summary; prints ``line(summary)``."""
+        """summary.json (with the config and the tracking record), the tracker's summary, and one line printed:
+        ``[stage] done in 1m05s | <headline> | <the first output>``."""
         numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
         self.tracker.summary(numbers)
         summary = self.record.finish(
@@ -194,6 +224,7 @@ class Stage:
             extra={"tracking": self.tracker.record, **(extra or {})},
         )
         self.tracker.finish()
-        if line is not None:
-            print(line(summary))
+        first = next((f"{name}: {path}" for name, path in outputs.items()), "")
+        took = runs.format_duration(summary["wall_time_s"])
+        print(" | ".join(part for part in (f"[{self.name}] done in {took}", headline, first) if part))
         return summary

@@ -1,23 +1,17 @@
-"""The labeling store: the one API the app, the CLI and the export use to read and write labels.
+"""The labels' storage: ``LabelStore``, the one API the app, the CLI and the export use to read and write labels.
 
 Every write is one short transaction, committed before the method returns: a label the app reported as saved is on
 disk (SQLite WAL with synchronous=FULL, or a PostgreSQL commit). Submits are idempotent on the client-sent
 ``submission_id`` (a retried request stores nothing twice), and rankings are append-only: an edit adds a version.
-
-Rank convention: 1 = best; tied candidates share a rank; ranks are stored DENSE (1, 1, 2: no gaps). The competition
-form of the same ranking (1, 1, 3) is accepted too and stored dense.
+What a valid ranking is lives in ``labeling_ui.rules``; who gets which item, in ``labeling_ui.assignment``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
-import math
-import statistics
 import threading
-from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from labeling_ui import assignment
-from labeling_ui.agreement import agreement_summary, competition_ranks, dense_ranks, pairwise_agreement
+from labeling_ui.config import LabelingConfig
 from labeling_ui.db import (
     READ_ONLY,
     ROLES,
@@ -42,16 +36,23 @@ from labeling_ui.db import (
     migrate,
     utcnow,
 )
+from labeling_ui.rules import (
+    RELOAD,
+    RankingError,
+    Submission,
+    candidate_list,
+    check_display_order,
+    check_seconds,
+    check_submission_id,
+    check_text,
+    gold_ranking,
+    item_id,
+    normalize_flags,
+    normalize_ranks,
+    prompt_messages,
+    user_message,
+)
 from labeling_ui.users import check_username, dummy_hash, hash_password, verify_password
-
-FLAGS = ("unsafe", "private_data", "factually_wrong", "off_topic")
-MAX_TEXT = 5000  # characters of a comment or skip reason
-MAX_SUBMISSION_ID = 128
-RELOAD = "Reload the page and try again."
-
-
-class RankingError(ValueError):
-    """A submission the store refuses. The message is shown to the labeler as is: what is wrong, what to do."""
 
 
 @dataclass
@@ -70,127 +71,17 @@ class SubmitResult:
     created: bool  # False when this submission_id was already stored (a retry): nothing new was written
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Pure helpers
-# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class Progress:
+    """How far the labeling of a database is; gold items are left out of both counts."""
 
-
-def _hash(*parts: Any, length: int) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:length]
-
-
-def candidate_id(text: str) -> str:
-    return _hash("candidate", text, length=12)
-
-
-def item_id(prompt_messages: list[dict], texts: Sequence[str], is_gold: bool) -> str:
-    """A hash of the content (candidate order ignored): the same prompt and candidates always give the same id."""
-    return _hash("gold" if is_gold else "item", prompt_messages, sorted(texts), length=32)
-
-
-def user_message(messages: Sequence[Mapping[str, str]]) -> str:
-    """The text labelers read as the prompt: the last user message (the last message if none is a user's)."""
-    users = [m for m in messages if m.get("role") == "user"]
-    return str((users or list(messages))[-1]["content"])
-
-
-def _as_rank(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return None
-
-
-def normalize_ranks(ranks: Mapping[str, object], candidate_ids: Sequence[str]) -> dict[str, int]:
-    """Check a labeler's ranks and return them dense, keyed by candidate id; RankingError says what to fix.
-
-    Accepted: every candidate ranked with a whole number in 1..K, ties allowed, either with no gaps (1, 1, 2) or
-    skipping the tied places (1, 1, 3). Both forms say the same thing and are stored as the first.
-    """
-    k = len(candidate_ids)
-    if set(ranks) - set(candidate_ids):
-        raise RankingError(f"This form is out of date: it ranks a response this item does not have. {RELOAD}")
-    given = {cid: ranks[cid] for cid in candidate_ids if ranks.get(cid) not in (None, "")}
-    missing = k - len(given)
-    if missing:
-        raise RankingError(f"Rank every response: {missing} of {k} have no rank yet.")
-    parsed = {cid: _as_rank(value) for cid, value in given.items()}
-    if any(value is None for value in parsed.values()):
-        raise RankingError(f"Ranks must be whole numbers from 1 (best) to {k}.")
-    values = [parsed[cid] for cid in candidate_ids]
-    out_of_range = sorted({v for v in values if not 1 <= v <= k})
-    if out_of_range:
-        raise RankingError(f"Ranks go from 1 (best) to {k}; {out_of_range[0]} is out of range.")
-    if min(values) != 1:
-        raise RankingError(f"The best response gets rank 1; these ranks start at {min(values)}.")
-    if values != dense_ranks(values) and values != competition_ranks(values):
-        shown = ", ".join(map(str, sorted(values)))
-        raise RankingError(
-            f"The ranks {shown} leave a gap. Tied responses share a rank and the next one follows on "
-            "(1, 1, 2, ...) or skips the tied places (1, 1, 3, ...). Fix the ranks and submit again."
-        )
-    return dict(zip(candidate_ids, dense_ranks(values), strict=True))
-
-
-def normalize_flags(flags: Mapping[str, Iterable[str] | str] | None, candidate_ids: Sequence[str]) -> dict[str, list]:
-    """Flags keyed by candidate id, each a sorted list of known flags; candidates without flags are left out."""
-    out = {}
-    for cid, names in (flags or {}).items():
-        if cid not in candidate_ids:
-            raise RankingError(f"This form is out of date: it flags a response this item does not have. {RELOAD}")
-        names = [names] if isinstance(names, str) else list(names)
-        unknown = sorted(set(names) - set(FLAGS))
-        if unknown:
-            raise RankingError(f"Unknown flag {unknown[0]!r}. The flags are: {', '.join(FLAGS)}.")
-        if names:
-            out[cid] = sorted(set(names))
-    return dict(sorted(out.items()))
-
-
-def _check_text(value: str, what: str, limit: int = MAX_TEXT) -> str:
-    if not isinstance(value, str):
-        raise RankingError(f"The {what} must be text.")
-    if len(value) > limit:
-        raise RankingError(f"The {what} is {len(value)} characters long; keep it to {limit}.")
-    return value
-
-
-def _check_submission_id(submission_id: str) -> None:
-    if not isinstance(submission_id, str) or not 0 < len(submission_id) <= MAX_SUBMISSION_ID:
-        raise RankingError(f"This form has no valid submission id. {RELOAD}")
+    items: int  # regular items imported
+    rankings: int  # current rankings of them (an edit replaces a ranking, it does not add one)
 
 
 def _iso(value: dt.datetime) -> str:
     # SQLite hands back naive datetimes; everything is stored in UTC.
     return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).isoformat(timespec="seconds")
-
-
-def _messages(prompt: object, where: str) -> list[dict[str, str]]:
-    if isinstance(prompt, str):
-        prompt = [{"role": "user", "content": prompt}]
-    if not isinstance(prompt, list) or not prompt or not all(isinstance(m, dict) and "content" in m for m in prompt):
-        raise ValueError(f"{where}: 'prompt' must be a non-empty text or list of messages with 'role' and 'content'.")
-    return [{"role": str(m.get("role", "user")), "content": str(m["content"])} for m in prompt]
-
-
-def _candidates(texts: object, where: str) -> list[dict[str, str]]:
-    if not isinstance(texts, list) or len(texts) < 2 or not all(isinstance(t, str) and t.strip() for t in texts):
-        raise ValueError(f"{where}: 'candidates' must be a list of at least two non-empty texts.")
-    stripped = [t.strip() for t in texts]
-    duplicates = [t for t, n in Counter(stripped).items() if n > 1]
-    if duplicates:
-        raise ValueError(f"{where}: two candidates are the same text ({duplicates[0][:40]!r}...): keep one of them.")
-    return [{"id": candidate_id(t), "text": t} for t in texts]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The store
-# ---------------------------------------------------------------------------------------------------------------
 
 
 class LabelStore:
@@ -215,6 +106,11 @@ class LabelStore:
         # lock of their own instead and hand the database over without sleeping; other processes still wait on
         # SQLite's busy timeout. PostgreSQL locks rows, not the database: nothing to queue for there.
         self._writer = threading.Lock() if self.engine.dialect.name == "sqlite" else nullcontext()
+
+    @classmethod
+    def for_config(cls, url: str, config: LabelingConfig) -> LabelStore:
+        """The store as the app and the simulated labelers open it: the config's overlap, gold rate and seed."""
+        return cls(url, overlap=config.overlap, gold_rate=config.gold_rate, seed=config.seed)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -302,8 +198,10 @@ class LabelStore:
             return user.role if user is not None and user.active else None
 
     def list_users(self) -> list[dict]:
+        """Every user by name, with their current rankings and their skips."""
         with self._read() as session:
-            counts = self._current_counts_by_user(session)
+            rankings = self._counts_by_user(session, sa.select(Ranking.user_id).where(Ranking.is_current))
+            skips = self._counts_by_user(session, sa.select(Skip.user_id))
             users = session.scalars(sa.select(User).order_by(User.username)).all()
         return [
             {
@@ -312,57 +210,53 @@ class LabelStore:
                 "active": u.active,
                 "simulated": u.simulated,
                 "created_at": _iso(u.created_at),
-                "n_rankings": counts.get(u.id, 0),
+                "n_rankings": rankings.get(u.id, 0),
+                "n_skips": skips.get(u.id, 0),
             }
             for u in users
         ]
 
     @staticmethod
-    def _current_counts_by_user(session: Session) -> dict[int, int]:
-        query = sa.select(Ranking.user_id, sa.func.count()).where(Ranking.is_current).group_by(Ranking.user_id)
-        return dict(session.execute(query).tuples().all())
+    def _counts_by_user(session: Session, user_ids: sa.Select) -> dict[int, int]:
+        """{user id: rows} of a query that selects one user id per row."""
+        query = user_ids.subquery()
+        counted = sa.select(query.c.user_id, sa.func.count()).group_by(query.c.user_id)
+        return dict(session.execute(counted).tuples().all())
 
     # --- items ------------------------------------------------------------------------------------------------
 
     def import_candidates(self, rows: Iterable[dict]) -> int:
         """Add the candidate generator's items; returns how many were new (re-importing the same rows adds 0)."""
-        items = []
-        for i, row in enumerate(rows, start=1):
-            where = f"row {i} (prompt_id {row.get('prompt_id')!r})"
-            messages, candidates = _messages(row.get("prompt"), where), _candidates(row.get("candidates"), where)
-            items.append(self._new_item(row, messages, candidates, gold_ranking=None))
-        return self._add_items(items)
+        return self._add_items(self._new_items(rows, gold=False))
 
     def add_gold_items(self, rows: Iterable[dict]) -> int:
         """Add gold items: ``gold_ranking`` holds the reference ranks aligned with ``candidates`` (1 = best)."""
-        items = []
-        for i, row in enumerate(rows, start=1):
-            where = f"gold row {i} (prompt_id {row.get('prompt_id')!r})"
-            messages, candidates = _messages(row.get("prompt"), where), _candidates(row.get("candidates"), where)
-            gold = row.get("gold_ranking")
-            if not isinstance(gold, list) or len(gold) != len(candidates):
-                raise ValueError(f"{where}: 'gold_ranking' must be a list of ranks, one per candidate.")
-            ids = [c["id"] for c in candidates]
-            try:
-                ranking = normalize_ranks(dict(zip(ids, gold, strict=True)), ids)
-            except RankingError as error:
-                raise ValueError(f"{where}: bad 'gold_ranking' {gold}: {error}") from error
-            items.append(self._new_item(row, messages, candidates, gold_ranking=ranking))
-        return self._add_items(items)
+        return self._add_items(self._new_items(rows, gold=True))
 
     @staticmethod
-    def _new_item(row: dict, messages: list, candidates: list, gold_ranking: dict | None) -> Item:
-        texts = [c["text"] for c in candidates]
-        return Item(
-            id=item_id(messages, texts, is_gold=gold_ranking is not None),
-            prompt_id=str(row.get("prompt_id") or item_id(messages, [], False)),
-            prompt=user_message(messages),
-            prompt_messages=messages,
-            candidates=candidates,
-            is_gold=gold_ranking is not None,
-            gold_ranking=gold_ranking,
-            provenance=row.get("provenance"),
-        )
+    def _new_items(rows: Iterable[dict], gold: bool) -> list[Item]:
+        items = []
+        for i, row in enumerate(rows, start=1):
+            where = f"{'gold row' if gold else 'row'} {i} (prompt_id {row.get('prompt_id')!r})"
+            messages, candidates = (
+                prompt_messages(row.get("prompt"), where),
+                candidate_list(row.get("candidates"), where),
+            )
+            ids = [c["id"] for c in candidates]
+            ranking = gold_ranking(row.get("gold_ranking"), ids, where) if gold else None
+            items.append(
+                Item(
+                    id=item_id(messages, [c["text"] for c in candidates], is_gold=gold),
+                    prompt_id=str(row.get("prompt_id") or item_id(messages, [], False)),
+                    prompt=user_message(messages),
+                    prompt_messages=messages,
+                    candidates=candidates,
+                    is_gold=gold,
+                    gold_ranking=ranking,
+                    provenance=row.get("provenance"),
+                )
+            )
+        return items
 
     def _add_items(self, items: list[Item]) -> int:
         now = utcnow()
@@ -456,26 +350,14 @@ class LabelStore:
             # The labeler's own lease does not count towards their progress: `state` is what `progress` reads now.
             return self._view(session.get(Item, chosen), username), self._progress(state, username)
 
-    def submit_ranking(
-        self,
-        username: str,
-        submission_id: str,
-        item_id: str,
-        ranks: dict[str, int],
-        *,
-        none_acceptable: bool = False,
-        flags: dict[str, list[str]] | None = None,
-        comment: str = "",
-        guidelines_version: str = "",
-        display_order: list[str] | None = None,
-        seconds_spent: float | None = None,
-    ) -> SubmitResult:
+    def submit_ranking(self, username: str, submission: Submission, guidelines_version: str = "") -> SubmitResult:
         """Store a ranking, committed before returning. The same submission_id again returns the stored row.
 
         A new submission_id for an item this labeler already ranked is an edit: a new version becomes current and
         the old row stays. Submissions of a user disabled meanwhile are still kept: no finished work is dropped.
         """
-        _check_submission_id(submission_id)
+        submission_id, item_id = submission.submission_id, submission.item_id
+        check_submission_id(submission_id)
         with self._begin() as session:
             # Locking the user row serialises one labeler's submits on PostgreSQL (a double click sends two):
             # versions are then numbered without gaps or clashes. SQLite's BEGIN IMMEDIATE already serialises.
@@ -489,14 +371,19 @@ class LabelStore:
             if item is None:
                 raise RankingError(f"This item does not exist (any more). {RELOAD}")
             ids = [c["id"] for c in item.candidates]
+            shown = submission.display_order
             row = {
-                "ranks": normalize_ranks(ranks, ids),
-                "flags": normalize_flags(flags, ids),
-                "none_acceptable": bool(none_acceptable),
-                "comment": _check_text(comment, "comment"),
-                "guidelines_version": _check_text(guidelines_version, "guidelines version", 64),
-                "display_order": self._check_display_order(display_order, ids, username, item_id),
-                "seconds_spent": self._check_seconds(seconds_spent),
+                "ranks": normalize_ranks(submission.ranks, ids),
+                "flags": normalize_flags(submission.flags, ids),
+                "none_acceptable": bool(submission.none_acceptable),
+                "comment": check_text(submission.comment, "comment"),
+                "guidelines_version": check_text(guidelines_version, "guidelines version", 64),
+                "display_order": (
+                    assignment.display_order(ids, username, item_id, self.seed)
+                    if shown is None
+                    else check_display_order(shown, ids)
+                ),
+                "seconds_spent": check_seconds(submission.seconds_spent),
             }
             where = (Ranking.item_id == item_id) & (Ranking.user_id == user.id)
             version = (session.scalar(sa.select(sa.func.max(Ranking.version)).where(where)) or 0) + 1
@@ -522,27 +409,10 @@ class LabelStore:
             session.execute(sa.update(Ranking).where(Ranking.id == inserted).values(is_current=True))
             return SubmitResult(ranking_id=inserted, version=version, created=True)
 
-    def _check_display_order(self, order: list[str] | None, ids: list[str], username: str, item_id: str) -> list:
-        if order is None:
-            return assignment.display_order(ids, username, item_id, self.seed)
-        if sorted(order) != sorted(ids):
-            raise RankingError(f"This form is out of date: its responses do not match the item. {RELOAD}")
-        return list(order)
-
-    @staticmethod
-    def _check_seconds(seconds: float | None) -> float | None:
-        if seconds is None:
-            return None
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not math.isfinite(seconds):
-            raise RankingError(f"The time spent must be a number of seconds. {RELOAD}")
-        if seconds < 0:
-            raise RankingError(f"The time spent cannot be negative. {RELOAD}")
-        return float(seconds)
-
     def skip(self, username: str, submission_id: str, item_id: str, reason: str) -> None:
         """The labeler passes on the item: it is not offered to them again and goes to others. Idempotent."""
-        _check_submission_id(submission_id)
-        _check_text(reason, "reason")
+        check_submission_id(submission_id)
+        check_text(reason, "reason")
         with self._begin() as session:
             user = self._labeler(session, username)
             stored = session.scalars(sa.select(Skip).where(Skip.submission_id == submission_id)).one_or_none()
@@ -612,7 +482,7 @@ class LabelStore:
         ranking, item = row
         return self._view(item, username), self._ranking_dict(ranking)
 
-    # --- the admin's view -------------------------------------------------------------------------------------
+    # --- everyone's labels ------------------------------------------------------------------------------------
 
     def all_current_rankings(self) -> list[dict]:
         """Every labeler's current ranking with its item, sorted by (prompt_id, item_id, username).
@@ -653,78 +523,14 @@ class LabelStore:
         with self._read() as session:
             return session.scalar(query.where(Ranking.is_current) if current_only else query)
 
-    def labeler_stats(self) -> list[dict]:
-        """Per labeler: rankings, skips, median seconds per ranking, and accuracy on gold items.
-
-        ``gold_accuracy`` is the mean pairwise agreement (``agreement.pairwise_agreement``) between the labeler's
-        ranking and the gold ranking over the gold items they ranked; None before their first one.
-        """
-        rankings = self.all_current_rankings()
+    def labeling_progress(self) -> Progress:
+        """Regular items and their current rankings, read in one snapshot."""
+        rankings = (
+            sa.select(sa.func.count())
+            .select_from(Ranking)
+            .join(Item, Item.id == Ranking.item_id)
+            .where(Ranking.is_current, ~Item.is_gold)
+        )
         with self._read() as session:
-            users = session.scalars(sa.select(User).order_by(User.username)).all()
-            skips = dict(
-                session.execute(sa.select(Skip.user_id, sa.func.count()).group_by(Skip.user_id)).tuples().all()
-            )
-        by_user: dict[str, list[dict]] = defaultdict(list)
-        for r in rankings:
-            by_user[r["username"]].append(r)
-        stats = []
-        for user in users:
-            mine = by_user[user.username]
-            if user.role != "labeler" and not mine:
-                continue
-            seconds = [r["seconds_spent"] for r in mine if r["seconds_spent"] is not None]
-            gold = [
-                pairwise_agreement(r["ranks_list"], [r["gold_ranking"][c["id"]] for c in r["candidates"]])
-                for r in mine
-                if r["is_gold"]
-            ]
-            stats.append(
-                {
-                    "username": user.username,
-                    "active": user.active,
-                    "simulated": user.simulated,
-                    "count": len(mine),
-                    "skips": skips.get(user.id, 0),
-                    "median_seconds": statistics.median(seconds) if seconds else None,
-                    "gold_done": len(gold),
-                    "gold_accuracy": sum(gold) / len(gold) if gold else None,
-                }
-            )
-        return stats
-
-    def agreement(self) -> dict:
-        """Inter-labeler agreement on the regular items ranked by two labelers or more (see agreement.py)."""
-        by_item: dict[str, dict[str, list[int]]] = defaultdict(dict)
-        for r in self.all_current_rankings():
-            if not r["is_gold"]:
-                by_item[r["item_id"]][r["username"]] = r["ranks_list"]
-        return agreement_summary(by_item)
-
-    def flagged_items(self) -> list[dict]:
-        """Items where a labeler flagged a response or found none acceptable, with who said what."""
-        flagged: dict[str, dict[str, Any]] = {}
-        for r in self.all_current_rankings():
-            if not (r["flags"] or r["none_acceptable"]):
-                continue
-            entry = flagged.setdefault(
-                r["item_id"],
-                {
-                    "item_id": r["item_id"],
-                    "prompt_id": r["prompt_id"],
-                    "prompt": r["prompt"],
-                    "none_acceptable_by": [],
-                    "flags": [],
-                    "comments": [],
-                },
-            )
-            texts = {c["id"]: c["text"] for c in r["candidates"]}
-            if r["none_acceptable"]:
-                entry["none_acceptable_by"].append(r["username"])
-            for cid, names in r["flags"].items():
-                entry["flags"].append(
-                    {"username": r["username"], "candidate_id": cid, "response": texts[cid], "flags": names}
-                )
-            if r["comment"]:
-                entry["comments"].append({"username": r["username"], "comment": r["comment"]})
-        return list(flagged.values())
+            items = session.scalar(sa.select(sa.func.count()).select_from(Item).where(~Item.is_gold))
+            return Progress(items=items, rankings=session.scalar(rankings))

@@ -1,0 +1,66 @@
+"""The labeling stage's settings: ``LabelingConfig``, read from configs/labeling.yaml by ``load_config``.
+
+The one loader the app, the simulated labelers and other packages (through ``labeling_ui.api``) use, so every reader
+gets the same values and the same defaults. What each setting does for labelers is in the README and the YAML itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "labeling.yaml"
+
+
+@dataclass
+class LabelingConfig:
+    """configs/labeling.yaml: the guidelines, how items are handed out, where the app listens, simulated labelers."""
+
+    guidelines_version: str = "1"
+    guidelines: str = "Rank the responses from 1 (best) to the number of responses (worst)."
+    overlap: int = field(default=2, metadata={"help": "Labelers per regular item."})
+    gold_rate: float = field(default=0.1, metadata={"help": "Share of each labeler's items that are gold items."})
+    seed: int = field(default=0, metadata={"help": "Fixes display orders and the simulated labelers' noise."})
+    host: str = "127.0.0.1"
+    port: int = 7860
+    rubric: str | None = field(
+        default=None,
+        metadata={
+            "help": "Simulated labelers' scoring function, module:function(prompt, response) -> float. No default: "
+            "the pipeline config names the gold rubric once and passes it with --rubric."
+        },
+    )
+    noise: list[float] = field(
+        default_factory=lambda: [0.05, 0.15],
+        metadata={"help": "Simulated labelers' noise sigmas, one labeler per level by default."},
+    )
+
+    def __post_init__(self):
+        if not 0 < len(self.guidelines_version) <= 64:
+            raise ValueError("guidelines_version must be 1 to 64 characters: it is stored with every ranking.")
+        if self.overlap < 1:
+            raise ValueError(f"overlap must be at least 1 (labelers per item), got {self.overlap}.")
+        if not 0 <= self.gold_rate < 1:
+            raise ValueError(f"gold_rate must be in [0, 1), got {self.gold_rate}.")
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"port must be in 0..65535, got {self.port}.")
+        if self.rubric is not None and self.rubric.count(":") != 1:
+            raise ValueError(f"rubric must read module:function, got {self.rubric!r}.")
+        if not self.noise or any(sigma < 0 for sigma in self.noise):
+            raise ValueError(f"noise must list one or more sigmas >= 0, got {self.noise}.")
+
+
+def load_config(path: str | Path | None = None) -> LabelingConfig:
+    """The YAML at ``path`` (default configs/labeling.yaml) as a LabelingConfig; unknown keys are an error."""
+    path = Path(path or DEFAULT_CONFIG)
+    if not path.exists():
+        raise FileNotFoundError(f"No labeling config at {path}: pass --config configs/labeling.yaml.")
+    raw = yaml.safe_load(path.read_text()) or {}
+    known = {f.name for f in dataclasses.fields(LabelingConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown key {unknown[0]!r}; the keys are: {', '.join(sorted(known))}.")
+    return LabelingConfig(**raw)

@@ -1,0 +1,89 @@
+"""What the admin tab, the simulation summary and the export report about the labels: pure functions of the rows
+``LabelStore.list_users`` and ``LabelStore.all_current_rankings`` return.
+
+Per-labeler statistics (counts, time per item, gold accuracy), agreement over shared items, and the flagged items.
+Named ``stats`` so that it does not read as the standard library's ``statistics``, which it uses.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from labeling_ui.agreement import agreement_summary, pairwise_agreement
+
+
+def labeler_stats(users: Sequence[dict], rankings: Sequence[dict]) -> list[dict]:
+    """Per labeler: rankings, skips, median seconds per ranking, and accuracy on gold items.
+
+    ``gold_accuracy`` is the mean pairwise agreement (``agreement.pairwise_agreement``) between the labeler's
+    ranking and the gold ranking over the gold items they ranked; None before their first one. Admins appear only
+    once they ranked something.
+    """
+    by_user: dict[str, list[dict]] = defaultdict(list)
+    for r in rankings:
+        by_user[r["username"]].append(r)
+    out = []
+    for user in users:
+        mine = by_user[user["username"]]
+        if user["role"] != "labeler" and not mine:
+            continue
+        seconds = [r["seconds_spent"] for r in mine if r["seconds_spent"] is not None]
+        gold = [
+            pairwise_agreement(r["ranks_list"], [r["gold_ranking"][c["id"]] for c in r["candidates"]])
+            for r in mine
+            if r["is_gold"]
+        ]
+        out.append(
+            {
+                "username": user["username"],
+                "active": user["active"],
+                "simulated": user["simulated"],
+                "count": len(mine),
+                "skips": user["n_skips"],
+                "median_seconds": statistics.median(seconds) if seconds else None,
+                "gold_done": len(gold),
+                "gold_accuracy": sum(gold) / len(gold) if gold else None,
+            }
+        )
+    return out
+
+
+def agreement(rankings: Sequence[dict]) -> dict:
+    """Inter-labeler agreement on the regular items ranked by two labelers or more (see agreement.py)."""
+    by_item: dict[str, dict[str, list[int]]] = defaultdict(dict)
+    for r in rankings:
+        if not r["is_gold"]:
+            by_item[r["item_id"]][r["username"]] = r["ranks_list"]
+    return agreement_summary(by_item)
+
+
+def flagged_items(rankings: Sequence[dict]) -> list[dict]:
+    """Items where a labeler flagged a response or found none acceptable, with who said what."""
+    flagged: dict[str, dict[str, Any]] = {}
+    for r in rankings:
+        if not (r["flags"] or r["none_acceptable"]):
+            continue
+        entry = flagged.setdefault(
+            r["item_id"],
+            {
+                "item_id": r["item_id"],
+                "prompt_id": r["prompt_id"],
+                "prompt": r["prompt"],
+                "none_acceptable_by": [],
+                "flags": [],
+                "comments": [],
+            },
+        )
+        texts = {c["id"]: c["text"] for c in r["candidates"]}
+        if r["none_acceptable"]:
+            entry["none_acceptable_by"].append(r["username"])
+        for cid, names in r["flags"].items():
+            entry["flags"].append(
+                {"username": r["username"], "candidate_id": cid, "response": texts[cid], "flags": names}
+            )
+        if r["comment"]:
+            entry["comments"].append({"username": r["username"], "comment": r["comment"]})
+    return list(flagged.values())

@@ -1,0 +1,267 @@
+"""The labeling CLI and its public API: the gold rubric is always named, never a default; the shipped config is what
+the app gets; other packages' API counts what the conductor counted; no command but ``serve`` loads torch or gradio;
+and the package's imports form the layers its modules' docstrings describe."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import sqlalchemy as sa
+import yaml
+
+from labeling_ui import api, cli, config, db, server
+from labeling_ui.db import Item
+from labeling_ui.rules import Submission, candidate_id
+from labeling_ui.service import LabelingService
+from labeling_ui.storage import LabelStore, Progress
+from tests.conftest import REPO
+from tests.labeling_server import HOUSE_STYLE, question_rows
+
+CONFIG = REPO / "configs" / "labeling.yaml"
+PACKAGE = REPO / "labeling_ui"
+
+
+def length_score(prompt: str, response: str) -> float:
+    """A rubric whose ranks are worked out at a glance: the longer response is the better one."""
+    return float(len(response))
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def items_in(url: str) -> dict[str, tuple[bool, dict | None]]:
+    """prompt_id -> (is_gold, gold_ranking) of every stored item."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(sa.select(Item.prompt_id, Item.is_gold, Item.gold_ranking)).all()
+    finally:
+        engine.dispose()
+    return {row.prompt_id: (row.is_gold, row.gold_ranking) for row in rows}
+
+
+# --- the gold rubric is configuration ----------------------------------------------------------------------------
+
+
+def test_import_candidates_ranks_gold_items_by_the_rubric_it_is_given(tmp_path, capsys):
+    rows = [
+        {"prompt_id": f"g{i}", "prompt": [{"role": "user", "content": f"Question {i}?"}], "candidates": texts}
+        for i, texts in enumerate([["one", "three"], ["a", "ccc", "bb"], ["xx", "y"]])
+    ]
+    candidates = write_jsonl(tmp_path / "candidates.jsonl", rows)
+    url = f"sqlite:///{tmp_path / 'labels.db'}"
+    argv = ["import-candidates", "--run", "r", "--runs_dir", str(tmp_path), "--db", url, "--file", str(candidates)]
+
+    assert cli.main([*argv, "--rubric-gold-share", "0.7"]) == 2  # a gold share and no rubric: refused
+    assert "--rubric module:function" in capsys.readouterr().err
+    assert not (tmp_path / "labels.db").exists()  # refused before anything was written
+
+    rubric = ["--rubric", "tests.test_labeling_cli:length_score"]
+    assert cli.main([*argv, "--rubric-gold-share", "0.7", *rubric]) == 0
+    assert "2 new items and 1 new gold items" in capsys.readouterr().out
+    # stable_hash("rubric-gold", prompt_id) / 2**64 is 0.919, 0.674 and 0.752 for g0, g1, g2: only g1 is below 0.7.
+    # Its gold ranking by length: "ccc" 1, "bb" 2, "a" 3.
+    stored = items_in(url)
+    assert stored["g0"] == (False, None) and stored["g2"] == (False, None)
+    assert stored["g1"] == (True, {candidate_id("a"): 3, candidate_id("ccc"): 1, candidate_id("bb"): 2})
+    assert cli.main([*argv, "--rubric-gold-share", "0.7", *rubric]) == 0  # the same import again adds nothing
+    assert "0 new items and 0 new gold items (3 already there)" in capsys.readouterr().out
+
+
+def test_simulate_refuses_without_a_rubric_and_touches_no_database(tmp_path, capsys):
+    argv = ["simulate", "--run", "r", "--runs_dir", str(tmp_path), "--config", str(CONFIG)]
+    assert cli.main(argv) == 2
+    assert "pass --rubric module:function" in capsys.readouterr().err
+    assert not db.default_db_path("r", tmp_path).exists()
+
+
+# --- configs/labeling.yaml is what the app gets -------------------------------------------------------------------
+
+
+def test_the_shipped_labeling_yaml_is_what_serve_and_the_store_get(tmp_path, monkeypatch):
+    raw = yaml.safe_load(CONFIG.read_text())
+    shipped = config.load_config(CONFIG)
+    for key, value in raw.items():
+        assert getattr(shipped, key) == value, key
+    assert "rubric" not in raw and shipped.rubric is None  # configs/pipeline.yaml names it and passes --rubric
+
+    served = {}
+
+    def serve(config, url, export, host, port):  # what `serve` is started with, instead of starting it
+        served.update(config=config, url=url, export=export, host=host, port=port)
+
+    monkeypatch.setattr(server, "serve", serve)
+    url = f"sqlite:///{tmp_path / 'labels.db'}"
+    assert cli.main(["serve", "--run", "r", "--runs_dir", str(tmp_path), "--db", url]) == 0  # the default --config
+    assert served["config"] == shipped and (served["host"], served["port"]) == (raw["host"], raw["port"])
+    assert (served["export"].run, served["export"].db, served["url"]) == ("r", url, url)
+    assert cli.main(["serve", "--run", "r", "--runs_dir", str(tmp_path), "--port", "7999"]) == 0
+    assert served["port"] == 7999 and served["url"] == db.default_db_url("r", tmp_path)
+
+    store = LabelStore.for_config(url, served["config"])
+    try:
+        assert (store.overlap, store.gold_rate, store.seed) == (raw["overlap"], raw["gold_rate"], raw["seed"])
+        store.import_candidates(question_rows(1))
+        store.add_user("alice", "alice-password")
+        service = LabelingService(store, served["config"])
+        item = service.next_item("alice")
+        ranks = {c["id"]: rank for rank, c in enumerate(item["candidates"], start=1)}
+        assert service.submit("alice", Submission("s-1", item["item_id"], ranks))["ok"]
+        (ranking,) = store.all_current_rankings()
+        assert ranking["guidelines_version"] == raw["guidelines_version"]
+    finally:
+        store.close()
+
+
+# --- the API other packages use -----------------------------------------------------------------------------------
+
+
+def test_labeling_progress_counts_current_rankings_of_regular_items(tmp_path):
+    url = f"sqlite:///{tmp_path / 'labels.db'}"
+    assert api.labeling_progress(url) == Progress(items=0, rankings=0)  # a new database: migrated, empty
+    store = LabelStore(url, overlap=2, gold_rate=0.0)
+    try:
+        store.import_candidates(question_rows(3))
+        store.add_gold_items([{**row, "gold_ranking": [1, 2, 3, 4]} for row in question_rows(2, prefix="g")])
+        for name in ("ana", "ben"):
+            store.add_user(name, "password1")
+
+        def rank(user: str, item_id: str, candidate_ids: list[str], submission_id: str, reverse: bool = False):
+            ranks = {cid: (len(candidate_ids) - r if reverse else r + 1) for r, cid in enumerate(candidate_ids)}
+            assert store.submit_ranking(user, Submission(submission_id, item_id, ranks)).created
+
+        first = store.next_item("ana")
+        first_ids = [cid for cid, _ in first.candidates]
+        rank("ana", first.item_id, first_ids, "a1")
+        rank("ana", first.item_id, first_ids, "a2", reverse=True)  # an edit: a new version, one current ranking
+        second = store.next_item("ana")
+        rank("ana", second.item_id, [cid for cid, _ in second.candidates], "a3")
+        rank("ben", first.item_id, first_ids, "b1")
+        (gold_id, gold_candidates), *_ = items_with_candidates(url, gold=True)
+        rank("ben", gold_id, [c["id"] for c in gold_candidates], "b2")  # a gold item: not counted
+        assert store.count_rankings() == 5
+    finally:
+        store.close()
+    # 3 regular items (the 2 gold ones left out); current rankings of them: ana 2 (her edit replaced one), ben 1.
+    assert api.labeling_progress(url) == Progress(items=3, rankings=3)
+
+
+def items_with_candidates(url: str, gold: bool) -> list[tuple[str, list[dict]]]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(sa.select(Item.id, Item.candidates).where(Item.is_gold == gold)).all()
+    finally:
+        engine.dispose()
+
+
+def test_the_api_is_the_one_definition_and_imports_nothing_heavy():
+    assert api.default_db_url is db.default_db_url and api.load_config is config.load_config
+    assert api.LabelingConfig is config.LabelingConfig
+    code = "import sys, labeling_ui.api; print(sorted({'torch', 'gradio', 'numpy', 'pandas'} & set(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+# --- no command but serve loads torch or gradio -------------------------------------------------------------------
+
+
+LOADED = """
+import json, sys
+from labeling_ui import cli
+loaded = {}
+for argv in json.loads(sys.argv[1]):
+    try:
+        status = cli.main(argv)
+    except SystemExit as exit:  # --help
+        status = exit.code
+    heavy = sorted({"torch", "transformers", "gradio"} & set(sys.modules))
+    loaded[argv[0]] = [status, heavy]
+print(json.dumps(loaded))
+"""
+
+
+def test_no_command_but_serve_imports_torch_or_gradio(tmp_path):
+    url = f"sqlite:///{tmp_path / 'labels.db'}"
+    candidates = write_jsonl(tmp_path / "candidates.jsonl", question_rows(4))
+    common = ["--run", "r", "--runs_dir", str(tmp_path / "runs"), "--db", url]
+    commands = [
+        ["--help"],
+        ["import-candidates", *common, "--file", str(candidates)],
+        ["simulate", *common, "--rubric", HOUSE_STYLE, "--labelers", "1", "--limit", "1"],
+        ["export", *common],
+        ["users", "list", *common],
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", LOADED, json.dumps(commands)], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert loaded == {name: [0, []] for name in ("--help", "import-candidates", "simulate", "export", "users")}
+
+
+# --- the package's import graph -----------------------------------------------------------------------------------
+
+# labeling_ui's modules, lowest layer first: a module imports (at its top) only modules of lower layers.
+LAYERS = [
+    {"rules", "users", "config", "agreement", "db"},  # pure rules and settings, the schema: nothing of the package
+    {"assignment", "stats"},  # who gets which item; statistics of stored rankings
+    {"storage"},  # LabelStore: the database work
+    {"export", "api"},  # preferences out of the store; the API other packages use
+    {"service"},  # what a labeler or admin can do
+    {"simulate", "page", "server"},  # the users of the service: simulated labelers, the web page, its server
+    {"cli"},
+    {"__main__"},
+]
+
+
+def module_imports() -> dict[str, tuple[set[str], set[str]]]:
+    """labeling_ui module -> (what it imports at the top, what it imports inside functions), as module names."""
+    graph = {}
+    for path in sorted(PACKAGE.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        top_nodes = set(map(id, tree.body))
+        top, inner = set(), set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                # `from labeling_ui import stats` imports the module labeling_ui.stats
+                names = {
+                    f"{node.module}.{a.name}" if node.module == "labeling_ui" else node.module for a in node.names
+                }
+            else:
+                continue
+            (top if id(node) in top_nodes else inner).update(names)
+        graph[path.stem] = (top, inner)
+    return graph
+
+
+def test_labeling_ui_imports_only_itself_and_the_library_and_lazily_only_gradio():
+    project = ("labeling_ui", "pipeline", "reward", "ppo")
+    for module, (top, inner) in module_imports().items():
+        ours = {name for name in top | inner if name.split(".")[0] in project}
+        outside = sorted(n for n in ours if not n.startswith(("labeling_ui", "pipeline.lib")))
+        assert not outside, f"{module} imports {outside}: labeling_ui may use labeling_ui.* and pipeline.lib.* only"
+        # Function-level imports are for the lazy gradio case only (serve, and the simulation over HTTP).
+        assert inner <= {"gradio", "gradio_client", "labeling_ui.page"}, f"{module} imports {inner} in a function"
+        if module != "page":
+            assert not {"gradio", "labeling_ui.page"} & top, f"{module} imports gradio at its top"
+        assert not {"torch", "transformers"} & (top | inner), module
+
+
+def test_labeling_ui_modules_import_only_lower_layers():
+    graph = module_imports()
+    layer = {module: i for i, modules in enumerate(LAYERS) for module in modules} | {"__init__": 0}
+    assert set(layer) == set(graph), "a new module of labeling_ui needs its place in LAYERS"
+    for module, (top, _) in graph.items():
+        ours = {name.split(".")[1] for name in top if name.startswith("labeling_ui.")}
+        upward = sorted(m for m in ours if layer[m] >= layer[module])
+        assert not upward, f"labeling_ui.{module} imports {upward}, of its own layer or above"
