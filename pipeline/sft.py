@@ -19,12 +19,13 @@ from accelerate import PartialState
 from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback
 from trl import SFTConfig, SFTTrainer
 
-from pipeline.lib.launch import fill_training_defaults, release_zero3_init
+from pipeline.lib.launch import release_zero3_init
 from pipeline.lib.prompts import load_prompts
 from pipeline.lib.stage import (
     ModelArguments,
     RunArguments,
     Stage,
+    TrainerDefaults,
     finish_model,
     latest_checkpoint,
     parse,
@@ -35,7 +36,7 @@ from pipeline.lib.tables import load_sft_dataset
 
 
 @dataclass
-class SFTStageConfig(SFTConfig):
+class SFTStageConfig(TrainerDefaults, SFTConfig):
     """Everything ``SFTConfig`` (and so ``TrainingArguments``) takes, plus the stage's own settings below. The run
     and the start model are ``pipeline.lib.stage.RunArguments`` and ``ModelArguments``."""
 
@@ -56,18 +57,10 @@ class SFTStageConfig(SFTConfig):
     )
     num_samples: int = field(default=8, metadata={"help": "Greedy samples on held-out prompts saved at the end."})
     sample_max_new_tokens: int = 160
-    # Defaults of the parent changed for this stage: small models on CPU train faster without checkpointing.
-    gradient_checkpointing: bool = False
-    report_to: str | None = field(
-        default="wandb", metadata={"help": "wandb (offline without a key), trackio or none."}
-    )
-    bf16: bool | None = field(default=None, metadata={"help": "Default: on when a GPU with bf16 support is present."})
-    # pad_to_multiple_of keeps TRL's "auto": no padding on CPU and CUDA (extra pad tokens only cost compute there),
-    # 128 on Neuron, which compiles once per shape. loss_type stays "nll" (configs/sft.yaml says so): cross-entropy
-    # through TRL's fused LM head, in tiles without the full logits; "chunked_nll" is now an alias of it.
+    # loss_type stays "nll" (configs/sft.yaml says so): cross-entropy through TRL's fused LM head, in tiles without
+    # the full logits; "chunked_nll" is now an alias of it.
 
     def __post_init__(self):
-        fill_training_defaults(self)
         super().__post_init__()
         if not self.dataset:
             raise ValueError("Set dataset: the training data (a jsonl/json/csv/parquet file or a `datasets` folder).")

@@ -32,12 +32,13 @@ from trl import RewardConfig, RewardTrainer
 from trl.trainer.utils import pad
 
 from pipeline.lib import runs
-from pipeline.lib.launch import fill_training_defaults, release_zero3_init
+from pipeline.lib.launch import release_zero3_init
 from pipeline.lib.rubric import load_rubric
 from pipeline.lib.stage import (
     ModelArguments,
     RunArguments,
     Stage,
+    TrainerDefaults,
     finish_model,
     latest_checkpoint,
     parse,
@@ -53,7 +54,7 @@ LOSSES = ("pairwise", "kway")
 
 
 @dataclass
-class RMStageConfig(RewardConfig):
+class RMStageConfig(TrainerDefaults, RewardConfig):
     """Everything ``RewardConfig`` (and so ``TrainingArguments``) takes, plus the stage's own settings below. The run
     and the start model (default: the run's SFT policy) are ``pipeline.lib.stage.RunArguments`` and
     ``ModelArguments``; with LoRA the score head is trained in full and the saved model is always merged."""
@@ -73,17 +74,9 @@ class RMStageConfig(RewardConfig):
         default=None,
         metadata={"help": "Gold rubric module:function: the held-out pairs' agreement with it (eval_gold_accuracy)."},
     )
-    # Defaults of the parent changed for this stage: small models on CPU train faster without checkpointing.
-    gradient_checkpointing: bool = False
-    report_to: str | None = field(
-        default="wandb", metadata={"help": "wandb (offline without a key), trackio or none."}
-    )
-    bf16: bool | None = field(default=None, metadata={"help": "Default: on when a GPU with bf16 support is present."})
-    # pad_to_multiple_of keeps TRL's "auto": no padding on CPU and CUDA (extra pad tokens only cost compute there),
-    # 128 on Neuron, which compiles once per shape. The K-way collator pads to it as TRL's pair collator does.
+    # The K-way collator pads to pad_to_multiple_of as TRL's pair collator does.
 
     def __post_init__(self):
-        fill_training_defaults(self)
         super().__post_init__()
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}.")

@@ -4,6 +4,7 @@ that branches on the demo, and a formatter that owns the layout."""
 from __future__ import annotations
 
 import ast
+import os
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,15 @@ def project_modules() -> dict[str, ast.Module]:
             name = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
             modules[name] = ast.parse(path.read_text(), filename=str(path))
     return modules
+
+
+def python_files(root: Path) -> list[Path]:
+    """The tree's Python files, without hidden folders (virtualenvs, .git) and runs/."""
+    found = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("runs", "wandb", "__pycache__")]
+        found += [Path(folder) / name for name in names if name.endswith(".py")]
+    return found
 
 
 def test_the_import_contracts_hold():
@@ -62,7 +72,7 @@ def test_no_module_outside_the_demo_branches_on_the_demo():
 
 
 def test_the_formatter_owns_the_layout():
-    files = [p for p in REPO.rglob("*.py") if not {".venv", "runs", ".oracle"} & set(p.parts)]
+    files = [p for p in python_files(REPO)]
     skips = [
         f"{p.relative_to(REPO)}:{i}"
         for p in files

@@ -83,17 +83,6 @@ def main(argv: list[str] | None = None) -> None:
 # --- inside a launched stage -------------------------------------------------------------------------------------
 
 
-def fill_training_defaults(config) -> None:
-    """What a stage on transformers' Trainer sets before its config is validated: bf16 where the GPU has it, and
-    gloo for DeepSpeed on CPU."""
-    if config.bf16 is None:
-        from pipeline.lib.stage import gpu_has_bf16
-
-        config.bf16 = gpu_has_bf16()
-    if configure_cpu_deepspeed():
-        config.accelerator_config = {**(config.accelerator_config or {}), "use_configured_state": True}
-
-
 def configure_cpu_deepspeed() -> bool:
     """Give accelerate the gloo backend when DeepSpeed runs several processes on a machine without GPUs.
 

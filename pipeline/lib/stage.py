@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pipeline.lib import runs
+from pipeline.lib.launch import configure_cpu_deepspeed
 from pipeline.lib.models import save_here
 from pipeline.lib.tracking import Tracker
 
@@ -72,6 +73,29 @@ class ModelArguments:
             task_type=task_type,
             **extra,
         )
+
+
+@dataclass
+class TrainerDefaults:
+    """What a stage on transformers' Trainer (SFT, the reward model) changes of TrainingArguments' defaults, mixed in
+    before TRL's config class: ``class SFTStageConfig(TrainerDefaults, SFTConfig)``."""
+
+    # Small models on CPU train faster without checkpointing.
+    gradient_checkpointing: bool = False
+    report_to: str | None = field(
+        default="wandb", metadata={"help": "wandb (offline without a key), trackio or none."}
+    )
+    bf16: bool | None = field(default=None, metadata={"help": "Default: on when a GPU with bf16 support is present."})
+    # pad_to_multiple_of keeps TRL's "auto": no padding on CPU and CUDA (extra pad tokens only cost compute there),
+    # 128 on Neuron, which compiles once per shape.
+
+    def __post_init__(self):
+        # bf16 where the GPU has it, and gloo for DeepSpeed on CPU, before TrainingArguments validates them.
+        if self.bf16 is None:
+            self.bf16 = gpu_has_bf16()
+        if configure_cpu_deepspeed():
+            self.accelerator_config = {**(self.accelerator_config or {}), "use_configured_state": True}
+        super().__post_init__()
 
 
 def parse(config_class: type[T], stage: str, argv: list[str] | None = None) -> tuple[RunArguments, ModelArguments, T]:
