@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from pipeline.lib import launch
 from tests.conftest import REPO, read_jsonl
 from tests.wandb_records import find_run_file, history_keys
 
@@ -416,19 +417,8 @@ def test_batch_1_with_accumulation_8_makes_the_update_of_batch_8(tmp_path, micro
     assert_same_update(eight, accumulated, base)
 
 
-def launch(runs_dir: Path, accelerate_config: str, processes: int, *args: str) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(REPO / "configs" / "accelerate" / f"{accelerate_config}.yaml"),
-        "--num_processes",
-        str(processes),
-        "-m",
-        "ppo.train",
-        *ppo_args(runs_dir, *args),
-    ]
+def launch_ppo(runs_dir: Path, zero: int, processes: int, *args: str) -> None:
+    cmd = [*launch.command("ppo.train", nproc=processes, zero=zero), *ppo_args(runs_dir, *args)]
     proc = subprocess.run(
         cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=600
     )
@@ -439,7 +429,7 @@ def launch(runs_dir: Path, accelerate_config: str, processes: int, *args: str) -
 @pytest.mark.parametrize(("zero", "lora"), [(2, False), (3, False), (2, True)])
 def test_two_processes_under_deepspeed(ppo_run, zero, lora):
     extra = ["--use_lora", "true", "--lora_r", "4"] if lora else []
-    launch(ppo_run, f"zero{zero}", 2, *extra)
+    launch_ppo(ppo_run, zero, 2, *extra)
     stage = ppo_run / "t" / "ppo"
     summary = json.loads((stage / "summary.json").read_text())
     # 2 processes x 8 rollouts per step: 32 episodes in 2 steps.
@@ -456,9 +446,9 @@ def test_two_processes_under_zero_make_the_first_update_of_one(tmp_path, micro_m
     base = weights(Path(micro_model))
     one = one_update(make_ppo_run(tmp_path / "one", micro_model), 8, 1)
     two_dir = make_ppo_run(tmp_path / "two", micro_model)
-    launch(
+    launch_ppo(
         two_dir,
-        f"zero{zero}",
+        zero,
         2,
         "--total_episodes",
         "8",

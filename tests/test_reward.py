@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
+from pipeline.lib import launch
 from reward import evaluate as rm_eval
 from tests.conftest import REPO, read_jsonl
 from tests.wandb_records import find_run_file, history_keys
@@ -358,18 +359,7 @@ def test_config_checks():
 @pytest.mark.slow
 def test_two_processes_under_deepspeed_zero2(rm_run):
     """Real `accelerate launch` with 2 processes and DeepSpeed ZeRO-2 on the CPU (the shipped K-way loss)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(REPO / "configs" / "accelerate" / "zero2.yaml"),
-        "--num_processes",
-        "2",
-        "-m",
-        "reward.train",
-        *rm_args(rm_run, "--max_steps", "4"),
-    ]
+    cmd = [*launch.command("reward.train", nproc=2, zero=2), *rm_args(rm_run, "--max_steps", "4")]
     env = {**os.environ, "PYTHONPATH": str(REPO), "ACCELERATE_USE_CPU": "false"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]

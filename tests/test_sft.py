@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from pipeline.lib import launch
 from tests.conftest import REPO, read_jsonl
 from tests.wandb_records import find_run_file, history_keys, run_info
 
@@ -190,15 +190,7 @@ def test_early_stopping_needs_evaluation(tmp_path, micro_model, small_sft_data):
 def test_two_processes_under_deepspeed(tmp_path, micro_model, small_sft_data, zero):
     """Real `accelerate launch` with 2 processes and DeepSpeed ZeRO on the CPU; the saved model loads."""
     cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(REPO / "configs" / "accelerate" / f"zero{zero}.yaml"),
-        "--num_processes",
-        "2",
-        "-m",
-        "pipeline.sft",
+        *launch.command("pipeline.sft", nproc=2, zero=zero),  # the launch rules `make sft NPROC=2 ZERO=z` uses
         *sft_args(tmp_path, micro_model, small_sft_data, "--max_steps", "4", "--report_to", "none"),
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "ACCELERATE_USE_CPU": "false"}
