@@ -59,7 +59,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup  ## the whole pipeline on the embedded model with simulated labelers (about 14 min on 2 CPU cores)
-	$(PY) -m pipeline run --config configs/pipeline.yaml --run $(RUN) $(ARGS)
+	$(PY) -m pipeline run --config $(PIPELINE_CONFIG) --run $(RUN) $(ARGS)
 
 pipeline: setup  ## the whole pipeline from configs/pipeline.yaml; finished stages are skipped
 	$(PY) -m pipeline run --config $(PIPELINE_CONFIG) --run $(RUN) $(ARGS)

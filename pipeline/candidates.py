@@ -19,11 +19,11 @@ import torch
 from accelerate import PartialState
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from trl import TrlParser
 
 from pipeline.lib import runs
+from pipeline.lib.errors import exit_with
 from pipeline.lib.prompts import load_prompts
-from pipeline.lib.stage import Stage
+from pipeline.lib.stage import Stage, parse_configs
 
 CANDIDATES = "candidates.jsonl"
 
@@ -136,6 +136,7 @@ def read_done(path: Path) -> set[str]:
 def main(config: CandidatesConfig) -> dict[str, Any]:
     state = PartialState()
     stage = Stage("candidates", config.run, config.runs_dir, [config], is_main_process=state.is_main_process)
+    runs.require_path("prompts", config.prompts)
     model_path = str(runs.stage_output(config.run, "sft", config.runs_dir, config.model_name_or_path))
     rows, prompts_path = load_prompts(config.prompts, config.num_prompts), config.prompts
     out_path = stage.dir / CANDIDATES
@@ -197,5 +198,4 @@ def main(config: CandidatesConfig) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    (candidates_config,) = TrlParser((CandidatesConfig,)).parse_args_and_config()
-    main(candidates_config)
+    exit_with(lambda: main(*parse_configs((CandidatesConfig,))))

@@ -19,7 +19,10 @@ from accelerate import PartialState
 from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback
 from trl import SFTConfig, SFTTrainer
 
+from pipeline.lib import runs
+from pipeline.lib.errors import exit_with
 from pipeline.lib.launch import release_zero3_init
+from pipeline.lib.models import check_model_source
 from pipeline.lib.prompts import load_prompts
 from pipeline.lib.stage import (
     ModelArguments,
@@ -208,6 +211,9 @@ def main(run: RunArguments, model_args: ModelArguments, config: SFTStageConfig) 
     if not model_args.model_name_or_path:
         raise ValueError("Set model_name_or_path: the base model to fine-tune (a local path or a Hugging Face id).")
     model_path = model_args.model_name_or_path
+    check_model_source("model_name_or_path", model_path)
+    for setting in ("dataset", "eval_dataset", "sample_prompts"):
+        runs.require_path(setting, getattr(config, setting))
     checkpoint = latest_checkpoint(config.output_dir) if run.resume else None
     with state.main_process_first():
         train, evaluation, sample_prompts, data_stats, data_inputs = load_data(config)
@@ -220,6 +226,9 @@ def main(run: RunArguments, model_args: ModelArguments, config: SFTStageConfig) 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
 
     # step 2. train, evaluating every eval_steps (and at step 0 when eval_on_start, which gives the base model's loss).
+    resumed_at = stage.resume_points(checkpoint)
+    if checkpoint is not None:
+        config.eval_on_start = False  # the first run evaluated the start model; its eval_loss is in the history
     trainer = build_trainer(config, model_args, model, tokenizer, train, evaluation)
     train_result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     final_eval = trainer.evaluate()
@@ -247,7 +256,7 @@ def main(run: RunArguments, model_args: ModelArguments, config: SFTStageConfig) 
     metrics = {
         "eval_loss_before": eval_before,
         "eval_loss_after": final_eval["eval_loss"],
-        **trainer_figures(trainer, train_result),
+        **trainer_figures(trainer, train_result, resumed_at),
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "num_train_examples": len(train),
         "num_eval_examples": len(evaluation),
@@ -264,4 +273,4 @@ def main(run: RunArguments, model_args: ModelArguments, config: SFTStageConfig) 
 
 
 if __name__ == "__main__":
-    main(*parse(SFTStageConfig, "sft"))
+    exit_with(lambda: main(*parse(SFTStageConfig, "sft")))

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.lib import runs
-from pipeline.lib.stage import ResumeError, latest_checkpoint, recorded_config
+from pipeline.lib.errors import ResumeError
+from pipeline.lib.stage import latest_checkpoint, recorded_config
 
 __all__ = ["ResumeError", "latest", "list_checkpoints", "save", "trajectory_settings"]
 

@@ -17,12 +17,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from trl import TrlParser
 
 from pipeline.lib import runs
+from pipeline.lib.errors import exit_with
 from pipeline.lib.prompts import load_prompts
 from pipeline.lib.rubric import load_rubric
-from pipeline.lib.stage import Stage
+from pipeline.lib.stage import Stage, parse_configs
 from ppo import rewards
 from ppo.shaping import response_lengths
 
@@ -230,6 +230,7 @@ def write_report(out_dir: Path, sft: dict, ppo: dict, metrics: dict, config: Eva
 
 def main(config: EvalConfig) -> dict[str, Any]:
     stage = Stage("eval", config.run, config.runs_dir, [config], config.report_to)
+    runs.require_path("prompts", config.prompts)
     sft_path = runs.stage_output(config.run, "sft", config.runs_dir, config.model_name_or_path)
     ppo_path = runs.stage_output(config.run, "ppo", config.runs_dir, config.ppo_model_path)
     rm_path = runs.stage_output(config.run, "rm", config.runs_dir, config.reward_model_path)
@@ -278,5 +279,4 @@ def main(config: EvalConfig) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    (eval_config,) = TrlParser((EvalConfig,)).parse_args_and_config()
-    main(eval_config)
+    exit_with(lambda: main(*parse_configs((EvalConfig,))))

@@ -27,6 +27,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from trl.models.utils import unwrap_model_for_generation
 
 from pipeline.lib import runs
+from pipeline.lib.errors import OutOfMemory, exit_with
 from pipeline.lib.launch import configure_cpu_deepspeed, release_zero3_init
 from pipeline.lib.models import save_here
 from pipeline.lib.prompts import load_prompts
@@ -137,6 +138,7 @@ def main(run: RunArguments, model_args: ModelArguments, config: PPOStageConfig) 
     set_seed(config.seed)
 
     # step 1. inputs: the policy (SFT), the reward models and their statistics, the prompts; then the models.
+    runs.require_path("prompts", config.prompts)
     sft_path = runs.stage_output(run.run, "sft", run.runs_dir, model_args.model_name_or_path)
     rm_paths = [runs.stage_output(run.run, "rm", run.runs_dir, p) for p in config.reward_model_path or [None]]
     if config.generation_backend == "vllm":
@@ -201,7 +203,7 @@ def train(config, accelerator, models, prompts, tokenizer, rubric, progress: Pro
             bar.update(1)
             bar.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.2f}")
     except torch.OutOfMemoryError as err:
-        raise RuntimeError(OOM_ADVICE) from err
+        raise OutOfMemory(OOM_ADVICE) from err
     bar.close()
 
 
@@ -822,4 +824,4 @@ def ppo_metrics(history: list[dict[str, float]]) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main(*parse(PPOStageConfig, "ppo"))
+    exit_with(lambda: main(*parse(PPOStageConfig, "ppo")))

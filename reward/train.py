@@ -32,7 +32,9 @@ from trl import RewardConfig, RewardTrainer
 from trl.trainer.utils import pad
 
 from pipeline.lib import runs
+from pipeline.lib.errors import exit_with
 from pipeline.lib.launch import release_zero3_init
+from pipeline.lib.models import check_model_source
 from pipeline.lib.rubric import load_rubric
 from pipeline.lib.stage import (
     ModelArguments,
@@ -45,7 +47,7 @@ from pipeline.lib.stage import (
     trainer_figures,
     weights_dir,
 )
-from pipeline.lib.tables import DataError
+from pipeline.lib.tables import DataError, read_table
 from reward import data as rm_data
 from reward import evaluate as rm_eval
 from reward.losses import kway_ranking_loss, rank_gap_margin, ranking_accuracy
@@ -167,6 +169,8 @@ class RMData:
 def input_path(run: RunArguments, config: RMStageConfig) -> Path:
     """The file to train on: the export's preferences.jsonl (pairwise) or rankings.jsonl (kway), or the user's."""
     path = runs.stage_output(run.run, "export", run.runs_dir, config.preferences)
+    if path.is_file():
+        check_loss_fits(path, config.loss)
     if config.loss == "pairwise":
         return path / "preferences.jsonl" if (path / "preferences.jsonl").is_file() else path
     if path.is_dir():
@@ -181,9 +185,34 @@ def input_path(run: RunArguments, config: RMStageConfig) -> Path:
     return rankings
 
 
+def check_loss_fits(path: Path, loss: str) -> None:
+    """Pairs need the pairwise loss and whole rankings the K-way one: say which setting to change, before every row
+    fails with a missing column."""
+    first = read_table(path)[0]
+    if loss == "kway" and {"chosen", "rejected"} <= first.keys():
+        raise ValueError(
+            f"{path} holds preference pairs (chosen/rejected), but loss: kway trains on whole rankings (responses "
+            "and ranks, as the export's rankings.jsonl). Train on the pairs with --loss pairwise, or point "
+            "--preferences at a rankings file."
+        )
+    if loss == "pairwise" and {"responses", "ranks"} <= first.keys():
+        raise ValueError(
+            f"{path} holds whole rankings (responses and ranks), but loss: pairwise trains on pairs. Use "
+            "--loss kway, or point --preferences at a pairs file (the export's preferences.jsonl)."
+        )
+
+
 def load_data(config: RMStageConfig, path: Path, tokenizer) -> RMData:
     pairwise = config.loss == "pairwise"
     examples, stats = rm_data.load_preferences(path) if pairwise else rm_data.load_rankings(path)
+    if len({e["group_id"] for e in examples}) < 2:
+        dropped = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in stats.dropped.most_common()) or "none"
+        raise DataError(
+            f"{path}: {stats.rows_in} rows read, {len(examples)} usable {'pairs' if pairwise else 'rankings'} left, "
+            f"from {len({e['group_id'] for e in examples})} prompts; dropped: {dropped}. The reward model needs "
+            "pairs that prefer one different reply over another, from at least 2 prompts: check the data (identical "
+            "or tied replies teach nothing), or label more."
+        )
     train_groups, eval_groups = rm_eval.split_by_group(
         (e["group_id"] for e in examples), config.eval_fraction, config.seed
     )
@@ -350,6 +379,8 @@ def main(run: RunArguments, model_args: ModelArguments, config: RMStageConfig) -
             raise ValueError(
                 "merge_lora: false is not for the reward model: PPO loads a plain model, so it is merged."
             )
+        if model_args.model_name_or_path and not Path(model_args.model_name_or_path).exists():
+            check_model_source("model_name_or_path", model_args.model_name_or_path)
         model_path = runs.stage_output(run.run, "sft", run.runs_dir, model_args.model_name_or_path)
         data_path = input_path(run, config)
         checkpoint = latest_checkpoint(config.output_dir) if run.resume else None
@@ -363,6 +394,7 @@ def main(run: RunArguments, model_args: ModelArguments, config: RMStageConfig) -
         data = load_data(config, data_path, tokenizer)
 
     # step 2. train.
+    resumed_at = stage.resume_points(checkpoint)
     trainer = build_trainer(config, model_args, model_path, tokenizer, data)
     with stage.timed("train_s"):
         train_result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -390,7 +422,7 @@ def main(run: RunArguments, model_args: ModelArguments, config: RMStageConfig) -
         **scored,
         "gold_rubric": config.rubric,
         "loss": config.loss,
-        **trainer_figures(trainer, train_result),
+        **trainer_figures(trainer, train_result, resumed_at),
         "num_train_examples": len(data.train),
         "num_eval_examples": len(data.eval),
         "num_train_prompts": data.prompts["train"],
@@ -411,4 +443,4 @@ def main(run: RunArguments, model_args: ModelArguments, config: RMStageConfig) -
 
 
 if __name__ == "__main__":
-    main(*parse(RMStageConfig, "rm"))
+    exit_with(lambda: main(*parse(RMStageConfig, "rm")))

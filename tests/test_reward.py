@@ -279,7 +279,7 @@ def test_resume_continues_from_the_saved_step(rm_run):
     resumed = load_file(stage / "model" / "model.safetensors")
     for name, tensor in uninterrupted.items():
         torch.testing.assert_close(resumed[name], tensor, rtol=1e-4, atol=1e-5)
-    from pipeline.lib.stage import ResumeError
+    from pipeline.lib.errors import ResumeError
 
     with pytest.raises(ResumeError, match="no checkpoint .* Run without RESUME=1"):
         shutil.rmtree(stage / "checkpoints")

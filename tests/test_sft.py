@@ -144,7 +144,7 @@ def test_resume_continues_from_the_saved_step(tmp_path, micro_model, small_sft_d
         "--load_best_model_at_end",
         "false",
     )
-    run_sft(args)
+    whole = run_sft(args)["metrics"]
     stage_dir = tmp_path / "t" / "sft"
     uninterrupted = load_file(stage_dir / "model" / "model.safetensors")
 
@@ -157,10 +157,17 @@ def test_resume_continues_from_the_saved_step(tmp_path, micro_model, small_sft_d
     resumed = load_file(stage_dir / "model" / "model.safetensors")
     for name, tensor in uninterrupted.items():
         torch.testing.assert_close(resumed[name], tensor, rtol=1e-4, atol=1e-5)
+    # The summary covers the whole run, not the 4 steps since the resume, and the start model is evaluated once.
+    m = summary["metrics"]
+    assert m["resumed_at_steps"] == [4] and whole["resumed_at_steps"] == []
+    assert m["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-3)
+    assert m["eval_loss_before"] == pytest.approx(whole["eval_loss_before"])
+    history = json.loads((stage_dir / "checkpoints" / "checkpoint-8" / "trainer_state.json").read_text())
+    assert sum(1 for h in history["log_history"] if "eval_loss" in h and h["step"] == 0) == 1
 
 
 def test_resume_without_checkpoint_says_what_to_do(tmp_path, micro_model, small_sft_data):
-    from pipeline.lib.stage import ResumeError
+    from pipeline.lib.errors import ResumeError
 
     with pytest.raises(ResumeError, match="no checkpoint .* Run without RESUME=1"):
         run_sft(

@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from typing import Any
 from labeling_ui import api as labeling
 from pipeline.conductor.config import ROUND_STAGES, STAGES, UPSTREAM, PipelineConfig, round_run, stage_dir
 from pipeline.conductor.report import write_report
-from pipeline.lib import launch, runs
+from pipeline.lib import errors, launch, runs
 
 TRAINING = {"sft": "pipeline.sft", "candidates": "pipeline.candidates", "rm": "reward.train", "ppo": "ppo.train"}
 SCORED = ("rm", "ppo", "eval")  # stages given the gold rubric, besides labeling
@@ -169,8 +168,9 @@ def run_commands(step: Step, log: Path) -> None:
         say(f"  $ {shlex.join(command[command.index('-m') + 1 :] if '-m' in command else command)}")
         with open(log, "a") as fh:
             fh.write(f"$ {shlex.join(command)}\n")
-        # The stage's own output (its progress bars) goes to the terminal as it is; the log keeps the commands.
-        status = subprocess.run(command, env=env).returncode
+        # The stage's own output (its progress bars) goes to the terminal as it is; the log keeps the commands. A
+        # stage that fails with an expected error has its message printed last (errors.relay), above this one.
+        status = errors.relay(command, env)
         if status != 0:
             raise StageFailed(f"exit status {status} from `{shlex.join(command)}`")
 

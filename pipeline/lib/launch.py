@@ -13,6 +13,8 @@ import os
 import sys
 from pathlib import Path
 
+from pipeline.lib.errors import relay
+
 ACCELERATE_CONFIGS = Path(
     "configs/accelerate"
 )  # relative, as the DeepSpeed files named inside them: run from the repository
@@ -45,6 +47,7 @@ def accelerate_arguments(
 ) -> list[str]:
     """``accelerate launch``'s own arguments; ``config_file`` replaces the one ``nproc`` and ``zero`` pick."""
     return [
+        "--quiet",  # a failed stage says what went wrong itself (pipeline.lib.errors), without accelerate's traceback
         "--config_file",
         str(config_file or accelerate_config(nproc, zero)),
         "--num_processes",
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--accelerate_config", default=None, help="an accelerate YAML instead of the one picked")
     args = parser.parse_args(argv[:at])
     cmd = command(argv[at + 1], args.nproc, args.zero, args.accelerate_config) + argv[at + 2 :]
-    os.execv(cmd[0], cmd)
+    sys.exit(relay(cmd))
 
 
 # --- inside a launched stage -------------------------------------------------------------------------------------

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import re
+import socket
 from pathlib import Path
+
+from pipeline.lib.runs import MissingInputError
 
 SPECIAL_TOKENS = ("bos_token", "eos_token", "pad_token", "unk_token")
 
@@ -36,3 +41,37 @@ def save_here(model, directory: str | Path, **kwargs) -> None:
         model.save_pretrained(directory, **kwargs)
     finally:
         del model.should_save_on_this_rank
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "gpt2" or "org/name", as the hub spells repository ids
+
+
+def check_model_source(setting: str, name: str) -> None:
+    """Refuse a model name at once when it can load from nowhere: a path that does not exist, a name that is no hub
+    id, or a hub id while the hub is unreachable and the model is not in the local cache (transformers would spend a
+    minute retrying before saying so)."""
+    if Path(name).expanduser().exists():
+        return
+    if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or not HUB_ID.match(name):
+        raise MissingInputError(
+            f"{setting}: {name} is not a local path that exists, nor a Hugging Face model id (org/name). Check the "
+            f"path (relative paths are from {Path.cwd()})."
+        )
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return  # cached: transformers loads it without the network
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or not hub_reachable():
+        raise MissingInputError(
+            f"{setting}: {name} is not a local path, and it is not in the local Hugging Face cache while the hub is "
+            "offline. Download it on a machine with network access (huggingface-cli download), or give a local path."
+        )
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    try:
+        socket.create_connection((endpoint, 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False

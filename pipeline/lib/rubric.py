@@ -12,7 +12,9 @@ def load_rubric(spec: str | None) -> Callable[[str, str], float] | None:
         return None
     module, _, name = spec.partition(":")
     if not name:
-        raise ValueError(f"rubric {spec!r}: write it as module:function, e.g. pipeline.demo.rubric:house_style_score.")
+        raise ValueError(
+            f"rubric {spec!r}: write it as module:function, e.g. my_rubrics:score (module on PYTHONPATH)."
+        )
     try:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as error:

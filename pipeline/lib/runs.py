@@ -63,6 +63,14 @@ def stage_output(run: str, stage: str, runs_dir: str | Path = "runs", override: 
     return path
 
 
+def require_path(setting: str, path: str | Path | None) -> None:
+    """A path a setting names must exist before any work starts; the message names the setting and the path."""
+    if path is not None and not Path(path).exists():
+        raise MissingInputError(
+            f"{setting}: {path} does not exist. Check the path (relative paths are from {Path.cwd()})."
+        )
+
+
 def git_commit() -> str | None:
     try:
         out = subprocess.run(

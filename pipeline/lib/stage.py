@@ -10,7 +10,11 @@ and the tracker, ``latest_checkpoint`` finds where to resume, ``weights_dir`` an
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import json
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -18,9 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
+
 from pipeline.lib import runs
+from pipeline.lib.errors import ResumeError
 from pipeline.lib.launch import configure_cpu_deepspeed
 from pipeline.lib.models import save_here
+from pipeline.lib.runs import MissingInputError
 from pipeline.lib.tracking import Tracker
 
 T = TypeVar("T")
@@ -80,8 +88,10 @@ class TrainerDefaults:
     """What a stage on transformers' Trainer (SFT, the reward model) changes of TrainingArguments' defaults, mixed in
     before TRL's config class: ``class SFTStageConfig(TrainerDefaults, SFTConfig)``."""
 
-    # Small models on CPU train faster without checkpointing.
-    gradient_checkpointing: bool = False
+    # Small models on CPU train faster without activation checkpointing, which TRL turns on by default: unset here,
+    # transformers 5 resolves it to off (activation_checkpointing: true turns it on; gradient_checkpointing is its
+    # deprecated alias).
+    gradient_checkpointing: bool | None = None
     report_to: str | None = field(
         default="wandb", metadata={"help": "wandb (offline without a key), trackio or none."}
     )
@@ -95,16 +105,63 @@ class TrainerDefaults:
             self.bf16 = gpu_has_bf16()
         if configure_cpu_deepspeed():
             self.accelerator_config = {**(self.accelerator_config or {}), "use_configured_state": True}
+        check_ranges(self)
         super().__post_init__()
+
+
+def check_ranges(config) -> None:
+    """The numbers torch would only refuse inside train(), after the models are loaded: refused at parse time."""
+    if not config.learning_rate > 0:
+        raise ValueError(f"learning_rate must be positive, got {config.learning_rate}.")
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be at least 1, got {getattr(config, name)}.")
+    if config.weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {config.weight_decay}.")
+    if config.max_steps == 0 or config.max_steps < -1 or (config.max_steps == -1 and not config.num_train_epochs > 0):
+        raise ValueError(
+            f"Train for something: num_train_epochs > 0 (got {config.num_train_epochs}) or max_steps > 0 "
+            f"(got {config.max_steps})."
+        )
 
 
 def parse(config_class: type[T], stage: str, argv: list[str] | None = None) -> tuple[RunArguments, ModelArguments, T]:
     """The stage's three configs from ``--config file.yaml`` and command-line flags (flags win over the file)."""
-    from trl import TrlParser
-
-    run, model, config = TrlParser((RunArguments, ModelArguments, config_class)).parse_args_and_config(argv)
+    run, model, config = parse_configs((RunArguments, ModelArguments, config_class), argv)
     fill_run_defaults(run, stage, config)
     return run, model, config
+
+
+def parse_configs(classes: tuple[type, ...], argv: list[str] | None = None) -> tuple:
+    """``TrlParser(classes)``, after checking that every key of the ``--config`` YAML is a setting of one of them:
+    a typo is named with its file (and the nearest setting), not as an unknown command-line flag."""
+    from trl import TrlParser
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--config" in argv[:-1]:
+        path = Path(argv[argv.index("--config") + 1])
+        check_yaml_keys(path, {f.name for cls in classes for f in dataclasses.fields(cls)} | {"env"})
+    return TrlParser(classes).parse_args_and_config(argv)
+
+
+def check_yaml_keys(path: Path, known: set[str]) -> None:
+    if not path.is_file():
+        raise MissingInputError(
+            f"--config: {path} does not exist. Check the path (relative paths are from {Path.cwd()})."
+        )
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path} must hold a mapping of settings (key: value), got {type(raw).__name__}.")
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, known, n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ValueError(f"{path}: unknown setting {', '.join(hints)}. Fix or remove it; --help lists the settings.")
 
 
 def fill_run_defaults(run: RunArguments, stage: str, config: Any) -> None:
@@ -130,10 +187,6 @@ def recorded_config(*configs: Any) -> dict[str, Any]:
     return merged
 
 
-class ResumeError(RuntimeError):
-    """A resume that cannot continue the run: no checkpoint, or one written with other settings."""
-
-
 def latest_checkpoint(output_dir: str | Path, is_complete: Callable[[Path], bool] | None = None) -> Path:
     """The newest complete ``checkpoint-<step>`` folder of ``output_dir``, for a stage asked to resume.
 
@@ -147,10 +200,24 @@ def latest_checkpoint(output_dir: str | Path, is_complete: Callable[[Path], bool
     return max(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
-def trainer_figures(trainer, train_result) -> dict[str, Any]:
-    """What a transformers Trainer run reports for summary.json: loss, speed, steps."""
+def trainer_figures(trainer, train_result, resumed_at: list[int] | None = None) -> dict[str, Any]:
+    """What a transformers Trainer run reports for summary.json: loss, speed, steps, over the whole run.
+
+    After a resume, transformers' ``training_loss`` covers only the steps since the resume; the steps before it are
+    in the restored log history (each logged ``loss`` is the mean since the log before), so they are added back.
+    """
+    loss = train_result.training_loss
+    if resumed_at:
+        start, end = resumed_at[-1], trainer.state.global_step
+        logged = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h and h["step"] <= start]
+        before, previous = 0.0, 0
+        for step, value in logged:
+            before, previous = before + value * (step - previous), step
+        if previous and end > start:
+            loss = (before + train_result.training_loss * (end - start)) / (previous + end - start)
     return {
-        "train_loss": train_result.training_loss,
+        "train_loss": loss,
+        "resumed_at_steps": list(resumed_at or []),
         "train_samples_per_second": train_result.metrics.get("train_samples_per_second"),
         "train_runtime_s": train_result.metrics.get("train_runtime"),
         "global_step": trainer.state.global_step,
@@ -209,11 +276,24 @@ class Stage:
     def __init__(
         self, name: str, run: str, runs_dir: str, configs: list[Any], report_to=None, is_main_process: bool = True
     ):
-        self.name, self.configs = name, configs
+        self.name, self.configs, self.is_main_process = name, configs, is_main_process
         self.record = runs.StageRun(name, run, runs_dir)
         self.dir = self.record.dir
         self.timing: dict[str, float] = {}
         self.tracker = Tracker(report_to, run, name, self.dir, recorded_config(*configs), is_main_process)
+
+    def resume_points(self, checkpoint: Path | None) -> list[int]:
+        """The steps this stage's run was resumed at, across every resume (``resumed_at.json``); [] when it starts
+        anew."""
+        path = self.dir / "resumed_at.json"
+        if checkpoint is None:
+            if self.is_main_process:
+                path.unlink(missing_ok=True)
+            return []
+        points = [*(json.loads(path.read_text()) if path.exists() else []), int(checkpoint.name.split("-")[-1])]
+        if self.is_main_process:
+            runs.write_json(path, points)
+        return points
 
     @property
     def wall_time_s(self) -> float:

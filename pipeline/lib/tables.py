@@ -15,9 +15,12 @@ a bad row 9,000 of a large file learns it before a training run starts rather th
 
 from __future__ import annotations
 
+import bz2
 import csv
+import gzip
 import io
 import json
+import lzma
 import re
 import unicodedata
 from dataclasses import asdict, dataclass
@@ -35,6 +38,8 @@ FORMAT_COLUMNS = {
 }
 ROLES = ("system", "user", "assistant")
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+# Compressed text tables, as public preference sets often ship (and `datasets` reads): x.jsonl.gz, x.csv.xz, ...
+COMPRESSIONS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 MAX_REPORTED = 10
 
 ACCEPTED_FORMATS = (
@@ -63,11 +68,12 @@ def read_table(path: str | Path, split: str = "train") -> list[dict]:
     if path.is_dir():
         rows = _read_saved_dataset(path, split)
     else:
-        suffix = path.suffix.lower()
-        if suffix not in SUFFIXES:
+        suffix = table_suffix(path)
+        if suffix not in SUFFIXES or (suffix == ".parquet" and path.suffix.lower() in COMPRESSIONS):
             raise DataError(
-                f"{path}: unsupported file type {path.suffix or '(no extension)'!r}. "
-                f"Use one of {', '.join(SUFFIXES)}, or a directory saved with datasets' save_to_disk."
+                f"{path}: unsupported file type {''.join(path.suffixes) or '(no extension)'!r}. Use one of "
+                f"{', '.join(SUFFIXES)} (jsonl, json and csv also compressed: {', '.join(COMPRESSIONS)}), or a "
+                "directory saved with datasets' save_to_disk."
             )
         if path.stat().st_size == 0:
             raise DataError(f"{path} is empty. Point the config at a file that holds the training examples.")
@@ -78,12 +84,31 @@ def read_table(path: str | Path, split: str = "train") -> list[dict]:
     return rows
 
 
+def table_suffix(path: Path) -> str:
+    """The table's own suffix, under a compression suffix if there is one: data.jsonl.gz -> .jsonl."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSIONS:
+        return suffixes[-2] if len(suffixes) > 1 else ""
+    return suffixes[-1] if suffixes else ""
+
+
 def _read_text(path: Path) -> str:
+    opener = COMPRESSIONS.get(path.suffix.lower())
     try:
         # utf-8-sig: spreadsheet programs often start their exports with a byte-order mark.
-        return path.read_text(encoding="utf-8-sig")
+        if opener is None:
+            return path.read_text(encoding="utf-8-sig")
+        with opener(path, "rt", encoding="utf-8-sig") as fh:
+            return fh.read()
     except UnicodeDecodeError as err:
         raise DataError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}). Save it as UTF-8.") from err
+    except (OSError, EOFError, lzma.LZMAError) as err:
+        raise DataError(f"{path} could not be decompressed ({err}). Check the file is complete.") from err
+
+
+def json_problem(err: json.JSONDecodeError) -> str:
+    # json's own messages may end in "at" ("Unterminated string starting at"): one "at column N" then.
+    return f"{err.msg.removesuffix(' at')} at column {err.colno}"
 
 
 def _read_json_lines(path: Path, text: str | None = None) -> list[dict]:
@@ -96,7 +121,7 @@ def _read_json_lines(path: Path, text: str | None = None) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError as err:
             raise DataError(
-                f"{path} line {line_number}: not valid JSON ({err.msg} at column {err.colno}). "
+                f"{path} line {line_number}: not valid JSON ({json_problem(err)}). "
                 "Each line must hold one complete JSON object."
             ) from err
         if not isinstance(row, dict):
@@ -124,7 +149,7 @@ def _read_json(path: Path) -> list[dict]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise DataError(f"{path} line {err.lineno}: not valid JSON ({err.msg} at column {err.colno}).") from err
+        raise DataError(f"{path} line {err.lineno}: not valid JSON ({json_problem(err)}).") from err
     for row_number, row in enumerate(data, start=1):
         if not isinstance(row, dict):
             raise DataError(f"{path} row {row_number}: expected a JSON object, got {kind_of(row)}.")
