@@ -169,10 +169,11 @@ class RMData:
 def input_path(run: RunArguments, config: RMStageConfig) -> Path:
     """The file to train on: the export's preferences.jsonl (pairwise) or rankings.jsonl (kway), or the user's."""
     path = runs.stage_output(run.run, "export", run.runs_dir, config.preferences)
-    if path.is_file():
-        check_loss_fits(path, config.loss)
     if config.loss == "pairwise":
-        return path / "preferences.jsonl" if (path / "preferences.jsonl").is_file() else path
+        path = path / "preferences.jsonl" if (path / "preferences.jsonl").is_file() else path
+        if path.is_file():
+            check_loss_fits(path, config.loss)
+        return path
     if path.is_dir():
         rankings = path / "rankings.jsonl"
     else:
@@ -182,6 +183,8 @@ def input_path(run: RunArguments, config: RMStageConfig) -> Path:
             f"loss kway trains on whole rankings, but there is no {rankings}. Point --preferences at an export folder "
             "(runs/<run>/export/) or a rankings file, or use --loss pairwise."
         )
+    if rankings.is_file():
+        check_loss_fits(rankings, config.loss)
     return rankings
 
 
