@@ -73,12 +73,17 @@ def run(main: Callable[[], object]) -> int:
         if known is None or debugging():
             raise
         status, kind = known
-        if is_main_process():
-            block = message_block(error, kind, status)
-            if os.environ.get(ERROR_FILE):  # the launcher prints it last, below accelerate's own lines
-                Path(os.environ[ERROR_FILE]).write_text(f"{status}\n{block}")
-            else:
-                print(block, file=sys.stderr, flush=True)
+        block = message_block(error, kind, status)
+        if os.environ.get(ERROR_FILE):
+            # The launcher prints it last, below accelerate's and torchrun's own lines. The first process to fail
+            # writes it: torchrun stops the others as soon as one exits, rank 0 included.
+            try:
+                with open(os.environ[ERROR_FILE], "x") as fh:
+                    fh.write(f"{status}\n{block}")
+            except FileExistsError:
+                pass
+        elif is_main_process():
+            print(block, file=sys.stderr, flush=True)
         return status
 
 
