@@ -135,6 +135,13 @@ def _kill_tree(pid: int) -> None:
         pass
 
 
+def python_m(module: str, args: list[str], launch: list[str] | None = None, python: str = PYTHON) -> list[str]:
+    """``python -m MODULE ARGS``, or ``python -m accelerate.commands.launch LAUNCH -m MODULE ARGS`` when ``launch``
+    (accelerate's own arguments, from ``pipeline.lib.launch.accelerate_arguments``) is given."""
+    accelerate = [] if launch is None else ["-m", "accelerate.commands.launch", *launch]
+    return [python, *accelerate, "-m", module, *args]
+
+
 def harness_cmd(
     module: str,
     args: list[str],
@@ -147,21 +154,47 @@ def harness_cmd(
     """``python -m bench.harness ... -m MODULE ARGS``, under ``accelerate launch LAUNCH`` when given; ``python``
     is another interpreter (the TRL 1.12 oracle's venv) when given."""
     harness = ["--metrics", str(metrics), *(["--ppo"] if ppo else []), "-m", module, *args]
-    if launch is None:
-        return [python, "-m", "bench.harness", *harness]
-    return [python, "-m", "accelerate.commands.launch", *launch, "-m", "bench.harness", *harness]
+    return python_m("bench.harness", harness, launch, python)
 
 
-def accelerate_launch(config: str, processes: int, threads: int) -> list[str]:
-    """accelerate's arguments for ``configs/accelerate/<config>.yaml``; ``threads`` torch threads per process."""
-    return [
-        "--config_file",
-        str(REPO / "configs" / "accelerate" / f"{config}.yaml"),
-        "--num_processes",
-        str(processes),
-        "--num_cpu_threads_per_process",
-        str(threads),
-    ]
+def as_flags(flags: dict[str, Any]) -> list[str]:
+    """``{"max_steps": 8}`` as command-line flags: ``["--max_steps", "8"]``."""
+    return [item for name, value in flags.items() for item in (f"--{name}", str(value))]
+
+
+def trainer_flags(
+    steps: int, batch_size: int, max_length: int, learning_rate: float, bf16: bool = False, **extra: Any
+) -> list[str]:
+    """The ``TrainingArguments`` flags that decide the work of a step, the same for a stage and its plain TRL script:
+    ``steps`` optimiser steps of ``batch_size`` examples (no accumulation) of at most ``max_length`` tokens; no
+    evaluation, checkpoints or tracking, since the plain scripts do none of them. ``extra``: more flags."""
+    return as_flags(
+        {
+            "max_steps": steps,
+            "per_device_train_batch_size": batch_size,
+            "gradient_accumulation_steps": 1,
+            "max_length": max_length,
+            "learning_rate": learning_rate,
+            "lr_scheduler_type": "cosine",
+            "warmup_steps": 2,
+            "weight_decay": 0.0,
+            **extra,
+            "bf16": str(bf16).lower(),
+            "gradient_checkpointing": "false",
+            "seed": 0,
+            "dataloader_num_workers": 0,
+            "logging_steps": 5,
+            "report_to": "none",
+            "save_strategy": "no",
+            "eval_strategy": "no",
+        }
+    )
+
+
+def run_settings(model: str, steps: int, skip: int, flags: list[str], **more: Any) -> dict[str, Any]:
+    """A case's settings as the results record them: the model, ``more`` (the data, ...), the steps of a run and the
+    first ``skip`` not measured, and the flags every run of the case gets."""
+    return {"model": model, **more, "steps": steps, "skipped_steps": skip, "flags": " ".join(flags)}
 
 
 def read_ranks(metrics: Path) -> list[dict[str, Any]]:
@@ -452,9 +485,9 @@ def markdown(report: dict[str, Any]) -> str:
 
 @dataclass
 class Workspace:
-    """``runs_dir`` caches the demo data and embedded models (as the stages do); ``work`` is this invocation's
-    scratch folder. Each run gets a fresh runs folder there whose ``_data`` and ``_models`` link to the cache, so the
-    stages find the demo data and the embedded models exactly as under ``runs/``."""
+    """``runs_dir`` caches the demo data and embedded models (``python -m pipeline.demo`` builds the same there);
+    ``work`` is this invocation's scratch folder, with a fresh folder for each run. Nothing defaults to the demo in
+    the stages, so every command names the paths of the demo files and models it uses."""
 
     runs_dir: Path
     work: Path
@@ -471,27 +504,33 @@ class Workspace:
         return child_env(self.threads)
 
     def demo_dir(self) -> Path:
+        """The demo data set, ``runs_dir/_data/demo/`` (built on first use)."""
         from pipeline.demo.data import ensure_demo_data
 
         return ensure_demo_data(self.runs_dir)
 
     def model(self, name: str = "embedded:tiny-llama") -> str:
+        """The path of an embedded demo model, ``runs_dir/_models/<preset>/`` (built on first use)."""
         from pipeline.demo.base_model import resolve_model
 
-        self.demo_dir()
         return resolve_model(name, self.runs_dir)
 
     def run_dir(self, case: str, variant: str, round_: int) -> Path:
-        """A fresh runs folder for one run, linked to the cached data and models."""
+        """A fresh runs folder for one run: the program's ``--runs_dir`` (or output folder), log and metrics."""
         import shutil
 
         path = self.work / case / f"{variant}-{round_}"
         shutil.rmtree(path, ignore_errors=True)
         path.mkdir(parents=True)
-        for cached in ("_data", "_models"):
-            (self.runs_dir / cached).mkdir(parents=True, exist_ok=True)
-            (path / cached).symlink_to((self.runs_dir / cached).resolve(), target_is_directory=True)
         return path
+
+    def measure(self, cmd: list[str], run_dir: Path, skip: int | None = None, timeout: float = 900) -> dict[str, Any]:
+        """Run ``cmd`` with its log in ``run_dir/log.txt``: its process figures (``run_process``), and with ``skip``
+        the harness's steady-state figures after ``skip`` steps, from ``run_dir/metrics`` (``harness_cmd``)."""
+        process = run_process(cmd, run_dir / "log.txt", self.env(), timeout)
+        if skip is None:
+            return process
+        return {**training_metrics(read_ranks(run_dir / "metrics"), skip), **process}
 
     def rounds(self) -> dict[str, int]:
         """Rounds for ``run_rounds``. Only the first case measured warms up: by then the file cache, the compiled

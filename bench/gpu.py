@@ -20,18 +20,15 @@ from bench.core import (
     Comparison,
     Shape,
     Workspace,
-    accelerate_launch,
     check_target,
     compare,
     harness_cmd,
     random_llama,
-    read_ranks,
-    run_process,
     run_rounds,
-    training_metrics,
 )
 from bench.ppo import PPORunner
 from bench.sft import stage_args, training_flags
+from pipeline.lib.launch import accelerate_arguments
 
 TARGET_MFU = (">=", 0.35)
 # Peak dense bf16 tensor-core FLOP/s (no sparsity), from the vendors' data sheets; first match wins.
@@ -107,12 +104,9 @@ def measure(ws: Workspace, shape: Shape) -> CaseResult:
     def sft(name: str, launch: list[str] | None):
         def go(round_: int) -> dict[str, float]:
             run_dir = ws.run_dir("gpu", name, round_)
-            metrics = run_dir / "metrics"
-            args = [*stage_args(run_dir, flags), "--model_name_or_path", str(model)]
-            process = run_process(
-                harness_cmd("pipeline.sft", args, metrics, launch=launch), run_dir / "log.txt", ws.env(), timeout=1800
-            )
-            out = {**training_metrics(read_ranks(metrics), skip), **process}
+            args = stage_args(ws, run_dir, flags, model=str(model))
+            cmd = harness_cmd("pipeline.sft", args, run_dir / "metrics", launch=launch)
+            out = ws.measure(cmd, run_dir, skip, timeout=1800)
             mean_len = out["tokens_per_step"] / (out["samples_per_s"] * out["step_s"])
             out["model_tflops_per_s"] = out["tokens_per_s"] * flops_per_token(shape, vocab, mean_len) / 1e12
             if peak:
@@ -124,8 +118,8 @@ def measure(ws: Workspace, shape: Shape) -> CaseResult:
     processes = max(gpus, 1)
     variants = {"sft_1proc": sft("sft_1proc", None)}
     if gpus:
-        variants["sft_zero2"] = sft("sft_zero2", accelerate_launch("zero2", processes, 1))
-        variants["sft_zero3"] = sft("sft_zero3", accelerate_launch("zero3", processes, 1))
+        variants["sft_zero2"] = sft("sft_zero2", accelerate_arguments(processes, 2, threads=1))
+        variants["sft_zero3"] = sft("sft_zero3", accelerate_arguments(processes, 3, threads=1))
     runner = PPORunner(
         ws, "gpu", str(model), 2 if ws.quick else 4, 1, batch=16, accumulation=2, response_length=64, ppo_epochs=2
     )

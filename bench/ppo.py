@@ -18,24 +18,23 @@ import shutil
 import statistics
 from pathlib import Path
 
-from bench import oracle
+from bench import oracle, sft
 from bench.core import (
-    PYTHON,
     BenchError,
     CaseResult,
     Comparison,
     Shape,
     Workspace,
-    accelerate_launch,
+    as_flags,
     check_within,
     compare,
     harness_cmd,
+    python_m,
     random_llama,
-    read_ranks,
-    run_process,
     run_rounds,
-    training_metrics,
+    run_settings,
 )
+from pipeline.lib.launch import accelerate_arguments
 
 TARGET_LORA_MEMORY = ("<=", 0.7)
 TARGET_SPEED = (">=", 1.3)  # the stage's own loop is to be clearly faster than TRL's, on the same work
@@ -46,25 +45,12 @@ PHASES = ("generation", "reference", "value", "scoring", "optimisation")
 WIDE = Shape(hidden=768, layers=8, heads=12, intermediate=2048)
 # The recipe of the cached SFT policy and reward model; a new name when it changes, so the cache is rebuilt.
 TRAINED = "ppo-models-v1"
+# One epoch, and nothing the policy does not need: no evaluation, checkpoints, samples or tracking.
 SFT_FLAGS = [
-    "--num_train_epochs",
-    "1",
-    "--eval_strategy",
-    "no",
-    "--eval_on_start",
-    "false",
-    "--save_strategy",
-    "no",
-    "--load_best_model_at_end",
-    "false",
-    "--early_stopping_patience",
-    "0",
-    "--num_samples",
-    "0",
-    "--report_to",
-    "none",
+    *as_flags({"num_train_epochs": 1, "eval_strategy": "no", "save_strategy": "no", "report_to": "none"}),
+    *sft.STAGE_EXTRAS_OFF,
 ]
-RM_FLAGS = ["--num_train_epochs", "1", "--save_strategy", "no", "--report_to", "none"]
+RM_FLAGS = as_flags({"num_train_epochs": 1, "save_strategy": "no", "report_to": "none", "rubric": RUBRIC})
 RM_PROMPTS = 300  # x 4 ranked replies: held-out agreement with the rubric is above 90% after one epoch
 
 
@@ -153,26 +139,22 @@ def trained_inputs(ws: Workspace) -> dict[str, Path]:
         f"  [ppo] building the SFT policy and reward model once, into {root.parent} (about 3 minutes on 2 idle cores)",
         flush=True,
     )
-    ws.model()  # the embedded tiny Llama and the demo data, cached
     # Built in a side folder, renamed into place when complete; a stage whose summary.json exists (written last)
     # is not run again, so an interrupted build goes on where it stopped.
     partial = root.parent.with_name(f".{TRAINED}.partial")
-    for cached in ("_data", "_models"):
-        link = partial / cached
-        link.parent.mkdir(parents=True, exist_ok=True)
-        if not link.is_symlink():
-            link.symlink_to((ws.runs_dir / cached).resolve(), target_is_directory=True)
     write_ranked_export(partial / "m" / "export", ws.demo_dir(), prompts=RM_PROMPTS)
     common = ["--run", "m", "--runs_dir", str(partial)]
     for module, stage, config, flags in (
-        ("pipeline.sft", "sft", "configs/sft.yaml", SFT_FLAGS),
+        # On the demo model and SFT splits of the bench's runs dir (configs/sft.yaml names those of runs/).
+        ("pipeline.sft", "sft", "configs/sft.yaml", [*sft.demo_inputs(ws), *SFT_FLAGS]),
+        # From the run's SFT model, on the run's export.
         ("reward.train", "rm", "configs/rm.yaml", RM_FLAGS),
     ):
         if (partial / "m" / stage / "summary.json").exists():
             continue
         print(f"  [ppo] python -m {module} ...", flush=True)
-        cmd = [PYTHON, "-m", module, "--config", config, *common, *flags]
-        figures = run_process(cmd, partial / f"{module}.log.txt", ws.env(), timeout=1800)
+        cmd = python_m(module, ["--config", config, *common, *flags])
+        figures = ws.measure(cmd, partial / "logs" / stage, timeout=1800)
         print(f"  [ppo] {module}: {figures['wall_s']:.0f} s", flush=True)
     summary = json.loads((partial / "m" / "rm" / "summary.json").read_text()).get("metrics", {})
     print(
@@ -180,8 +162,6 @@ def trained_inputs(ws: Workspace) -> dict[str, Path]:
         f"{summary.get('eval_gold_accuracy', float('nan')):.1%}",
         flush=True,
     )
-    for cached in ("_data", "_models"):
-        (partial / cached).unlink()
     shutil.rmtree(root.parent, ignore_errors=True)
     partial.rename(root.parent)
     return paths
@@ -222,15 +202,11 @@ def ppo_flags(
         "per_device_eval_batch_size": batch,
         "gradient_checkpointing": "false",
     }
-    return _as_flags(flags)
+    return as_flags(flags)
 
 
 # TRL's PPOTrainer saves checkpoints unless told not to (the stage's are off with --checkpoint_steps 0).
-ORACLE_FLAGS = {"save_strategy": "no"}
-
-
-def _as_flags(flags: dict) -> list[str]:
-    return [f"--{k}" if i % 2 == 0 else str(v) for k, v in flags.items() for i in (0, 1)]
+ORACLE_FLAGS = as_flags({"save_strategy": "no"})
 
 
 def read_history(path: Path) -> list[dict]:
@@ -281,13 +257,41 @@ def learning_figures(rows: list[dict]) -> dict:
 
 
 class PPORunner:
+    """The PPO runs of a case: the stage (``stage``) and the oracle (``oracle``) on one pair of models, ``steps``
+    steps with the first ``skip`` not measured; ``base`` is a model to build a stand-in reward model from, or None
+    for the trained pair (``trained_inputs``). Every run scores its rollouts with the demo's gold rubric, on the same
+    demo prompts."""
+
     def __init__(self, ws: Workspace, case: str, base: str | None, steps: int, skip: int, **flag_kwargs):
         self.ws, self.case, self.steps, self.skip, self.flag_kwargs = ws, case, steps, skip, flag_kwargs
         self.inputs = trained_inputs(ws) if base is None else build_inputs(ws, base)
-        self.rubric: list[str] = []
 
     def flags(self, seed: int = 0, world_size: int = 1) -> list[str]:
-        return [*ppo_flags(self.steps, world_size, seed=seed, **self.flag_kwargs), *self.rubric]
+        return [*ppo_flags(self.steps, world_size, seed=seed, **self.flag_kwargs), "--rubric", RUBRIC]
+
+    def stage_args(self, run_dir: Path, seed: int = 0, world_size: int = 1, extra: list[str] = ()) -> list[str]:
+        """``ppo.train``'s flags: configs/ppo.yaml with the case's models and the demo prompts of the bench's runs
+        dir, no checkpoints."""
+        return [
+            "--config",
+            "configs/ppo.yaml",
+            "--run",
+            "bench",
+            "--runs_dir",
+            str(run_dir),
+            "--model_name_or_path",
+            str(self.inputs["sft"]),
+            "--reward_model_path",
+            str(self.inputs["rm"]),
+            "--reward_stats",
+            str(self.inputs["stats"]),
+            "--prompts",
+            str(self.ws.demo_dir() / "prompts.jsonl"),
+            "--checkpoint_steps",
+            "0",
+            *self.flags(seed, world_size),
+            *extra,
+        ]
 
     def stage(
         self,
@@ -302,32 +306,8 @@ class PPORunner:
 
         def go(round_: int) -> dict:
             run_dir = self.ws.run_dir(self.case, name, round_)
-            args = [
-                "--config",
-                "configs/ppo.yaml",
-                "--run",
-                "bench",
-                "--runs_dir",
-                str(run_dir),
-                "--sft_model_path",
-                str(self.inputs["sft"]),
-                "--reward_model_path",
-                str(self.inputs["rm"]),
-                "--reward_stats",
-                str(self.inputs["stats"]),
-                "--checkpoint_steps",
-                "0",
-                *self.flags(round_ if seeded else 0, world_size),
-                *extra,
-            ]
-            cmd = [
-                PYTHON,
-                *(["-m", "accelerate.commands.launch", *launch] if launch else []),
-                "-m",
-                "ppo.train",
-                *args,
-            ]
-            process = run_process(cmd, run_dir / "log.txt", self.ws.env())
+            args = self.stage_args(run_dir, round_ if seeded else 0, world_size, extra)
+            process = self.ws.measure(python_m("ppo.train", args, launch), run_dir)
             rows = read_history(run_dir / "bench" / "ppo" / "history.jsonl")
             return {**history_metrics(rows, self.skip), **learning_figures(rows), **process}
 
@@ -335,11 +315,11 @@ class PPORunner:
 
     def oracle(self, python: str):
         """TRL 1.12's PPOTrainer (bench/baselines/ppo_plain.py) in the oracle venv, through the harness; round r
-        runs with seed r."""
+        runs with seed r. It is TRL's script, so the start model keeps TRL's name, ``--sft_model_path``."""
 
         def go(round_: int) -> dict:
             run_dir = self.ws.run_dir(self.case, "oracle", round_)
-            metrics, history = run_dir / "metrics", run_dir / "out" / "history.jsonl"
+            history = run_dir / "out" / "history.jsonl"
             args = [
                 "--prompts_file",
                 str(self.ws.demo_dir() / "prompts.jsonl"),
@@ -352,25 +332,17 @@ class PPORunner:
                 "--history",
                 str(history),
                 *self.flags(round_),
-                *_as_flags(ORACLE_FLAGS),
+                *ORACLE_FLAGS,
             ]
-            cmd = harness_cmd("bench.baselines.ppo_plain", args, metrics, ppo=True, python=python)
-            process = run_process(cmd, run_dir / "log.txt", self.ws.env())
-            rows = read_history(history)
-            harness = training_metrics(read_ranks(metrics), self.skip)
-            return {**harness, **learning_figures(rows), **process}
+            cmd = harness_cmd("bench.baselines.ppo_plain", args, run_dir / "metrics", ppo=True, python=python)
+            harness = self.ws.measure(cmd, run_dir, self.skip)
+            return {**harness, **learning_figures(read_history(history))}
 
         return go
 
 
 def _settings(runner: PPORunner, model: str, reward_model: str = "stand-in: the same with a scalar head") -> dict:
-    return {
-        "model": model,
-        "reward_model": reward_model,
-        "steps": runner.steps,
-        "skipped_steps": runner.skip,
-        "flags": " ".join(runner.flags()),
-    }
+    return run_settings(model, runner.steps, runner.skip, runner.flags(), reward_model=reward_model)
 
 
 def oracle_python(ws: Workspace) -> tuple[str | None, str | None]:
@@ -396,7 +368,6 @@ def run(ws: Workspace) -> CaseResult:
     result = CaseResult("ppo", "PPO: project stage vs TRL 1.12 PPOTrainer (the oracle), trained reward model")
     # configs/ppo.yaml's learning rate for the tiny demo model: the policy moves within the few steps measured.
     runner = PPORunner(ws, "ppo", None, steps, skip, learning_rate=1e-4)
-    runner.rubric = ["--rubric", RUBRIC]
     rm_summary = {}
     if runner.inputs["rm_summary"].exists():
         rm_summary = json.loads(runner.inputs["rm_summary"].read_text()).get("metrics", {})
@@ -556,12 +527,14 @@ def run_zero(ws: Workspace) -> CaseResult:
     steps, skip = (2, 1) if ws.quick else (3, 1)
     runner = PPORunner(ws, "ppo_zero", ws.model(), steps, skip)
     cores = os.cpu_count() or 2
+    # The bench's threads, not the environment's OMP_NUM_THREADS (its programs never inherit it): --threads, or the
+    # machine's cores shared out.
     one, two = (ws.threads, ws.threads) if ws.threads else (cores, max(cores // 2, 1))
     result.settings = {**_settings(runner, "embedded:tiny-llama"), "threads_per_process": f"{cores} / processes"}
     variants = {
-        "1proc": runner.stage("1proc", launch=accelerate_launch("single", 1, one)),
-        "2proc_zero2": runner.stage("2proc_zero2", launch=accelerate_launch("zero2", 2, two), world_size=2),
-        "2proc_zero3": runner.stage("2proc_zero3", launch=accelerate_launch("zero3", 2, two), world_size=2),
+        "1proc": runner.stage("1proc", launch=accelerate_arguments(1, threads=one)),
+        "2proc_zero2": runner.stage("2proc_zero2", launch=accelerate_arguments(2, 2, threads=two), world_size=2),
+        "2proc_zero3": runner.stage("2proc_zero3", launch=accelerate_arguments(2, 3, threads=two), world_size=2),
     }
     if ws.quick:  # one of the two: ZeRO-2 starts faster
         variants.pop("2proc_zero3")

@@ -1,5 +1,5 @@
 """Reward model: the project's stage (``reward.train``, pairwise loss) against a plain TRL RewardTrainer script, and
-the pairwise expansion against the K-way ranking loss (``bench/bench_kway.py``, when it is there).
+the pairwise expansion against the K-way ranking loss (``bench/bench_kway.py``).
 
 Both programs train the embedded tiny Llama with a scalar head on the same preference pairs, built from the demo SFT
 split (a prompt's own reply against another prompt's reply: the content does not matter for throughput), for the same
@@ -8,7 +8,6 @@ steps and flags. A reward-model batch of B pairs is 2B sequences; samples/s belo
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -22,10 +21,9 @@ from bench.core import (
     check_target,
     compare,
     harness_cmd,
-    read_ranks,
-    run_process,
     run_rounds,
-    training_metrics,
+    run_settings,
+    trainer_flags,
 )
 
 
@@ -48,67 +46,46 @@ def preference_file(ws: Workspace, pairs: int = 400) -> Path:
 
 
 def training_flags(steps: int, batch_size: int = 8) -> list[str]:
-    flags = {
-        "max_steps": steps,
-        "per_device_train_batch_size": batch_size,
-        "gradient_accumulation_steps": 1,
-        "max_length": 512,
-        "learning_rate": 2e-4,
-        "lr_scheduler_type": "cosine",
-        "warmup_steps": 2,
-        "weight_decay": 0.0,
-        "bf16": "false",
-        "gradient_checkpointing": "false",
-        "seed": 0,
-        "dataloader_num_workers": 0,
-        "logging_steps": 5,
-        "report_to": "none",
-        "save_strategy": "no",
-        "eval_strategy": "no",
-    }
-    return [f"--{k}" if i % 2 == 0 else str(v) for k, v in flags.items() for i in (0, 1)]
+    """The flags both programs get: everything that decides the work done per step."""
+    return trainer_flags(steps, batch_size, max_length=512, learning_rate=2e-4)
+
+
+def stage_args(run_dir: Path, model: str, preferences: Path, flags: list[str]) -> list[str]:
+    """``reward.train`` with configs/rm.yaml on ``model`` and the ``preferences`` file, with TRL's pairwise loss as
+    the plain script has it (the stage's K-way loss is bench_kway's subject, case ``kway``)."""
+    return [
+        "--config",
+        "configs/rm.yaml",
+        "--run",
+        "bench",
+        "--runs_dir",
+        str(run_dir),
+        "--loss",
+        "pairwise",
+        "--model_name_or_path",
+        model,
+        "--preferences",
+        str(preferences),
+        *flags,
+    ]
 
 
 def run(ws: Workspace) -> CaseResult:
     result = CaseResult("rm", "Reward model: project stage (pairwise) vs plain TRL RewardTrainer")
-    if importlib.util.find_spec("reward.train") is None:
-        result.skipped = "reward/train.py does not exist yet"
-        return result
     steps, skip = (6, 2) if ws.quick else (12, 3)
     model, data = ws.model(), preference_file(ws)
     flags = training_flags(steps)
-    result.settings = {
-        "model": "embedded:tiny-llama + scalar head",
-        "data": "400 pairs from the demo SFT split",
-        "steps": steps,
-        "skipped_steps": skip,
-        "flags": " ".join(flags),
-    }
+    result.settings = run_settings(
+        "embedded:tiny-llama + scalar head", steps, skip, flags, data="400 pairs from the demo SFT split"
+    )
 
     def measured(cmd: list[str], run_dir: Path) -> dict[str, float]:
-        process = run_process(cmd, run_dir / "log.txt", ws.env())
-        metrics = training_metrics(read_ranks(run_dir / "metrics"), skip)
-        metrics["pairs_per_s"] = metrics["samples_per_s"] / 2
-        return {**metrics, **process}
+        metrics = ws.measure(cmd, run_dir, skip)
+        return {**metrics, "pairs_per_s": metrics["samples_per_s"] / 2}
 
     def stage(round_: int) -> dict[str, float]:
         run_dir = ws.run_dir("rm", "stage", round_)
-        # The plain script is TRL's pairwise loss; the stage's K-way loss is bench_kway's subject (case kway).
-        args = [
-            "--config",
-            "configs/rm.yaml",
-            "--run",
-            "bench",
-            "--runs_dir",
-            str(run_dir),
-            "--loss",
-            "pairwise",
-            "--model_name_or_path",
-            model,
-            "--preferences",
-            str(data),
-            *flags,
-        ]
+        args = stage_args(run_dir, model, data, flags)
         return measured(harness_cmd("reward.train", args, run_dir / "metrics"), run_dir)
 
     def plain(round_: int) -> dict[str, float]:
@@ -133,17 +110,14 @@ def run_kway(ws: Workspace) -> CaseResult:
     (so it gets the same threads as every measured program). Its figures are recorded as it returns them; the
     targets are checked on its K=4 ratios."""
     result = CaseResult("kway", "Reward model: K-way ranking loss vs pairwise expansion (bench/bench_kway.py)")
-    if importlib.util.find_spec("bench.bench_kway") is None:
-        result.skipped = "bench/bench_kway.py does not exist yet"
-        return result
     repeats = 1 if ws.quick else ws.repeats
     code = (
-        "import inspect, json; from bench.bench_kway import run; "
-        f"kwargs = {{'runs_dir': {str(ws.runs_dir)!r}}} if 'runs_dir' in inspect.signature(run).parameters else {{}}; "
-        f"print(json.dumps(run(repeats={repeats}, **kwargs)))"
+        "import json; from bench.bench_kway import run; "
+        f"print(json.dumps(run(repeats={repeats}, runs_dir={str(ws.runs_dir)!r})))"
     )
-    log = ws.work / "kway" / "log.txt"
-    process = run_process([PYTHON, "-c", code], log, ws.env())
+    run_dir = ws.run_dir("kway", "bench_kway", 0)
+    log = run_dir / "log.txt"
+    process = ws.measure([PYTHON, "-c", code], run_dir)
     printed = [line for line in log.read_text().splitlines() if line.startswith("{")]
     if not printed:
         raise BenchError(f"bench_kway printed no result (log: {log})")

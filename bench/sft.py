@@ -14,67 +14,55 @@ from bench.core import (
     CaseResult,
     Comparison,
     Workspace,
-    accelerate_launch,
+    as_flags,
     compare,
     harness_cmd,
-    read_ranks,
-    run_process,
     run_rounds,
-    training_metrics,
+    run_settings,
+    trainer_flags,
 )
-from pipeline.lib.launch import threads_per_process
+from pipeline.lib.launch import accelerate_arguments
 
 TARGET_PACKING = (">=", 1.3)
+# What the plain script does not do, turned off in the stage: evaluation at the start, the best model at the end,
+# early stopping and the greedy samples (configs/sft.yaml has them on).
+STAGE_EXTRAS_OFF = as_flags(
+    {"eval_on_start": "false", "load_best_model_at_end": "false", "early_stopping_patience": 0, "num_samples": 0}
+)
 
 
 def training_flags(steps: int, batch_size: int = 8, max_length: int = 384, bf16: bool = False) -> list[str]:
     """The flags both programs get: everything that decides the work done per step."""
-    flags = {
-        "max_steps": steps,
-        "per_device_train_batch_size": batch_size,
-        "gradient_accumulation_steps": 1,
-        "max_length": max_length,
-        "learning_rate": 1e-3,
-        "lr_scheduler_type": "cosine",
-        "warmup_steps": 2,
-        "weight_decay": 0.0,
-        "completion_only_loss": "true",
-        "bf16": str(bf16).lower(),
-        "gradient_checkpointing": "false",
-        "seed": 0,
-        "dataloader_num_workers": 0,
-        "logging_steps": 5,
-        "report_to": "none",
-        "save_strategy": "no",
-        "eval_strategy": "no",
-    }
-    return [f"--{k}" if i % 2 == 0 else str(v) for k, v in flags.items() for i in (0, 1)]
+    return trainer_flags(steps, batch_size, max_length, 1e-3, bf16, completion_only_loss="true")
 
 
-def stage_args(run_dir: Path, flags: list[str], config: Path | None = None) -> list[str]:
+def demo_inputs(ws: Workspace, model: str | None = None) -> list[str]:
+    """The stage's inputs as configs/sft.yaml names them, in the bench's runs dir: the start model (default: the
+    embedded tiny Llama) and the demo's SFT splits."""
+    demo = ws.demo_dir()
+    return [
+        "--model_name_or_path",
+        str(model or ws.model()),
+        "--dataset",
+        str(demo / "sft_train.jsonl"),
+        "--eval_dataset",
+        str(demo / "sft_eval.jsonl"),
+    ]
+
+
+def stage_args(ws: Workspace, run_dir: Path, flags: list[str], model: str | None = None) -> list[str]:
     """``pipeline.sft`` as ``make sft`` runs it, minus what the plain script does not do (eval, samples, saves)."""
     return [
         "--config",
-        str(config or "configs/sft.yaml"),
+        "configs/sft.yaml",
         "--run",
         "bench",
         "--runs_dir",
         str(run_dir),
-        "--eval_on_start",
-        "false",
-        "--load_best_model_at_end",
-        "false",
-        "--early_stopping_patience",
-        "0",
-        "--num_samples",
-        "0",
+        *demo_inputs(ws, model),
+        *STAGE_EXTRAS_OFF,
         *flags,
     ]
-
-
-def measured(ws: Workspace, cmd: list[str], metrics: Path, log: Path, skip: int) -> dict[str, float]:
-    process = run_process(cmd, log, ws.env())
-    return {**training_metrics(read_ranks(metrics), skip), **process}
 
 
 def run(ws: Workspace) -> CaseResult:
@@ -83,24 +71,17 @@ def run(ws: Workspace) -> CaseResult:
     result = CaseResult("sft", "SFT: project stage vs plain TRL SFTTrainer")
     model, demo = ws.model(), ws.demo_dir()
     flags = training_flags(steps)
-    result.settings = {
-        "model": "embedded:tiny-llama",
-        "data": "demo sft_train",
-        "steps": steps,
-        "skipped_steps": skip,
-        "flags": " ".join(flags),
-        "threads": "torch default (all cores)",
-    }
+    result.settings = run_settings(
+        "embedded:tiny-llama", steps, skip, flags, data="demo sft_train", threads="torch default (all cores)"
+    )
 
     def stage(round_: int, launch: list[str] | None = None, name: str = "stage") -> dict[str, float]:
         run_dir = ws.run_dir("sft", name, round_)
-        metrics = run_dir / "metrics"
-        cmd = harness_cmd("pipeline.sft", stage_args(run_dir, flags), metrics, launch=launch)
-        return measured(ws, cmd, metrics, run_dir / "log.txt", skip)
+        cmd = harness_cmd("pipeline.sft", stage_args(ws, run_dir, flags), run_dir / "metrics", launch=launch)
+        return ws.measure(cmd, run_dir, skip)
 
     def plain(round_: int) -> dict[str, float]:
         run_dir = ws.run_dir("sft", "plain", round_)
-        metrics = run_dir / "metrics"
         args = [
             "--model_name_or_path",
             model,
@@ -110,17 +91,15 @@ def run(ws: Workspace) -> CaseResult:
             str(run_dir / "out"),
             *flags,
         ]
-        return measured(
-            ws, harness_cmd("bench.baselines.sft_plain", args, metrics), metrics, run_dir / "log.txt", skip
-        )
+        return ws.measure(harness_cmd("bench.baselines.sft_plain", args, run_dir / "metrics"), run_dir, skip)
 
     variants = {"stage": stage, "plain_trl": plain}
     if ws.threads:
         result.notes.append("`make sft` launch not compared: --threads fixes the threads of every program.")
     elif not ws.quick:
-        # What `make sft` runs: accelerate launch with configs/accelerate/single.yaml and the machine's cores as
-        # threads (accelerate alone would give the process one thread).
-        launch = accelerate_launch("single", 1, threads_per_process(1))
+        # What `make sft` runs: accelerate launch by the project's launch rules, configs/accelerate/single.yaml and
+        # the machine's cores as threads (accelerate alone would give the process one thread).
+        launch = accelerate_arguments(1)
         variants["stage_make_launch"] = lambda r: stage(r, launch, "stage_make_launch")
     run_rounds(result, variants, **ws.rounds())
     compare(result, Comparison("stage / plain TRL samples/s", "samples_per_s", "stage", "plain_trl", TARGET_VS_TRL))
@@ -146,14 +125,13 @@ def run_packing(ws: Workspace) -> CaseResult:
     result = CaseResult("packing", "SFT: packing (BFD, padding-free) vs no packing, project stage")
     ws.model()
     flags = training_flags(steps, batch_size=16)
-    result.settings = {"model": "embedded:tiny-llama", "steps": steps, "skipped_steps": skip, "flags": " ".join(flags)}
+    result.settings = run_settings("embedded:tiny-llama", steps, skip, flags)
 
     def variant(name: str, extra: list[str]):
         def go(round_: int) -> dict[str, float]:
             run_dir = ws.run_dir("packing", name, round_)
-            metrics = run_dir / "metrics"
-            cmd = harness_cmd("pipeline.sft", stage_args(run_dir, [*flags, *extra]), metrics)
-            return measured(ws, cmd, metrics, run_dir / "log.txt", skip)
+            cmd = harness_cmd("pipeline.sft", stage_args(ws, run_dir, [*flags, *extra]), run_dir / "metrics")
+            return ws.measure(cmd, run_dir, skip)
 
         return go
 

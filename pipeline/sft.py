@@ -24,17 +24,7 @@ from pipeline.lib.errors import exit_with
 from pipeline.lib.launch import release_zero3_init
 from pipeline.lib.models import check_model_source
 from pipeline.lib.prompts import load_prompts
-from pipeline.lib.stage import (
-    ModelArguments,
-    RunArguments,
-    Stage,
-    TrainerDefaults,
-    finish_model,
-    latest_checkpoint,
-    parse,
-    trainer_figures,
-    weights_dir,
-)
+from pipeline.lib.stage import ModelArguments, RunArguments, Stage, TrainerDefaults, parse, trainer_figures
 from pipeline.lib.tables import load_sft_dataset
 
 
@@ -188,15 +178,8 @@ def build_trainer(config: SFTStageConfig, model_args: ModelArguments, model, tok
     """TRL's SFTTrainer, with early stopping when asked and packed rows where attention needs them."""
     callbacks = [EarlyStoppingCallback(config.early_stopping_patience)] if config.early_stopping_patience else []
     score_labelled_positions_only()
-    trainer = SFTTrainer(
-        model=model,
-        args=config,
-        train_dataset=train,
-        eval_dataset=evaluation,
-        processing_class=tokenizer,
-        peft_config=model_args.peft_config("CAUSAL_LM"),
-        callbacks=callbacks,
-    )
+    peft, data = model_args.peft_config("CAUSAL_LM"), {"train_dataset": train, "eval_dataset": evaluation}
+    trainer = SFTTrainer(model, config, processing_class=tokenizer, peft_config=peft, callbacks=callbacks, **data)
     if packed_rows_needed(config, model):
         trainer.data_collator = PackedRowsCollator(trainer.data_collator)
     return trainer
@@ -214,7 +197,7 @@ def main(run: RunArguments, model_args: ModelArguments, config: SFTStageConfig) 
     check_model_source("model_name_or_path", model_path)
     for setting in ("dataset", "eval_dataset", "sample_prompts"):
         runs.require_path(setting, getattr(config, setting))
-    checkpoint = latest_checkpoint(config.output_dir) if run.resume else None
+    checkpoint, resumed_at = stage.resume_from(run.resume, config.output_dir)
     with state.main_process_first():
         train, evaluation, sample_prompts, data_stats, data_inputs = load_data(config)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -226,7 +209,6 @@ def main(run: RunArguments, model_args: ModelArguments, config: SFTStageConfig) 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
 
     # step 2. train, evaluating every eval_steps (and at step 0 when eval_on_start, which gives the base model's loss).
-    resumed_at = stage.resume_points(checkpoint)
     if checkpoint is not None:
         config.eval_on_start = False  # the first run evaluated the start model; its eval_loss is in the history
     trainer = build_trainer(config, model_args, model, tokenizer, train, evaluation)
@@ -235,10 +217,10 @@ def main(run: RunArguments, model_args: ModelArguments, config: SFTStageConfig) 
 
     # step 3. save: every process takes part (ZeRO-3 gathers the shards); LoRA is merged on the main process.
     release_zero3_init()
-    trainer.save_model(str(weights_dir(stage.dir, model_args)))
+    trainer.save_model(str(stage.weights_dir(model_args)))
     model_dir = stage.dir / "model"
     if state.is_main_process:
-        finish_model(stage.dir, model_args, model_path, tokenizer)
+        stage.finish_model(model_args, model_path, tokenizer)
     state.wait_for_everyone()
     if not state.is_main_process:
         return {}

@@ -42,9 +42,7 @@ class EvalConfig:
     # Sampling at temperature 1 draws from the policy's own distribution, which the KL estimate needs.
     temperature: float = 1.0
     batch_size: int = 16
-    max_kl: float = field(
-        default=20.0, metadata={"help": "Bound the PPO policy's KL to the reference must stay below."}
-    )
+    max_kl: float = field(default=20.0, metadata={"help": "The PPO policy's KL to the reference stays below it."})
     rubric: str | None = field(
         default=None, metadata={"help": "Gold rubric module:function (gold_score); default none."}
     )

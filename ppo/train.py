@@ -32,7 +32,7 @@ from pipeline.lib.launch import configure_cpu_deepspeed, release_zero3_init
 from pipeline.lib.models import save_here
 from pipeline.lib.prompts import load_prompts
 from pipeline.lib.rubric import load_rubric
-from pipeline.lib.stage import ModelArguments, RunArguments, Stage, finish_model, parse, weights_dir
+from pipeline.lib.stage import ModelArguments, RunArguments, Stage, parse
 from pipeline.lib.tracking import Tracker
 from ppo import checkpoint, rewards
 from ppo.algorithm import (
@@ -158,7 +158,7 @@ def main(run: RunArguments, model_args: ModelArguments, config: PPOStageConfig) 
     train(config, accelerator, models, prompts, tokenizer, rubric, progress, stage.tracker)
 
     # step 4. save the policy and the critic (gathered under ZeRO-3), then free the training models.
-    save_policy(config, model_args, accelerator, models, stage.dir)
+    save_policy(config, accelerator, models, stage.dir, stage.weights_dir(model_args))
     extra = {"final_kl_coef": models.kl.value, "prompts_dropped_too_long": prompts.dropped, **models.figures()}
     notes = models.notes
     del models  # the LoRA merge loads the base model once more: without this, that would be the run's peak
@@ -166,7 +166,7 @@ def main(run: RunArguments, model_args: ModelArguments, config: PPOStageConfig) 
     gc.collect()
     model_dir = stage.dir / "model"
     if is_writer(config, accelerator):
-        finish_model(stage.dir, model_args, sft_path, tokenizer)
+        stage.finish_model(model_args, sft_path, tokenizer)
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return {}
@@ -779,7 +779,7 @@ def full_state_dict(config: PPOStageConfig, accelerator: Accelerator, model: tor
 
 
 def save_policy(
-    config: PPOStageConfig, model_args: ModelArguments, accelerator: Accelerator, models: Models, stage_dir: Path
+    config: PPOStageConfig, accelerator: Accelerator, models: Models, stage_dir: Path, policy_dir: Path
 ) -> None:
     """The policy's weights (its adapters with LoRA) and the critic; every process takes part (ZeRO-3 gathers)."""
     state_dict = full_state_dict(config, accelerator, models.model)
@@ -787,7 +787,7 @@ def save_policy(
     if is_writer(config, accelerator):
         unwrapped = accelerator.unwrap_model(models.model)
         policy_state = {k.removeprefix("policy."): v for k, v in state_dict.items() if k.startswith("policy.")}
-        save_here(unwrapped.policy, weights_dir(stage_dir, model_args), state_dict=policy_state)
+        save_here(unwrapped.policy, policy_dir, state_dict=policy_state)
         # The critic too, to continue from or to inspect (with LoRA: its adapters and head included).
         value_state = {
             k.removeprefix("value_model."): v for k, v in state_dict.items() if k.startswith("value_model.")

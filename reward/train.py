@@ -36,17 +36,7 @@ from pipeline.lib.errors import exit_with
 from pipeline.lib.launch import release_zero3_init
 from pipeline.lib.models import check_model_source
 from pipeline.lib.rubric import load_rubric
-from pipeline.lib.stage import (
-    ModelArguments,
-    RunArguments,
-    Stage,
-    TrainerDefaults,
-    finish_model,
-    latest_checkpoint,
-    parse,
-    trainer_figures,
-    weights_dir,
-)
+from pipeline.lib.stage import ModelArguments, RunArguments, Stage, TrainerDefaults, parse, trainer_figures
 from pipeline.lib.tables import DataError, read_table
 from reward import data as rm_data
 from reward import evaluate as rm_eval
@@ -386,7 +376,7 @@ def main(run: RunArguments, model_args: ModelArguments, config: RMStageConfig) -
             check_model_source("model_name_or_path", model_args.model_name_or_path)
         model_path = runs.stage_output(run.run, "sft", run.runs_dir, model_args.model_name_or_path)
         data_path = input_path(run, config)
-        checkpoint = latest_checkpoint(config.output_dir) if run.resume else None
+        checkpoint, resumed_at = stage.resume_from(run.resume, config.output_dir)
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         if tokenizer.chat_template is None:
             raise ValueError(
@@ -397,7 +387,6 @@ def main(run: RunArguments, model_args: ModelArguments, config: RMStageConfig) -
         data = load_data(config, data_path, tokenizer)
 
     # step 2. train.
-    resumed_at = stage.resume_points(checkpoint)
     trainer = build_trainer(config, model_args, model_path, tokenizer, data)
     with stage.timed("train_s"):
         train_result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -407,11 +396,9 @@ def main(run: RunArguments, model_args: ModelArguments, config: RMStageConfig) -
     model_dir = stage.dir / "model"
     with stage.timed("save_s"):
         release_zero3_init()
-        trainer.save_model(str(weights_dir(stage.dir, model_args)))
+        trainer.save_model(str(stage.weights_dir(model_args)))
         if state.is_main_process:
-            finish_model(
-                stage.dir, model_args, model_path, tokenizer, AutoModelForSequenceClassification, num_labels=1
-            )
+            stage.finish_model(model_args, model_path, tokenizer, AutoModelForSequenceClassification, num_labels=1)
         state.wait_for_everyone()
     if not state.is_main_process:
         return {}

@@ -95,6 +95,45 @@ def test_quick_ppo_case_writes_json_table_and_curves(tmp_path, shared_runs, demo
         assert "oracle (TRL 1.12 PPOTrainer) was skipped" in " ".join(case["notes"])
 
 
+def test_stage_flags_parse_with_the_stages_own_parsers(tmp_path, shared_runs, demo_dir, micro_model, ppo_run):
+    """The flags the bench gives each stage, parsed as the stage parses them: the start model, the demo files of the
+    bench's runs dir (no config default points at them) and the gold rubric arrive where the stage reads them."""
+    from bench import ppo, rm, sft
+    from bench.core import Workspace
+    from pipeline.lib.stage import parse
+    from pipeline.sft import SFTStageConfig
+    from ppo.config import PPOStageConfig
+    from reward.train import RMStageConfig
+
+    ws = Workspace(shared_runs, tmp_path, quick=True, repeats=1, warmup=0, ppo_run=ppo_run)
+    run_dir = ws.run_dir("case", "variant", 0)
+
+    run, model, config = parse(SFTStageConfig, "sft", sft.stage_args(ws, run_dir, sft.training_flags(6), micro_model))
+    assert (run.run, run.runs_dir, model.model_name_or_path) == ("bench", str(run_dir), micro_model)
+    assert config.dataset == str(demo_dir / "sft_train.jsonl")
+    assert config.eval_dataset == str(demo_dir / "sft_eval.jsonl")
+    assert config.max_steps == 6 and config.num_samples == 0 and config.completion_only_loss
+    assert not config.eval_on_start and not config.load_best_model_at_end and config.eval_strategy == "no"
+    # The PPO case's SFT policy: one epoch of configs/sft.yaml on the same inputs.
+    _, _, config = parse(SFTStageConfig, "sft", ["--config", "configs/sft.yaml", *sft.demo_inputs(ws), *ppo.SFT_FLAGS])
+    assert config.num_train_epochs == 1 and config.eval_strategy == "no" and config.report_to == []
+
+    preferences = tmp_path / "preferences.jsonl"
+    rm_args = rm.stage_args(run_dir, micro_model, preferences, rm.training_flags(6))
+    _, model, config = parse(RMStageConfig, "rm", rm_args)
+    assert model.model_name_or_path == micro_model and config.preferences == str(preferences)
+    assert config.loss == "pairwise" and config.max_steps == 6 and config.rubric is None
+    _, _, config = parse(RMStageConfig, "rm", ["--config", "configs/rm.yaml", *ppo.RM_FLAGS])
+    assert config.loss == "kway" and config.rubric == ppo.RUBRIC == "pipeline.demo.rubric:house_style_score"
+
+    runner = ppo.PPORunner(ws, "ppo", None, steps=4, skip=1)
+    _, model, config = parse(PPOStageConfig, "ppo", runner.stage_args(run_dir, seed=3))
+    assert model.model_name_or_path == str(ppo_run / "sft" / "model")
+    assert config.reward_model_path == [str(ppo_run / "rm" / "model")]
+    assert config.prompts == str(demo_dir / "prompts.jsonl") and config.rubric == ppo.RUBRIC
+    assert config.seed == 3 and config.total_episodes == 4 * 8 * 2 and config.checkpoint_steps == 0
+
+
 def test_history_metrics_and_learning_figures():
     from bench.ppo import history_metrics, learning_figures
 
@@ -122,6 +161,20 @@ def test_history_metrics_and_learning_figures():
     )
 
 
+def report_of(result, repeats: int, warmup: int) -> dict:
+    """A report of one case ``result`` as ``python -m bench`` writes it, for ``bench.core.markdown``."""
+    machine = {"cpu": "cpu", "cpus": 2, "memory_gb": 1.0, "gpu": None, "load_before": "0", "load_after": "0"}
+    return {
+        "started": "t",
+        "command": "c",
+        "repeats": repeats,
+        "warmup": warmup,
+        "quick": False,
+        "machine": machine,
+        "cases": {result.name: result.as_dict()},
+    }
+
+
 def test_range_targets_show_in_the_table():
     from bench.core import CaseResult, check_within, markdown
 
@@ -129,16 +182,8 @@ def test_range_targets_show_in_the_table():
     check_within(result, "stage gold", 0.5, 0.4, 0.6, "min..max over 3 seeds")
     check_within(result, "stage rm", 0.9, 0.4, 0.6, "min..max over 3 seeds")
     assert [c["met"] for c in result.comparisons] == [True, False]
-    report = {
-        "started": "t",
-        "command": "c",
-        "repeats": 3,
-        "warmup": 0,
-        "quick": False,
-        "machine": {"cpu": "cpu", "cpus": 2, "memory_gb": 1.0, "gpu": None, "load_before": "0", "load_after": "0"},
-        "cases": {"x": result.as_dict()},
-    }
-    assert "| x | stage rm | 0.9 |  |  | in [0.4, 0.6] (min..max over 3 seeds) | **no** |" in markdown(report)
+    table = markdown(report_of(result, repeats=3, warmup=0))
+    assert "| x | stage rm | 0.9 |  |  | in [0.4, 0.6] (min..max over 3 seeds) | **no** |" in table
 
 
 def test_oracle_venv_is_rebuilt_when_its_pins_change(tmp_path, monkeypatch):
@@ -174,16 +219,7 @@ def test_ratios_are_taken_round_by_round():
     compare(result, Comparison("a / b", "v", "a", "b", (">=", 0.95)))
     (row,) = result.comparisons
     assert row["ratios"] == [0.5, 0.5] and row["median"] == 0.5 and row["met"] is False
-    report = {
-        "started": "t",
-        "command": "c",
-        "repeats": 2,
-        "warmup": 1,
-        "quick": False,
-        "machine": {"cpu": "cpu", "cpus": 2, "memory_gb": 1.0, "gpu": None, "load_before": "0", "load_after": "0"},
-        "cases": {"x": result.as_dict()},
-    }
-    assert "| x | a / b | 0.5x | 0.5 | 0.5 | >= 0.95 | **no** |" in markdown(report)
+    assert "| x | a / b | 0.5x | 0.5 | 0.5 | >= 0.95 | **no** |" in markdown(report_of(result, repeats=2, warmup=1))
 
 
 def test_percentile_interpolates():

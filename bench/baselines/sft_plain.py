@@ -8,18 +8,12 @@ project's stage.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from datasets import load_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer, TrlParser
 
-
-@dataclass
-class ScriptArguments:
-    model_name_or_path: str = field(metadata={"help": "A local model folder or hub id."})
-    train_file: str = field(metadata={"help": "JSON lines with prompt/completion columns."})
+from bench.baselines.arguments import ScriptArguments
 
 
 def main(script: ScriptArguments, config: SFTConfig) -> None:

@@ -282,6 +282,18 @@ class Stage:
         self.timing: dict[str, float] = {}
         self.tracker = Tracker(report_to, run, name, self.dir, recorded_config(*configs), is_main_process)
 
+    def resume_from(self, resume: bool, output_dir: str | Path) -> tuple[Path | None, list[int]]:
+        """The checkpoint to continue from (None for a fresh start; a ResumeError when there is none to resume) and
+        the steps the run was resumed at so far."""
+        checkpoint = latest_checkpoint(output_dir) if resume else None
+        return checkpoint, self.resume_points(checkpoint)
+
+    def weights_dir(self, model: ModelArguments) -> Path:
+        return weights_dir(self.dir, model)
+
+    def finish_model(self, model: ModelArguments, start_model: str | Path, tokenizer, model_class=None, **kwargs):
+        return finish_model(self.dir, model, start_model, tokenizer, model_class, **kwargs)
+
     def resume_points(self, checkpoint: Path | None) -> list[int]:
         """The steps this stage's run was resumed at, across every resume (``resumed_at.json``); [] when it starts
         anew."""
