@@ -554,29 +554,16 @@ def random_llama(ws: Workspace, shape: Shape, max_positions: int = 2048) -> Path
     path = ws.work / "models" / f"llama-h{shape.hidden}-l{shape.layers}"
     if (path / "config.json").exists():
         return path
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
+
+    from pipeline.demo.base_model import Preset
+    from pipeline.demo.base_model import random_llama as build_llama
 
     tokenizer = AutoTokenizer.from_pretrained(ws.model())
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=shape.hidden,
-        intermediate_size=shape.intermediate,
-        num_hidden_layers=shape.layers,
-        num_attention_heads=shape.heads,
-        num_key_value_heads=shape.heads,
-        max_position_embeddings=max_positions,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
+    spec = Preset(
+        len(tokenizer), shape.hidden, shape.intermediate, shape.layers, shape.heads, shape.heads, max_positions
     )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    model.generation_config.eos_token_id, model.generation_config.pad_token_id = (
-        config.eos_token_id,
-        config.pad_token_id,
-    )
+    model = build_llama(spec, tokenizer, seed=0)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

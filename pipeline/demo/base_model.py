@@ -104,37 +104,44 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     return fast
 
 
+def random_llama(spec: Preset, tokenizer, seed: int = 0):
+    """A randomly initialised ``LlamaForCausalLM`` of ``spec`` for ``tokenizer`` (tied embeddings, its pad and EOS
+    tokens, no BOS), the same weights for the same seed."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, max_new_tokens=128
+    )
+    return model
+
+
 def build_base_model(preset: str, out_dir: str | Path, seed: int = 0) -> Path:
     """Build tokenizer and randomly initialised model into ``out_dir`` (atomically: a crash leaves no half model)."""
     # BPE training runs in parallel threads; one thread keeps merges identical from run to run.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-
     spec = PRESETS[preset]
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
         tokenizer = train_tokenizer(corpus_texts(seed=seed), spec.vocab_size)
-        config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=spec.hidden_size,
-            intermediate_size=spec.intermediate_size,
-            num_hidden_layers=spec.num_hidden_layers,
-            num_attention_heads=spec.num_attention_heads,
-            num_key_value_heads=spec.num_key_value_heads,
-            max_position_embeddings=spec.max_position_embeddings,
-            tie_word_embeddings=True,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            bos_token_id=None,
-        )
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-        model.generation_config = GenerationConfig(
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, max_new_tokens=128
-        )
+        model = random_llama(spec, tokenizer, seed)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "PRESET.json").write_text(str(asdict(spec)).replace("'", '"') + "\n")
