@@ -40,7 +40,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export GRADIO_ANALYTICS_ENABLED := False
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup demo pipeline report data sft candidates label simulate export rm ppo eval bench test test-fast test-slow lint format clean
+.PHONY: help setup demo pipeline report data sft candidates label users simulate export rm ppo eval bench test test-fast test-slow lint format clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -79,6 +79,9 @@ candidates: setup $(DEMO)  ## stage 2a: the SFT model samples k candidates per p
 
 label: setup  ## stage 2b: the ranking app for people (prints the URL, and the admin login on first run)
 	$(PY) -m labeling_ui serve --run $(RUN) --config $(LABELING_CONFIG) $(ARGS)
+
+users: setup  ## the app's users on runs/$(RUN): ARGS="add NAME" (or list, disable NAME, enable NAME, reset-password NAME)
+	$(PY) -m labeling_ui users --run $(RUN) $(ARGS)
 
 simulate: setup  ## stage 2b without people: simulated labelers rank every item by RUBRIC (demo, tests)
 	$(PY) -m labeling_ui simulate --run $(RUN) --config $(LABELING_CONFIG) $(RUBRIC_ARG) $(ARGS)

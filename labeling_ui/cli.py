@@ -5,11 +5,12 @@
     import-candidates [--file PATH] [--rubric-gold-share F --rubric module:function]
     export [--aggregation all|majority|drop_contested] [--include-gold]
     users add NAME [--role labeler|admin] [--password P]   (no --password: one is generated and printed once)
-    users list | users disable NAME
+    users list | users disable NAME | users enable NAME | users reset-password NAME   (a new password, printed once)
 
 Every command takes --run (default "default"), --runs_dir (default "runs") and --db URL (default: the run's SQLite
-file, runs/<run>/labeling/labels.db). ``COMMANDS`` maps each command to its handler; ``build_parser`` gives each its
-arguments. Gradio loads only inside ``serve`` (see labeling_ui.server).
+file, runs/<run>/labeling/labels.db), so ``users`` changes the database that ``serve`` with the same --run serves
+(``users --run R add NAME`` or ``users add NAME --run R``). ``COMMANDS`` maps each command to its handler;
+``build_parser`` gives each its arguments. Gradio loads only inside ``serve`` (see labeling_ui.server).
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from labeling_ui import server, simulate
 from labeling_ui.assignment import split_gold_by_rubric
 from labeling_ui.config import DEFAULT_CONFIG, load_config
-from labeling_ui.db import default_db_url
+from labeling_ui.db import default_db_url, shown_url, sqlite_file
 from labeling_ui.export import AGGREGATIONS, ExportConfig
 from labeling_ui.export import main as export_stage
 from labeling_ui.storage import LabelStore
@@ -103,29 +105,59 @@ def export_command(args: argparse.Namespace) -> None:
 # --- users --------------------------------------------------------------------------------------------------------
 
 
+@contextmanager
+def users_store(args: argparse.Namespace) -> Iterator[tuple[LabelStore, str]]:
+    """The store of the database that ``serve`` with the same --run (or --db) serves, and how to name it.
+
+    Only ``add`` may create a database: a command on a run without one is most likely a mistyped --run.
+    """
+    url = db_url(args)
+    shown = shown_url(url) if args.db else f"{shown_url(url)} (run {args.run!r})"
+    path = sqlite_file(url)
+    if path is not None and not path.exists() and args.action != "add":
+        raise ValueError(
+            f"There is no labeling database at {path}. Pass the --run the app serves (`make label RUN=NAME` serves "
+            "runs/NAME/labeling/labels.db), or --db URL."
+        )
+    store = LabelStore(url)
+    try:
+        yield store, shown
+    except ValueError as error:
+        if str(error).startswith("No user"):  # the store's message, with where it looked and what to do
+            raise ValueError(
+                f"No user {args.name!r} in {shown}. `users list` shows who is there; is --run the run the app serves?"
+            ) from error
+        raise
+    finally:
+        store.close()
+
+
 def users_add(args: argparse.Namespace) -> None:
     if args.password is not None and len(args.password) < MIN_PASSWORD:
         raise ValueError(f"Choose a password of at least {MIN_PASSWORD} characters, or leave --password out.")
     password = args.password or generate_password()
-    store = LabelStore(db_url(args))
-    try:
+    path = sqlite_file(db_url(args))
+    new = path is not None and not path.exists()
+    with users_store(args) as (store, shown):
         store.add_user(args.name, password, role=args.role, simulated=args.simulated)
-    finally:
-        store.close()
-    print(f"Added {args.role} {args.name!r}.")
+    print(f"Added {args.role} {args.name!r} to {shown}.")
     if args.password is None:
         print(f"Password (shown only now; pass it on privately): {password}")
+    if new:
+        print(
+            f"Note: this database was created just now and has no items yet. The app that serves it is "
+            f"`python -m labeling_ui serve --run {args.run}` (make label RUN={args.run}); if the app runs another "
+            "run, add the user there with --run."
+        )
 
 
 def users_list(args: argparse.Namespace) -> None:
-    store = LabelStore(db_url(args))
-    try:
+    with users_store(args) as (store, shown):
         users = store.list_users()
-    finally:
-        store.close()
     if not users:
-        print("No users yet: add one with `python -m labeling_ui users add NAME`.")
+        print(f"No users in {shown} yet: add one with `python -m labeling_ui users add NAME`.")
         return
+    print(f"Users of {shown}:")
     header = f"{'username':<24} {'role':<8} {'active':<7} {'simulated':<10} {'rankings':>8}  created"
     print(header)
     for u in users:
@@ -136,12 +168,26 @@ def users_list(args: argparse.Namespace) -> None:
 
 
 def users_disable(args: argparse.Namespace) -> None:
-    store = LabelStore(db_url(args))
-    try:
+    with users_store(args) as (store, shown):
         store.disable_user(args.name)
-    finally:
-        store.close()
-    print(f"Disabled {args.name!r}: they can no longer log in; their rankings stay.")
+    print(
+        f"Disabled {args.name!r} in {shown}: they can no longer log in (a running app ends their session within "
+        "seconds); their rankings stay. `users enable` undoes it."
+    )
+
+
+def users_enable(args: argparse.Namespace) -> None:
+    with users_store(args) as (store, shown):
+        store.enable_user(args.name)
+    print(f"Enabled {args.name!r} in {shown}: they can log in again with their password.")
+
+
+def users_reset_password(args: argparse.Namespace) -> None:
+    password = generate_password()
+    with users_store(args) as (store, shown):
+        store.reset_password(args.name, password)
+    print(f"Reset the password of {args.name!r} in {shown}: the old one no longer works, and their sessions end.")
+    print(f"New password (shown only now; pass it on privately): {password}")
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
@@ -152,20 +198,35 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "users add": users_add,
     "users list": users_list,
     "users disable": users_disable,
+    "users enable": users_enable,
+    "users reset-password": users_reset_password,
 }
 
 
 # --- the parser ---------------------------------------------------------------------------------------------------
 
 
+def common_arguments(defaults: bool) -> argparse.ArgumentParser:
+    """--run, --runs_dir and --db. Without ``defaults`` they are set only when given: ``users`` takes them before
+    its action and the action after it, and the action's defaults would otherwise undo what came before."""
+
+    def default(value: str | None) -> str | None:
+        return value if defaults else argparse.SUPPRESS
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--run", default=default(runs.DEFAULT_RUN), help="Run name (default: default).")
+    common.add_argument("--runs_dir", default=default("runs"), help="Folder of the runs (default: runs).")
+    common.add_argument(
+        "--db",
+        default=default(None),
+        help="Database URL, sqlite:///PATH or postgresql://... (default: the run's SQLite file).",
+    )
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
     """One subparser per name in ``COMMANDS`` ("users add" is ``users`` then ``add``)."""
-    common = argparse.ArgumentParser(add_help=False)  # the arguments every command takes
-    common.add_argument("--run", default=runs.DEFAULT_RUN, help="Run name (default: %(default)s).")
-    common.add_argument("--runs_dir", default="runs", help="Folder of the runs (default: %(default)s).")
-    common.add_argument(
-        "--db", default=None, help="Database URL, sqlite:///PATH or postgresql://... (default: the run's SQLite file)."
-    )
+    common = common_arguments(defaults=True)  # the arguments every command takes
     parser = argparse.ArgumentParser(
         prog="python -m labeling_ui",
         description="The labeling stage: the app, users, items, export of the preferences.",
@@ -216,16 +277,27 @@ def build_parser() -> argparse.ArgumentParser:
     exporting.add_argument("--aggregation", choices=AGGREGATIONS, default="all")
     exporting.add_argument("--include-gold", action="store_true", help="Also export the gold items.")
 
-    users = commands.add_parser("users", help="Add, list or disable labelers and admins.")
+    users = commands.add_parser(
+        "users",
+        parents=[common],
+        help="Add, list, disable or enable labelers and admins, or reset a password, in the database of --run.",
+    )
     actions = users.add_subparsers(dest="action", required=True, metavar="ACTION")
-    add = actions.add_parser("add", parents=[common], help="Add a user.")
+    after = common_arguments(defaults=False)  # `users --run R add NAME` and `users add NAME --run R` alike
+    add = actions.add_parser("add", parents=[after], help="Add a user.")
     add.add_argument("name")
     add.add_argument("--role", choices=("labeler", "admin"), default="labeler")
     add.add_argument("--password", help="Default: a generated password, printed once.")
     add.add_argument("--simulated", action="store_true", help="A simulated labeler (a program, not a person).")
-    actions.add_parser("list", parents=[common], help="List the users with their number of rankings.")
-    disable = actions.add_parser("disable", parents=[common], help="Stop a user from logging in; their rankings stay.")
+    actions.add_parser("list", parents=[after], help="List the users with their number of rankings.")
+    disable = actions.add_parser("disable", parents=[after], help="Stop a user from logging in; their rankings stay.")
     disable.add_argument("name")
+    enable = actions.add_parser("enable", parents=[after], help="Let a disabled user log in again.")
+    enable.add_argument("name")
+    reset = actions.add_parser(
+        "reset-password", parents=[after], help="Give a user a new generated password (printed once)."
+    )
+    reset.add_argument("name")
     return parser
 
 

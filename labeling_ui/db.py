@@ -10,6 +10,7 @@ the migrations disagree.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import zlib
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,25 @@ def shown_url(url: str) -> str:
     return sa.make_url(url).render_as_string(hide_password=True)
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL; None for PostgreSQL or an in-memory database."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        return Path(parsed.database)
+    return None
+
+
+def create_private(path: Path) -> None:
+    """Create the (empty) SQLite file ``path`` with mode 0600 unless it exists: labels and password hashes are for
+    its owner only. SQLite gives the -wal and -shm files it creates the mode of the database file, so they are 0600
+    too. An empty file is an empty database to SQLite."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+
+
 READ_ONLY = "labeling_read_only"  # execution option: a transaction that only reads (see `_sqlite_begin`)
 
 
@@ -175,8 +195,8 @@ def make_engine(url: str) -> sa.Engine:
     """An engine for ``url``: SQLite in WAL mode with full fsync, or PostgreSQL through psycopg 3."""
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        if path := sqlite_file(url):
+            create_private(path)
         engine = sa.create_engine(parsed, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)

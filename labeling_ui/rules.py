@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,10 @@ from typing import Any
 FLAGS = ("unsafe", "private_data", "factually_wrong", "off_topic")
 MAX_TEXT = 5000  # characters of a comment or skip reason
 MAX_SUBMISSION_ID = 128
+MAX_SECONDS = 3600.0  # time spent on one item as stored: people rank 4 replies in well under a minute
+# Unicode's bidirectional controls (embeddings, overrides, isolates, marks): in a prompt or a reply they make the
+# page show text in another order than it is stored (a reply storing "refund of \u202e05" reads "refund of 50").
+BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]")
 RELOAD = "Reload the page and try again."
 
 
@@ -142,13 +147,26 @@ def check_display_order(order: Sequence[str], candidate_ids: Sequence[str]) -> l
 
 
 def check_seconds(seconds: float | None) -> float | None:
+    """The time spent on an item as stored: refused when it is not a number of seconds or is negative (only a broken
+    or hostile client sends that), and clamped to ``MAX_SECONDS`` above it.
+
+    Clamped, not refused: the page measures the time, not the labeler, so a labeler who left the tab open over lunch
+    could not fix a refusal and would lose their ranking. The clamp keeps one such item (or an API client sending
+    99999) from weighing more than an hour in the admin's statistics.
+    """
     if seconds is None:
         return None
     if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not math.isfinite(seconds):
         raise RankingError(f"The time spent must be a number of seconds. {RELOAD}")
     if seconds < 0:
         raise RankingError(f"The time spent cannot be negative. {RELOAD}")
-    return float(seconds)
+    return min(float(seconds), MAX_SECONDS)
+
+
+def show_bidi_controls(text: str) -> str:
+    """``text`` with every bidirectional control replaced by its code point in brackets, e.g. "[U+202E]": what the
+    page shows of a prompt or a candidate, so that no invisible character reorders what the labeler reads."""
+    return BIDI_CONTROLS.sub(lambda match: f"[U+{ord(match.group()):04X}]", text)
 
 
 # --- an imported item ---------------------------------------------------------------------------------------------

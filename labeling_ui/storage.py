@@ -191,6 +191,32 @@ class LabelStore:
                 raise ValueError(f"No user {username!r}.")
             user.active = False
 
+    def enable_user(self, username: str) -> None:
+        """A disabled user can log in and get items again."""
+        with self._begin() as session:
+            user = self._find_user(session, username)
+            if user is None:
+                raise ValueError(f"No user {username!r}.")
+            user.active = True
+
+    def reset_password(self, username: str, password: str) -> None:
+        """Replace the user's password; the old one no longer works and their open sessions end (see session_key)."""
+        if not isinstance(password, str) or not password:
+            raise ValueError("The password must not be empty.")
+        password_hash = hash_password(password)  # ~50 ms, outside the write transaction
+        with self._begin() as session:
+            user = self._find_user(session, username)
+            if user is None:
+                raise ValueError(f"No user {username!r}.")
+            user.password_hash = password_hash
+
+    def session_key(self, username: str) -> str | None:
+        """What a session token of the user is signed with: their password hash, so a reset ends their sessions;
+        None for an unknown or disabled user (no session of theirs is valid)."""
+        with self._read() as session:
+            user = self._find_user(session, username)
+            return user.password_hash if user is not None and user.active else None
+
     def role(self, username: str) -> str | None:
         """'labeler' or 'admin'; None for an unknown or disabled user."""
         with self._read() as session:
