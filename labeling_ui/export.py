@@ -218,4 +218,10 @@ def main(config: ExportConfig) -> dict[str, Any]:
     )
     if metrics["all_simulated"]:
         print("[export] note: every label comes from simulated labelers, not people.")
+    if metrics["pairs"] == 0:
+        raise ValueError(
+            f"the export wrote 0 preference pairs ({metrics['rankings']} rankings of {metrics['items']} items; "
+            f"{metrics['ties_dropped']} tied and {metrics['contested_dropped']} contested pairs dropped): nothing a "
+            "reward model can learn from. Label more items, ask labelers to break ties, or use --aggregation all."
+        )
     return summary

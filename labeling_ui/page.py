@@ -341,7 +341,7 @@ class Events:
     def on_export(self, how: str, gold: bool, request: gr.Request) -> str:
         try:
             summary = self.service.export(self.user(request), how, bool(gold))
-        except PermissionError as error:
+        except (PermissionError, ValueError) as error:  # not an admin; or nothing to export (0 pairs), said why
             raise gr.Error(str(error)) from error
         m = summary["metrics"]
         return (

@@ -150,3 +150,23 @@ def test_a_json_message_says_at_column_once(tmp_path):
     with pytest.raises(DataError) as caught:
         read_table(path)
     assert "starting at column" in str(caught.value) and "at at" not in str(caught.value)
+
+
+def test_an_export_without_pairs_says_so_and_exits_non_zero(tmp_path):
+    from labeling_ui.rules import Submission
+    from labeling_ui.storage import LabelStore
+
+    db = tmp_path / "runs" / "t" / "labeling" / "labels.db"
+    db.parent.mkdir(parents=True)
+    store = LabelStore(f"sqlite:///{db}")
+    item = {"prompt_id": "p0", "prompt": [{"role": "user", "content": "Hi?"}], "candidates": ["Hello.", "Hey."]}
+    store.import_candidates([item])
+    store.add_user("ana", "password1")
+    view = store.next_item("ana")
+    store.submit_ranking("ana", Submission("s1", view.item_id, {cid: 1 for cid, _ in view.candidates}))  # a tie
+    store.close()
+    command = [sys.executable, "-m", "labeling_ui", "export", "--run", "t", "--runs_dir", str(tmp_path / "runs")]
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, output(proc)
+    assert "wrote 0 preference pairs" in output(proc) and "1 tied" in output(proc)
+    assert "Traceback" not in output(proc)

@@ -204,7 +204,11 @@ def test_no_command_but_serve_imports_torch_or_gradio(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     loaded = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert loaded == {name: [0, []] for name in ("--help", "import-candidates", "simulate", "export", "users")}
+    expected = {name: [0, []] for name in ("--help", "import-candidates", "simulate", "export", "users")}
+    # The house-style rubric scores every reply to these questions alike: the one ranking is all ties, so the export
+    # writes 0 pairs and says so with exit status 2. Either way, none of the commands loads torch or gradio.
+    expected["export"] = [2, []]
+    assert loaded == expected
 
 
 # --- the package's import graph -----------------------------------------------------------------------------------
