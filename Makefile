@@ -101,7 +101,7 @@ eval: setup $(DEMO)  ## the SFT policy against the PPO policy on held-out prompt
 bench: setup  ## benchmarks: each stage against plain TRL (PPO: TRL 1.12 in bench/.oracle, built once), packing, LoRA, ZeRO, labeling
 	$(PY) -m bench $(ARGS)
 
-test: setup  ## the whole test suite, as CI runs it (CPU, tiny models; about 10 minutes on 2 cores)
+test: setup  ## the whole test suite, as CI runs it (CPU, tiny models; 27 min measured on 2 busy cores)
 	$(PY) -m pytest -q
 
 test-fast: setup  ## the suite without the slow tests (multi-process launches, whole pipelines): the edit-test loop

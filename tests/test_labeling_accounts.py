@@ -114,7 +114,8 @@ def test_a_reset_password_works_and_the_old_one_no_longer_does(tmp_path, capsys)
 
 def test_make_users_runs_the_command_on_the_run_it_is_given():
     result = subprocess.run(
-        ["make", "-n", "users", "RUN=lab", "ARGS=add bob --role admin"],
+        # --no-print-directory: under `make test` this make is a sub-make, which would print its directory.
+        ["make", "--no-print-directory", "-n", "users", "RUN=lab", "ARGS=add bob --role admin"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -62,7 +62,7 @@ def launch_machine(rank: int, runs_dir: Path, port: int, log: Path) -> subproces
 @pytest.mark.slow
 def test_two_machines_train_one_policy_and_each_saves_it(ppo_run, tmp_path):  # noqa: F811
     # Machines without a shared disk: each has its own copy of the run's inputs, and writes its own outputs.
-    machines = [shutil.copytree(ppo_run / "t", tmp_path / f"machine{rank}" / "t").parent for rank in (0, 1)]
+    machines = [shutil.copytree(ppo_run, tmp_path / f"machine{rank}") for rank in (0, 1)]  # with its prompts
     port = free_port()
     logs = [tmp_path / f"machine{rank}.log" for rank in (0, 1)]
     procs = [launch_machine(rank, machines[rank], port, logs[rank]) for rank in (0, 1)]
