@@ -75,7 +75,7 @@ sft: setup $(DEMO)  ## stage 1: supervised fine-tuning (configs/sft.yaml)
 
 candidates: setup $(DEMO)  ## stage 2a: the SFT model samples k candidates per prompt; they become items to label
 	$(LAUNCH) -m pipeline.candidates --config $(CANDIDATES_CONFIG) --run $(RUN) $(ARGS)
-	$(PY) -m labeling_ui import-candidates --run $(RUN) $(RUBRIC_ARG) $(IMPORT_ARGS)
+	$(PY) -m labeling_ui import-candidates --run $(RUN) --config $(LABELING_CONFIG) $(RUBRIC_ARG) $(IMPORT_ARGS)
 
 label: setup  ## stage 2b: the ranking app for people (prints the URL, and the admin login on first run)
 	$(PY) -m labeling_ui serve --run $(RUN) --config $(LABELING_CONFIG) $(ARGS)

@@ -18,7 +18,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import gpu, labeling, ppo, rm, sft
+from bench import gpu, labeling, login_flood, ppo, rm, sft
 from bench.core import REPO, BenchError, CaseResult, Workspace, markdown
 
 # name -> the function running the case, in the order they run.
@@ -31,6 +31,8 @@ CASES = {
     "ppo_lora": ppo.run_lora,
     "ppo_zero": ppo.run_zero,
     "labeling": labeling.run,
+    "labeling_scale": labeling.run_scale,
+    "login_flood": login_flood.run,
     "gpu": gpu.run,
 }
 

@@ -288,6 +288,15 @@ def stored(url: str, submission_ids: list[str]) -> int:
     return sum(sid in found for sid in submission_ids)
 
 
+def databases(result: CaseResult) -> list[str]:
+    """SQLite, and PostgreSQL when it answers (else a note says why it was left out)."""
+    why_not_pg = postgres_available()
+    if why_not_pg:
+        result.notes.append(f"PostgreSQL skipped: {why_not_pg}")
+        return ["sqlite"]
+    return ["sqlite", "postgresql"]
+
+
 def run(ws: Workspace) -> CaseResult:
     result = CaseResult("labeling", "Labeling server under load: concurrent labelers over HTTP")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -296,12 +305,7 @@ def run(ws: Workspace) -> CaseResult:
     # requests.
     total = 48 if ws.quick else 192  # submits per level
     levels = (8, 32) if ws.quick else LEVELS
-    kinds = ["sqlite"]
-    why_not_pg = postgres_available()
-    if why_not_pg:
-        result.notes.append(f"PostgreSQL skipped: {why_not_pg}")
-    else:
-        kinds.append("postgresql")
+    kinds = databases(result)
     result.settings = {
         "levels": list(levels),
         "submits_per_level": total,
@@ -396,3 +400,149 @@ def _cpu(process) -> float:
     """CPU seconds (user + system) of a process, all its threads."""
     times = process.cpu_times()
     return times.user + times.system
+
+
+# --- at scale: 100k items, 200 labelers (case `labeling_scale`) ----------------------------------------------------
+
+SCALE_ITEMS, SCALE_LABELERS, SCALE_PACED = 100_000, 200, 32
+TARGET_NEXT_P99_MS = 50.0
+
+
+def store_latencies(url: str, names: list[str], calls: int) -> dict[str, float]:
+    """``LabelStore.assign`` (the next item with its progress) and ``submit_ranking`` in this process, no HTTP:
+    what the database work of one call costs, labelers taking turns."""
+    from labeling_ui.rules import Submission
+    from labeling_ui.storage import LabelStore
+
+    store = LabelStore(url)
+    next_ms, submit_ms = [], []
+    try:
+        for i in range(calls):
+            name = names[i % len(names)]
+            t0 = time.perf_counter()
+            view = store.next_item(name)
+            t1 = time.perf_counter()
+            ranks = {cid: r for r, (cid, _) in enumerate(view.candidates, start=1)}
+            store.submit_ranking(name, Submission(uuid.uuid4().hex, view.item_id, ranks))
+            t2 = time.perf_counter()
+            next_ms.append(1000 * (t1 - t0))
+            submit_ms.append(1000 * (t2 - t1))
+    finally:
+        store.close()
+    return {
+        "store_next_item_p50_ms": percentile(next_ms, 50),
+        "store_next_item_p99_ms": percentile(next_ms, 99),
+        "store_submit_p50_ms": percentile(submit_ms, 50),
+        "store_submit_p99_ms": percentile(submit_ms, 99),
+    }
+
+
+def hold_items(url: str, names: list[str]) -> None:
+    """Each of ``names`` is handed an item and keeps it (a lease of 2 minutes): labelers at work elsewhere."""
+    from labeling_ui.storage import LabelStore
+
+    store = LabelStore(url)
+    try:
+        for name in names:
+            store.next_item(name)
+    finally:
+        store.close()
+
+
+def versions_per_ranking(url: str) -> int:
+    """The most rows any (labeler, item) has: 1 when no retry or stale page turned into a second version."""
+    import sqlalchemy as sa
+
+    from labeling_ui.db import make_engine
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            query = "SELECT max(n) FROM (SELECT count(*) AS n FROM rankings GROUP BY item_id, user_id) AS per_pair"
+            return conn.execute(sa.text(query)).scalar() or 0
+    finally:
+        engine.dispose()
+
+
+def run_scale(ws: Workspace) -> CaseResult:
+    """100k items and 200 labelers on each database, 168 of them each holding an item (a live lease): what one
+    next_item and one submit of the other 32 cost in the store (at 1k items too: assignment reads the queue index,
+    so the two should match), then the 32 paced over HTTP, every acknowledged submission looked up afterwards."""
+    import psutil
+
+    result = CaseResult("labeling_scale", "Labeling at scale: 100k items, 200 labelers, 32 paced over HTTP")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    items, labelers, paced = (10_000, 48, 16) if ws.quick else (SCALE_ITEMS, SCALE_LABELERS, SCALE_PACED)
+    submits_each, calls = (4, 100) if ws.quick else (6, 400)
+    kinds = databases(result)
+    result.settings = {
+        "items": items,
+        "labelers": labelers,
+        "paced_labelers": paced,
+        "think_s": list(THINK),
+        "submits_per_paced_labeler": submits_each,
+        "store_calls": calls,
+        "candidates_per_item": 4,
+        "overlap": 2,
+    }
+    for kind in kinds:
+        runs: dict[str, dict[str, float]] = {}
+        with database(kind, ws.work) as small:
+            names = prepare(small, f"{kind}-small", 8, 1_000)
+            runs[f"{kind}_store_1k"] = {"items": 1_000, **store_latencies(small, names, calls)}
+        with database(kind, ws.work) as url:
+            started = time.perf_counter()
+            names = prepare(url, f"{kind}-scale", labelers, items)
+            prepare_s = time.perf_counter() - started
+            hold_items(url, names[paced:])
+            runs[f"{kind}_store_{items // 1000}k"] = {
+                "items": items,
+                "prepare_s": prepare_s,
+                **store_latencies(url, names[:paced], calls),
+            }
+            server = Server(url, ws.work, ws.work / "labeling" / f"server-scale-{kind}.log")
+            try:
+                process = psutil.Process(server.process.pid)
+                server_cpu = _cpu(process)
+                out = load(server.url, names[:paced], submits_each, seed=0, think=THINK)
+                server_cpu = _cpu(process) - server_cpu
+            finally:
+                server.stop()
+            found = stored(url, out["acknowledged"])
+            if out["errors"]:
+                print(f"    {len(out['errors'])} error(s), first: {out['errors'][0]}", flush=True)
+            lat = [x * 1000 for x in out["latencies"]] or [float("nan")]
+            nxt = [x * 1000 for x in out["next_latencies"]] or [float("nan")]
+            requests = max(len(out["latencies"]) + len(out["next_latencies"]), 1)
+            runs[f"{kind}_{paced}_paced_{items // 1000}k"] = {
+                "items": items,
+                "labelers": paced,
+                "holding_items": labelers - paced,
+                "sent": paced * submits_each,
+                "acknowledged": len(out["acknowledged"]),
+                "stored": found,
+                "lost": len(out["acknowledged"]) - found,
+                "max_versions_per_ranking": versions_per_ranking(url),
+                "errors": len(out["errors"]),
+                "p50_ms": percentile(lat, 50),
+                "p99_ms": percentile(lat, 99),
+                "next_item_p50_ms": percentile(nxt, 50),
+                "next_item_p99_ms": percentile(nxt, 99),
+                "server_cpu_ms_per_request": 1000 * server_cpu / requests,
+            }
+        for name, metrics in runs.items():
+            print(f"  [labeling_scale] {name}: {json.dumps({k: round(v, 1) for k, v in metrics.items()})}", flush=True)
+            result.runs[name] = [{"round": 0, **metrics}]
+        http = runs[f"{kind}_{paced}_paced_{items // 1000}k"]
+        where = f"{kind}, {items // 1000}k items, {paced} paced labelers"
+        check_target(result, f"{where}: next_item p99", http["next_item_p99_ms"], "<", TARGET_NEXT_P99_MS, " ms")
+        check_target(result, f"{where}: submit p99", http["p99_ms"], "<", TARGET_P99_MS, " ms")
+        check_target(result, f"{where}: errors", http["errors"], "==", 0)
+        check_target(result, f"{where}: acknowledged but not stored", http["lost"], "==", 0)
+        check_target(result, f"{where}: versions per (labeler, item)", http["max_versions_per_ranking"], "==", 1)
+    result.notes.append(
+        "store_* figures: LabelStore.assign / submit_ranking in the bench's process (no HTTP), the same labelers "
+        "taking turns; at 1k and at the full size they show whether assignment cost grows with the items."
+    )
+    return result

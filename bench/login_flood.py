@@ -9,8 +9,7 @@ and their ratios (flood / quiet).
 Each flooder connects from a loopback address of its own (127.0.0.2, 127.0.0.3, ...) and tries a new user name every
 time, as a password spray from many machines would: neither the per-name nor (for its first failures) the
 per-address throttle stops it, so the server really checks those passwords, and what is measured is what the
-checks themselves cost the labelers. As a case of ``python -m bench``: ``"login_flood": login_flood.run`` in
-``bench/__main__.py``'s ``CASES``.
+checks themselves cost the labelers. It is also the ``login_flood`` case of ``python -m bench``.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
     serve [--config C] [--host H] [--port N]
     simulate [--config C] [--rubric module:function] [--labelers N] [--noise S,S] [--url URL] [--limit N]
-    import-candidates [--file PATH] [--rubric-gold-share F --rubric module:function]
+    import-candidates [--file PATH] [--config FILE] [--rubric-gold-share F --rubric module:function]
     export [--aggregation all|majority|drop_contested] [--include-gold]
     users add NAME [--role labeler|admin] [--password P]   (no --password: one is generated and printed once)
     users list | users disable NAME | users enable NAME | users reset-password NAME   (a new password, printed once)
@@ -84,7 +84,7 @@ def import_candidates_command(args: argparse.Namespace) -> None:
     path = runs.stage_output(args.run, "candidates", args.runs_dir, args.file)
     rows = read_table(path)
     regular, gold = split_gold_by_rubric(rows, share, rubric) if share else (rows, [])
-    store = LabelStore(db_url(args))
+    store = LabelStore.for_config(db_url(args), load_config(args.config))  # its max_candidates, as the app serves
     try:
         added, added_gold = store.import_candidates(regular), store.add_gold_items(gold)
     finally:
@@ -169,7 +169,7 @@ def users_list(args: argparse.Namespace) -> None:
 
 def users_disable(args: argparse.Namespace) -> None:
     with users_store(args) as (store, shown):
-        store.disable_user(args.name)
+        store.set_active(args.name, False)
     print(
         f"Disabled {args.name!r} in {shown}: they can no longer log in (a running app ends their session within "
         "seconds); their rankings stay. `users enable` undoes it."
@@ -178,7 +178,7 @@ def users_disable(args: argparse.Namespace) -> None:
 
 def users_enable(args: argparse.Namespace) -> None:
     with users_store(args) as (store, shown):
-        store.enable_user(args.name)
+        store.set_active(args.name, True)
     print(f"Enabled {args.name!r} in {shown}: they can log in again with their password.")
 
 
@@ -260,6 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
         "import-candidates", parents=[common], help="Add the run's candidates as items to label."
     )
     imports.add_argument("--file", help="Default: runs/<run>/candidates/candidates.jsonl.")
+    imports.add_argument(
+        "--config",
+        default=str(DEFAULT_CONFIG),
+        help="Its max_candidates caps the replies per item. Default: %(default)s.",
+    )
     imports.add_argument(
         "--rubric-gold-share",
         type=float,

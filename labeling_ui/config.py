@@ -13,6 +13,11 @@ from pathlib import Path
 import yaml
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "labeling.yaml"
+# The page has this many response slots, one letter each (A-H): larger items are refused at import.
+PAGE_SLOTS = 8
+# A lease holds an item for a labeler while the page shows it: the page renews it every quarter of this (30 s), so an
+# item of a closed page is free for others within 2 minutes, and one missed renewal (a slow network) loses nothing.
+LEASE_SECONDS = 120
 
 
 @dataclass
@@ -23,6 +28,15 @@ class LabelingConfig:
     guidelines: str = "Rank the responses from 1 (best) to the number of responses (worst)."
     overlap: int = field(default=2, metadata={"help": "Labelers per regular item."})
     gold_rate: float = field(default=0.1, metadata={"help": "Share of each labeler's items that are gold items."})
+    max_candidates: int = field(
+        default=PAGE_SLOTS, metadata={"help": f"Most responses per item (2..{PAGE_SLOTS}); larger items are refused."}
+    )
+    lease_seconds: int = field(
+        default=LEASE_SECONDS,
+        metadata={
+            "help": "How long an item stays held for a labeler whose page stopped renewing it (closed, asleep)."
+        },
+    )
     seed: int = field(default=0, metadata={"help": "Fixes display orders and the simulated labelers' noise."})
     host: str = "127.0.0.1"
     port: int = 7860
@@ -45,6 +59,16 @@ class LabelingConfig:
             raise ValueError(f"overlap must be at least 1 (labelers per item), got {self.overlap}.")
         if not 0 <= self.gold_rate < 1:
             raise ValueError(f"gold_rate must be in [0, 1), got {self.gold_rate}.")
+        if not 2 <= self.max_candidates <= PAGE_SLOTS:
+            raise ValueError(
+                f"max_candidates must be in 2..{PAGE_SLOTS} (the page has {PAGE_SLOTS} response slots, A-H), "
+                f"got {self.max_candidates}."
+            )
+        if self.lease_seconds < 10:
+            raise ValueError(
+                f"lease_seconds must be at least 10 (the page renews a lease every quarter of it), got "
+                f"{self.lease_seconds}."
+            )
         if not 0 <= self.port < 65536:
             raise ValueError(f"port must be in 0..65535, got {self.port}.")
         if self.rubric is not None and self.rubric.count(":") != 1:

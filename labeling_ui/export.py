@@ -9,7 +9,8 @@ Each current K-way ranking becomes its C(K, 2) ordered pairs minus the tied ones
 How labelers are combined (``aggregation``): ``all`` keeps every labeler's pairs; ``majority`` keeps, per item and
 candidate pair, the direction more labelers chose (labelers who tied the pair abstain; an even vote drops the pair);
 ``drop_contested`` keeps only the pairs every labeler of the item ordered the same way. Gold items stay out unless
-``include_gold``. The same database always gives the same bytes: everything is sorted and no file holds a time.
+``include_gold``, and items an admin excluded (Admin tab, flagged items) always stay out. The same database always
+gives the same bytes: everything is sorted and no file holds a time.
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ def export_preferences(
             store.close()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    kept = [r for r in rankings if include_gold or not r["is_gold"]]
+    kept = [r for r in rankings if (include_gold or not r["is_gold"]) and not r["excluded"]]
 
     preferences, full_rankings = [], []
     dropped: Counter = Counter()
@@ -168,6 +169,7 @@ def export_preferences(
         "include_gold": include_gold,
         "items": len({r["item_id"] for r in kept}),
         "gold_items_excluded": len({r["item_id"] for r in rankings if r["is_gold"]}) if not include_gold else 0,
+        "items_excluded_by_admins": len({r["item_id"] for r in rankings if r["excluded"]}),
         "rankings": len(kept),
         "pairs": len(preferences),
         "ties_dropped": dropped["ties"],

@@ -15,9 +15,15 @@ from labeling_ui.config import LabelingConfig
 from labeling_ui.export import ExportConfig
 from labeling_ui.export import main as export_stage
 from labeling_ui.rules import RankingError, Submission
-from labeling_ui.storage import ItemView, LabelStore
+from labeling_ui.storage import Assigned, ItemView, LabelStore, StaleForm
+from labeling_ui.users import generate_password
 
 RECENT = 20  # own rankings listed for editing
+REVIEW_ACTIONS = {  # Admin tab, flagged items: action -> (excluded, reviewed) as LabelStore.set_review takes them
+    "exclude": (True, True),
+    "include": (False, None),
+    "reviewed": (None, True),
+}
 
 
 def item_dict(view: ItemView, done: int, total: int) -> dict[str, Any]:
@@ -48,41 +54,68 @@ class LabelingService:
 
     # --- the labeler's work -----------------------------------------------------------------------------------
 
-    def next_view(self, username: str) -> ItemView | None:
-        """The labeler's current item (the same until they rank or skip it); None when nothing is left for them."""
-        return self.store.next_item(username)
+    def assign(self, username: str) -> Assigned:
+        """The labeler's item in hand (the same until they rank or skip it) with a fresh lease, and their progress;
+        ``view`` is None when nothing is left for them now."""
+        return self.store.assign(username)
 
     def next_item(self, username: str) -> dict[str, Any] | None:
-        """``next_view`` as the API returns it, with the labeler's progress."""
-        view, progress = self.store.next_item_and_progress(username)
-        return None if view is None else item_dict(view, *progress)
+        """``assign`` as the API returns it, with the labeler's progress."""
+        got = self.store.assign(username)
+        return None if got.view is None else item_dict(got.view, got.done, got.total)
 
     def progress(self, username: str) -> tuple[int, int]:
         return self.store.progress(username)
 
-    def submit(self, username: str, submission: Submission) -> dict[str, Any]:
-        """Store a ranking: {ok, created, version, message}. A refused ranking is ok=False with what to fix."""
+    def heartbeat(self, username: str, item_id: str) -> dict[str, Any]:
+        """The page still shows ``item_id``: keep holding it. {ok}: False when it is not in hand (any more)."""
+        return {"ok": self.store.renew_lease(username, item_id or "")}
+
+    def release(self, username: str, item_id: str) -> dict[str, Any]:
+        """The page closed or logged out: others may be given the item now (it stays in hand, with its draft)."""
+        self.store.release_lease(username, item_id or "")
+        return {"ok": True}
+
+    def save_draft(self, username: str, item_id: str, draft: dict[str, Any]) -> dict[str, Any]:
+        """Keep unfinished work on the item in hand: {ok, message}."""
         try:
-            result = self.store.submit_ranking(username, submission, self.config.guidelines_version)
+            saved = self.store.save_draft(username, item_id, draft)
         except RankingError as error:
-            return {"ok": False, "created": False, "version": None, "message": str(error)}
+            return {"ok": False, "message": str(error)}
+        return {"ok": saved, "message": "Draft saved." if saved else "Not your item in hand: draft not kept."}
+
+    def draft(self, username: str, item_id: str) -> dict[str, Any] | None:
+        return self.store.draft(username, item_id)
+
+    def submit(self, username: str, submission: Submission, edits: int | None = None) -> dict[str, Any]:
+        """Store a ranking: {ok, created, version, message, stale}. A refused ranking is ok=False with what to fix;
+        ``stale`` says the page that sent it is out of date (reload it rather than fix the form).
+
+        ``edits``: the version of the labeler's current ranking this one replaces (My rankings); without it the
+        ranking must be of their item in hand, so a stale page cannot overwrite anything."""
+        try:
+            result = self.store.submit_ranking(username, submission, self.config.guidelines_version, edits)
+        except RankingError as error:
+            stale = isinstance(error, StaleForm)
+            return {"ok": False, "created": False, "version": None, "message": str(error), "stale": stale}
         if not result.created:
             message = "Already saved: this submission was stored before."
         elif result.version > 1:
             message = f"Saved your edit (version {result.version})."
         else:
             message = "Saved."
-        return {"ok": True, "created": result.created, "version": result.version, "message": message}
+        return {"ok": True, "created": result.created, "version": result.version, "message": message, "stale": False}
 
     def skip(self, username: str, submission_id: str, item_id: str, reason: str) -> dict[str, Any]:
-        """Pass on an item (it goes to other labelers): {ok, message}. A reason is required."""
+        """Pass on the item in hand (it goes to other labelers): {ok, message, stale}. A reason is required."""
         if not isinstance(reason, str) or not reason.strip():
-            return {"ok": False, "message": "Say in a few words why you skip this item, then skip again."}
+            message = "Say in a few words why you skip this item (the box left of Skip), then skip again."
+            return {"ok": False, "message": message, "stale": False}
         try:
-            self.store.skip(username, submission_id, item_id, reason.strip())
+            self.store.skip(username, submission_id, item_id or "", reason.strip())
         except RankingError as error:
-            return {"ok": False, "message": str(error)}
-        return {"ok": True, "message": "Skipped: the item goes to another labeler."}
+            return {"ok": False, "message": str(error), "stale": isinstance(error, StaleForm)}
+        return {"ok": True, "message": "Skipped: the item goes to another labeler.", "stale": False}
 
     def recent(self, username: str) -> list[dict]:
         return self.store.recent_submissions(username, limit=RECENT)
@@ -99,11 +132,52 @@ class LabelingService:
     def admin_report(self, username: str | None) -> dict[str, Any]:
         self.require_admin(username)
         rankings = self.store.all_current_rankings()
+        agreement = stats.agreement(rankings)
         return {
             "labelers": stats.labeler_stats(self.store.list_users(), rankings),
-            "agreement": stats.agreement(rankings),
+            "agreement": agreement,
+            "agreement_note": stats.agreement_note(agreement, rankings, self.config.overlap),
             "flagged": stats.flagged_items(rankings),
+            "per_item": self.store.rankings_per_item(),
+            "batches": self.store.import_batches(),
+            "overlap": self.config.overlap,
         }
+
+    def review(self, username: str | None, item_id: str | None, action: str) -> str:
+        """An admin's decision on a flagged item: 'exclude' (from the export), 'include' again, or 'reviewed'."""
+        self.require_admin(username)
+        if not item_id:
+            return "Pick a flagged item first."
+        excluded, reviewed = REVIEW_ACTIONS[action]
+        state = self.store.set_review(item_id, username, excluded=excluded, reviewed=reviewed)
+        shown = "excluded from the export" if state["excluded"] else "in the export"
+        return f"Item {item_id[:12]}: {shown}{', reviewed' if state['reviewed'] else ''}."
+
+    # --- user management (the Admin tab; the same store methods as `python -m labeling_ui users`) -----------------
+
+    def add_user(self, username: str | None, name: str, role: str = "labeler") -> str:
+        """Add a labeler (or admin) with a generated password; returns the password, shown to the admin once."""
+        self.require_admin(username)
+        password = generate_password()
+        self.store.add_user((name or "").strip(), password, role=role)
+        return password
+
+    def set_active(self, username: str | None, name: str, active: bool) -> None:
+        self.require_admin(username)
+        if name == username and not active:
+            raise ValueError("You cannot disable yourself: ask another admin.")
+        self.store.set_active(name, active)
+
+    def reset_password(self, username: str | None, name: str) -> str:
+        """A new generated password for ``name`` (their old one stops working); shown to the admin once."""
+        self.require_admin(username)
+        password = generate_password()
+        self.store.reset_password(name, password)
+        return password
+
+    def users(self, username: str | None) -> list[dict]:
+        self.require_admin(username)
+        return self.store.list_users()
 
     def export(self, username: str | None, aggregation: str = "all", include_gold: bool = False) -> dict[str, Any]:
         """Run labeling_ui.export for this run; returns its summary (metrics and the files written)."""

@@ -60,8 +60,20 @@ def agreement(rankings: Sequence[dict]) -> dict:
     return agreement_summary(by_item)
 
 
+def agreement_note(summary: dict, rankings: Sequence[dict], overlap: int) -> str | None:
+    """Why the agreement table is empty, in words an admin can act on; None when it has figures."""
+    if summary["n_items"]:
+        return None
+    if overlap < 2:
+        return "No agreement to show: overlap is 1, so no item is ranked by two labelers (set overlap: 2 or more)."
+    ranked_once = len({r["item_id"] for r in rankings if not r["is_gold"]})
+    so_far = {0: "none has a ranking at all", 1: "1 item has one"}.get(ranked_once, f"{ranked_once} items have one")
+    return f"No agreement yet: no item has two current rankings yet ({so_far}); it appears once two labelers rank one."
+
+
 def flagged_items(rankings: Sequence[dict]) -> list[dict]:
-    """Items where a labeler flagged a response or found none acceptable, with who said what."""
+    """Items where a labeler flagged a response or found none acceptable, with who said what and what admins
+    decided (``excluded`` from the export, ``reviewed``)."""
     flagged: dict[str, dict[str, Any]] = {}
     for r in rankings:
         if not (r["flags"] or r["none_acceptable"]):
@@ -72,6 +84,8 @@ def flagged_items(rankings: Sequence[dict]) -> list[dict]:
                 "item_id": r["item_id"],
                 "prompt_id": r["prompt_id"],
                 "prompt": r["prompt"],
+                "excluded": r["excluded"],
+                "reviewed": r["reviewed"],
                 "none_acceptable_by": [],
                 "flags": [],
                 "comments": [],

@@ -3,14 +3,16 @@
 Every write is one short transaction, committed before the method returns: a label the app reported as saved is on
 disk (SQLite WAL with synchronous=FULL, or a PostgreSQL commit). Submits are idempotent on the client-sent
 ``submission_id`` (a retried request stores nothing twice), and rankings are append-only: an edit adds a version.
-What a valid ranking is lives in ``labeling_ui.rules``; who gets which item, in ``labeling_ui.assignment``.
+A new ranking or a skip is accepted only for the labeler's item in hand, and an edit names the version it replaces,
+so a stale page is refused instead of overwriting anything. What a valid ranking is lives in ``labeling_ui.rules``;
+who gets which item, in ``labeling_ui.assignment``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -22,13 +24,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from labeling_ui import assignment
-from labeling_ui.config import LabelingConfig
+from labeling_ui.config import LEASE_SECONDS, PAGE_SLOTS, LabelingConfig
 from labeling_ui.db import (
     READ_ONLY,
     ROLES,
     Assignment,
+    Draft,
     Item,
+    QueueCount,
+    QueueEntry,
     Ranking,
+    Review,
     Skip,
     User,
     advisory_lock,
@@ -37,6 +43,8 @@ from labeling_ui.db import (
     utcnow,
 )
 from labeling_ui.rules import (
+    FLAGS,
+    MAX_TEXT,
     RELOAD,
     RankingError,
     Submission,
@@ -53,6 +61,21 @@ from labeling_ui.rules import (
     user_message,
 )
 from labeling_ui.users import check_username, dummy_hash, hash_password, verify_password
+
+
+class StaleForm(RankingError):
+    """Refused because the page that sent it is out of date: the item is ranked already or not in hand (any more)."""
+
+
+MAX_DRAFT = 2 * MAX_TEXT  # characters of a draft's JSON: a comment of MAX_TEXT and the ranks and flags of 8 replies
+ALREADY_RANKED = (
+    "You already ranked this item (in another tab or window?): this page was out of date and nothing was saved. "
+    "To change that ranking, open it from the My rankings tab."
+)
+NOT_IN_HAND = (
+    "This is not the item you hold now (the page is out of date, or it was closed so long that the item went to "
+    "others): nothing was saved. Reload the page (API: call /next_item) to get your current item."
+)
 
 
 @dataclass
@@ -72,6 +95,16 @@ class SubmitResult:
 
 
 @dataclass
+class Assigned:
+    """What ``LabelStore.assign`` hands a labeler: their item in hand (None: nothing for them now) and progress."""
+
+    view: ItemView | None
+    done: int  # items they ranked
+    total: int  # items they ranked plus those they will still be given
+    held_by_others: int  # items they could still do that other labelers hold now (None view: the last ones)
+
+
+@dataclass
 class Progress:
     """How far the labeling of a database is; gold items are left out of both counts."""
 
@@ -88,15 +121,28 @@ class LabelStore:
     """Users, items, rankings and skips in one database (``url``); opening it migrates the schema.
 
     ``overlap``: labelers per regular item. ``gold_rate``: share of a labeler's items that are gold items.
-    ``seed``: fixes display orders and where gold items fall for each labeler.
+    ``seed``: fixes display orders and where gold items fall for each labeler. ``lease_seconds``: how long an item
+    stays held for a labeler whose page stopped renewing it. ``max_candidates``: most responses an imported item
+    may have (what the page can show).
     """
 
-    def __init__(self, url: str, overlap: int = 2, gold_rate: float = 0.1, seed: int = 0):
+    def __init__(
+        self,
+        url: str,
+        overlap: int = 2,
+        gold_rate: float = 0.1,
+        seed: int = 0,
+        lease_seconds: float = LEASE_SECONDS,
+        max_candidates: int = PAGE_SLOTS,
+    ):
         if overlap < 1:
             raise ValueError(f"overlap must be at least 1 (labelers per item), got {overlap}.")
         if not 0 <= gold_rate < 1:
             raise ValueError(f"gold_rate must be in [0, 1) (a share of each labeler's items), got {gold_rate}.")
+        if lease_seconds <= 0:
+            raise ValueError(f"lease_seconds must be positive, got {lease_seconds}.")
         self.url, self.overlap, self.gold_rate, self.seed = url, overlap, gold_rate, seed
+        self.lease, self.max_candidates = dt.timedelta(seconds=lease_seconds), max_candidates
         migrate(url)
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -109,8 +155,16 @@ class LabelStore:
 
     @classmethod
     def for_config(cls, url: str, config: LabelingConfig) -> LabelStore:
-        """The store as the app and the simulated labelers open it: the config's overlap, gold rate and seed."""
-        return cls(url, overlap=config.overlap, gold_rate=config.gold_rate, seed=config.seed)
+        """The store as the app and the simulated labelers open it: the config's overlap, gold rate, seed, lease and
+        largest item."""
+        return cls(
+            url,
+            overlap=config.overlap,
+            gold_rate=config.gold_rate,
+            seed=config.seed,
+            lease_seconds=config.lease_seconds,
+            max_candidates=config.max_candidates,
+        )
 
     def close(self) -> None:
         self.engine.dispose()
@@ -133,6 +187,15 @@ class LabelStore:
         """INSERT ... ON CONFLICT [(columns)] DO NOTHING, in this database's dialect."""
         dialect = {"sqlite": sqlite, "postgresql": postgresql}[session.get_bind().dialect.name]
         return dialect.insert(model).on_conflict_do_nothing(index_elements=conflict_columns)
+
+    @staticmethod
+    def _upsert(session: Session, model: type, key: str, values: dict[str, Any]) -> None:
+        """INSERT ... ON CONFLICT (key) DO UPDATE SET the other values, in this database's dialect."""
+        dialect = {"sqlite": sqlite, "postgresql": postgresql}[session.get_bind().dialect.name]
+        insert = dialect.insert(model).values(**values)
+        session.execute(
+            insert.on_conflict_do_update(index_elements=[key], set_={k: v for k, v in values.items() if k != key})
+        )
 
     @staticmethod
     def _find_user(session: Session, username: str, lock: bool = False) -> User | None:
@@ -183,21 +246,14 @@ class LabelStore:
             return False
         return verify_password(password, encoded)
 
-    def disable_user(self, username: str) -> None:
-        """The user can no longer log in or get new items; what they submitted stays."""
+    def set_active(self, username: str, active: bool) -> None:
+        """Disable (False) or enable again (True): a disabled user can no longer log in or get new items; what they
+        submitted stays."""
         with self._begin() as session:
             user = self._find_user(session, username)
             if user is None:
                 raise ValueError(f"No user {username!r}.")
-            user.active = False
-
-    def enable_user(self, username: str) -> None:
-        """A disabled user can log in and get items again."""
-        with self._begin() as session:
-            user = self._find_user(session, username)
-            if user is None:
-                raise ValueError(f"No user {username!r}.")
-            user.active = True
+            user.active = active
 
     def reset_password(self, username: str, password: str) -> None:
         """Replace the user's password; the old one no longer works and their open sessions end (see session_key)."""
@@ -259,8 +315,9 @@ class LabelStore:
         """Add gold items: ``gold_ranking`` holds the reference ranks aligned with ``candidates`` (1 = best)."""
         return self._add_items(self._new_items(rows, gold=True))
 
-    @staticmethod
-    def _new_items(rows: Iterable[dict], gold: bool) -> list[Item]:
+    def _new_items(self, rows: Iterable[dict], gold: bool) -> list[Item]:
+        """The rows as items; a row the page could not show (more than ``max_candidates`` responses) is refused,
+        so no labeler is ever handed an item they can only look at."""
         items = []
         for i, row in enumerate(rows, start=1):
             where = f"{'gold row' if gold else 'row'} {i} (prompt_id {row.get('prompt_id')!r})"
@@ -268,6 +325,12 @@ class LabelStore:
                 prompt_messages(row.get("prompt"), where),
                 candidate_list(row.get("candidates"), where),
             )
+            if len(candidates) > self.max_candidates:
+                raise ValueError(
+                    f"{where}: {len(candidates)} candidates, but the labeling page shows at most "
+                    f"{self.max_candidates} (max_candidates in configs/labeling.yaml, up to {PAGE_SLOTS}): keep the "
+                    f"best {self.max_candidates} of them, or sample fewer (candidates' k). Nothing was imported."
+                )
             ids = [c["id"] for c in candidates]
             ranking = gold_ranking(row.get("gold_ranking"), ids, where) if gold else None
             items.append(
@@ -298,89 +361,184 @@ class LabelStore:
                 seq += 1
                 item.seq, item.created_at = seq, now
                 session.add(item)
+                session.add(QueueEntry(item_id=item.id, is_gold=item.is_gold, n_rankings=0, seq=seq))
                 added += 1
+            new = [item for item in items if item.seq is not None]
+            for gold in (False, True):
+                self._count(session, gold, 0, sum(item.is_gold == gold for item in new))
         return added
+
+    def _count(self, session: Session, gold: bool, n_rankings: int, change: int) -> None:
+        """Add ``change`` to the items of (gold, n_rankings) in ``item_queue_counts``."""
+        if change:
+            dialect = {"sqlite": sqlite, "postgresql": postgresql}[session.get_bind().dialect.name]
+            insert = dialect.insert(QueueCount).values(is_gold=gold, n_rankings=n_rankings, items=change)
+            update = {"items": QueueCount.items + change}
+            session.execute(insert.on_conflict_do_update(index_elements=["is_gold", "n_rankings"], set_=update))
 
     # --- the labeler's work -----------------------------------------------------------------------------------
 
-    def _labeler_state(self, session: Session, user: User, now: dt.datetime) -> dict[str, Any]:
-        """What the assignment rules need to know about one labeler, read in the caller's transaction."""
-        ranked = set(session.scalars(sa.select(Ranking.item_id).where(Ranking.user_id == user.id)))
-        skipped = set(session.scalars(sa.select(Skip.item_id).where(Skip.user_id == user.id)))
-        rank_counts = dict(
-            session.execute(
-                sa.select(Ranking.item_id, sa.func.count()).where(Ranking.is_current).group_by(Ranking.item_id)
-            )
-            .tuples()
-            .all()
+    @staticmethod
+    def _done(user_id: int, item_id: Any) -> sa.ColumnElement[bool]:
+        """Whether the labeler ranked or skipped the item: two index lookups ((item_id, user_id, ...) keys)."""
+        return sa.or_(
+            sa.exists().where(Ranking.item_id == item_id, Ranking.user_id == user_id),
+            sa.exists().where(Skip.item_id == item_id, Skip.user_id == user_id),
         )
-        lease = sa.alias(Assignment)
-        done_by_holder = sa.or_(
-            sa.exists().where(Ranking.item_id == lease.c.item_id, Ranking.user_id == lease.c.user_id),
-            sa.exists().where(Skip.item_id == lease.c.item_id, Skip.user_id == lease.c.user_id),
-        )
-        active_leases = (
-            sa.select(lease.c.item_id, lease.c.user_id)
-            .where(lease.c.assigned_at >= now - assignment.LEASE)
-            .where(~done_by_holder)
-        )
-        lease_counts: Counter[str] = Counter()
-        own_open = []
-        for item, holder in session.execute(active_leases).tuples():
-            if holder == user.id:
-                own_open.append(item)
-            else:
-                lease_counts[item] += 1
-        items = session.execute(sa.select(Item.id, Item.is_gold).order_by(Item.seq)).tuples().all()
-        done = ranked | skipped
-        loads = [(i, rank_counts.get(i, 0) + lease_counts[i]) for i, gold in items if not gold and i not in done]
-        return {
-            "n_done": len(done),
-            "n_ranked": len(ranked),
-            "open_regular": [(i, load) for i, load in loads if load < self.overlap],
-            "open_gold": [i for i, gold in items if gold and i not in done],
-            "own_open": own_open,
-        }
 
-    def _choose(self, state: dict[str, Any], username: str) -> str | None:
-        open_regular = dict(state["open_regular"])
-        for item in state["own_open"]:  # the item handed out before and not ranked yet (e.g. the page was reloaded)
-            if item in open_regular or item in state["open_gold"]:
-                return item
-        regular = assignment.pick_regular(state["open_regular"], self.overlap)
+    def _live(self, now: dt.datetime) -> sa.ColumnElement[bool]:
+        """A lease given or renewed less than ``lease_seconds`` ago (``assigned_at`` is its last renewal)."""
+        return Assignment.assigned_at > now - self.lease
+
+    def _open(self, user_id: int, now: dt.datetime, gold: bool, unheld: bool = False) -> sa.Select:
+        """The queue rows this labeler may be given now, in the order they are given (``ix_item_queue_next``);
+        ``unheld``: only the regular items no other labeler holds."""
+        query = sa.select(QueueEntry.item_id).where(
+            QueueEntry.is_gold == gold, ~self._done(user_id, QueueEntry.item_id)
+        )
+        if not gold:
+            held = (
+                sa.select(sa.func.count())
+                .where(Assignment.item_id == QueueEntry.item_id, Assignment.user_id != user_id, self._live(now))
+                .scalar_subquery()
+            )
+            free = held == 0 if unheld else QueueEntry.n_rankings + held < self.overlap
+            query = query.where(QueueEntry.n_rankings < self.overlap, free)
+        return query.order_by(QueueEntry.n_rankings, QueueEntry.seq)
+
+    def _in_hand(self, session: Session, user: User) -> Assignment | None:
+        return session.scalars(sa.select(Assignment).where(Assignment.user_id == user.id)).one_or_none()
+
+    def _n_done(self, session: Session, user_id: int) -> int:
+        """Items the labeler ranked or skipped."""
+        done = sa.union(
+            sa.select(Ranking.item_id).where(Ranking.user_id == user_id),
+            sa.select(Skip.item_id).where(Skip.user_id == user_id),
+        ).subquery()
+        return session.scalar(sa.select(sa.func.count()).select_from(done))
+
+    def _choose(self, session: Session, user: User, own: Assignment | None, now: dt.datetime) -> str | None:
+        """The item in hand again while it is still open for the labeler (a reload, a new login), else the next."""
+        if own is not None:
+            entry = session.get(QueueEntry, own.item_id)
+            if entry is not None:
+                mine = self._open(user.id, now, entry.is_gold).where(QueueEntry.item_id == own.item_id)
+                if session.scalar(mine) is not None:
+                    return own.item_id
+        # Items nobody holds first, so labelers who start together spread over the items (and meet in different
+        # pairs); then the ones others hold a slot of. Both scans stop at the first match.
+        regular = session.scalar(self._open(user.id, now, gold=False, unheld=True).limit(1))
+        if regular is None:
+            regular = session.scalar(self._open(user.id, now, gold=False).limit(1))
         if regular is None:
             return None
-        phase = assignment.gold_phase(username, self.seed)
-        if state["open_gold"] and assignment.is_gold_turn(state["n_done"], self.gold_rate, phase):
-            return assignment.gold_order(state["open_gold"], username, self.seed)[0]
+        phase = assignment.gold_phase(user.username, self.seed)
+        if assignment.is_gold_turn(self._n_done(session, user.id), self.gold_rate, phase):
+            gold = session.scalar(self._open(user.id, now, gold=True).limit(1))
+            if gold is not None:
+                return gold
         return regular
 
     def next_item(self, username: str) -> ItemView | None:
         """The labeler's next item (the same one again until it is ranked or skipped); None when nothing is left."""
-        return self.next_item_and_progress(username)[0]
+        return self.assign(username).view
 
-    def next_item_and_progress(self, username: str) -> tuple[ItemView | None, tuple[int, int]]:
-        """``next_item`` and ``progress`` read in one transaction (the API returns both on every call)."""
+    def assign(self, username: str) -> Assigned:
+        """Hand the labeler their item in hand, or the next one, with a fresh lease; and their progress.
+
+        The item stays theirs (a reload or a new login gets it again, with its draft) until they rank or skip it, or
+        until its lease ran out and other labelers filled its slots. Progress is read just after, in its own
+        snapshot: on SQLite the write lock is then held only for the choice itself.
+        """
         now = utcnow()
         with self._begin() as session:
             advisory_lock(session.connection(), "labeling_ui.assign")  # two labelers must not take one last slot
             user = self._labeler(session, username)
-            state = self._labeler_state(session, user, now)
-            if not user.active:
-                return None, (state["n_ranked"], state["n_ranked"])
-            chosen = self._choose(state, username)
-            session.execute(sa.delete(Assignment).where(Assignment.user_id == user.id))
-            if chosen is None:
-                return None, self._progress(state, username)
-            session.add(Assignment(item_id=chosen, user_id=user.id, assigned_at=now))
-            # The labeler's own lease does not count towards their progress: `state` is what `progress` reads now.
-            return self._view(session.get(Item, chosen), username), self._progress(state, username)
+            own = self._in_hand(session, user)
+            chosen = self._choose(session, user, own, now) if user.active else None
+            if own is not None and own.item_id == chosen:
+                own.assigned_at = now
+            else:
+                session.execute(sa.delete(Assignment).where(Assignment.user_id == user.id))
+                session.execute(sa.delete(Draft).where(Draft.user_id == user.id))
+                if chosen is not None:
+                    session.add(Assignment(item_id=chosen, user_id=user.id, assigned_at=now))
+            view = None if chosen is None else self._view(session.get(Item, chosen), username)
+        done, total, held = self._progress(username)
+        return Assigned(view, done, total, held)
 
-    def submit_ranking(self, username: str, submission: Submission, guidelines_version: str = "") -> SubmitResult:
+    def renew_lease(self, username: str, item_id: str) -> bool:
+        """The page still shows the item: hold it ``lease_seconds`` longer. False when it is not in hand (any more)."""
+        with self._begin() as session:
+            user = self._labeler(session, username)
+            renewed = session.execute(
+                sa.update(Assignment)
+                .where(Assignment.user_id == user.id, Assignment.item_id == item_id)
+                .values(assigned_at=utcnow())
+            )
+            return renewed.rowcount > 0
+
+    def release_lease(self, username: str, item_id: str) -> None:
+        """The page closed (or logged out): the item no longer counts as held, so others may be given it at once.
+
+        It stays the labeler's item in hand, draft included, until someone else fills its slots: coming back soon
+        gets it again."""
+        with self._begin() as session:
+            user = self._labeler(session, username)
+            session.execute(
+                sa.update(Assignment)
+                .where(Assignment.user_id == user.id, Assignment.item_id == item_id)
+                .values(assigned_at=utcnow() - self.lease)
+            )
+
+    def save_draft(self, username: str, item_id: str, draft: dict[str, Any]) -> bool:
+        """Keep what the labeler entered so far for their item in hand ({ranks, flags, none_acceptable, comment}),
+        so a reload, a new login or a restart of the app shows it again. False when the item is not in hand."""
+        if len(json.dumps(draft)) > MAX_DRAFT:
+            raise RankingError(f"This draft is over {MAX_DRAFT} characters: shorten the comment.")
+        with self._begin() as session:
+            user = self._labeler(session, username)
+            own = self._in_hand(session, user)
+            if own is None or own.item_id != item_id:
+                return False
+            values = {"user_id": user.id, "item_id": item_id, "draft": draft, "saved_at": utcnow()}
+            self._upsert(session, Draft, "user_id", values)
+        return True
+
+    def draft(self, username: str, item_id: str) -> dict[str, Any] | None:
+        """The labeler's saved draft of the item, checked on the way out: ranks 1..K, known flags, texts."""
+        with self._read() as session:
+            user = self._labeler(session, username)
+            row = session.get(Draft, user.id)
+            item = session.get(Item, item_id) if row is not None and row.item_id == item_id else None
+            if item is None:
+                return None
+            raw, ids = row.draft, [c["id"] for c in item.candidates]
+        ranks = {
+            cid: r for cid, r in dict(raw.get("ranks") or {}).items() if cid in ids and r in range(1, len(ids) + 1)
+        }
+        flags = {
+            cid: [f for f in names if f in FLAGS]
+            for cid, names in dict(raw.get("flags") or {}).items()
+            if cid in ids and isinstance(names, list)
+        }
+        comment = raw.get("comment")
+        return {
+            "ranks": ranks,
+            "flags": {cid: names for cid, names in flags.items() if names},
+            "none_acceptable": bool(raw.get("none_acceptable")),
+            "comment": comment if isinstance(comment, str) else "",
+        }
+
+    def submit_ranking(
+        self, username: str, submission: Submission, guidelines_version: str = "", edits: int | None = None
+    ) -> SubmitResult:
         """Store a ranking, committed before returning. The same submission_id again returns the stored row.
 
-        A new submission_id for an item this labeler already ranked is an edit: a new version becomes current and
-        the old row stays. Submissions of a user disabled meanwhile are still kept: no finished work is dropped.
+        Without ``edits`` it is the labeler's first ranking of their item in hand; a page that is out of date (the
+        item is ranked already, or not in hand) is refused with what to do. ``edits`` = N changes their current
+        ranking, version N (the My rankings tab): a new version N + 1 becomes current and the old row stays.
+        Submissions of a user disabled meanwhile are still kept: no finished work is dropped.
         """
         submission_id, item_id = submission.submission_id, submission.item_id
         check_submission_id(submission_id)
@@ -396,6 +554,21 @@ class LabelStore:
             item = session.get(Item, item_id)
             if item is None:
                 raise RankingError(f"This item does not exist (any more). {RELOAD}")
+            where = (Ranking.item_id == item_id) & (Ranking.user_id == user.id)
+            current = session.scalar(sa.select(Ranking.version).where(where & Ranking.is_current))
+            if edits is None:
+                own = self._in_hand(session, user)
+                if current is not None:
+                    raise StaleForm(ALREADY_RANKED)
+                if own is None or own.item_id != item_id:
+                    raise StaleForm(NOT_IN_HAND)
+            elif current is None:
+                raise RankingError(f"You have no ranking of this item to edit. {RELOAD}")
+            elif current != edits:
+                raise StaleForm(
+                    f"Your ranking of this item changed since you opened it (version {edits}, now version {current}), "
+                    "perhaps in another tab: nothing was saved. Open it again from My rankings."
+                )
             ids = [c["id"] for c in item.candidates]
             shown = submission.display_order
             row = {
@@ -411,8 +584,7 @@ class LabelStore:
                 ),
                 "seconds_spent": check_seconds(submission.seconds_spent),
             }
-            where = (Ranking.item_id == item_id) & (Ranking.user_id == user.id)
-            version = (session.scalar(sa.select(sa.func.max(Ranking.version)).where(where)) or 0) + 1
+            version = (current or 0) + 1
             # Inserted as not current first: if a concurrent retry stored this submission_id after our check, the
             # insert does nothing and this transaction has changed nothing, so that stored row is the answer.
             inserted = session.execute(
@@ -433,41 +605,114 @@ class LabelStore:
                 return SubmitResult(ranking_id=stored.id, version=stored.version, created=False)
             session.execute(sa.update(Ranking).where(where & Ranking.is_current).values(is_current=False))
             session.execute(sa.update(Ranking).where(Ranking.id == inserted).values(is_current=True))
+            if version == 1:  # one more labeler ranked it; their hands are free for the next item
+                entry = sa.update(QueueEntry).where(QueueEntry.item_id == item_id)
+                entry = entry.values(n_rankings=QueueEntry.n_rankings + 1).returning(QueueEntry.n_rankings)
+                n_rankings = session.execute(entry).scalar_one()
+                # The lower count first, in every transaction: two submits never wait on each other crosswise.
+                self._count(session, item.is_gold, n_rankings - 1, -1)
+                self._count(session, item.is_gold, n_rankings, 1)
+                self._let_go(session, user, item_id)
             return SubmitResult(ranking_id=inserted, version=version, created=True)
 
+    @staticmethod
+    def _let_go(session: Session, user: User, item_id: str) -> None:
+        """The item is done with: its lease and draft go (only its own: a new item handed out meanwhile stays)."""
+        session.execute(sa.delete(Assignment).where(Assignment.user_id == user.id, Assignment.item_id == item_id))
+        session.execute(sa.delete(Draft).where(Draft.user_id == user.id, Draft.item_id == item_id))
+
     def skip(self, username: str, submission_id: str, item_id: str, reason: str) -> None:
-        """The labeler passes on the item: it is not offered to them again and goes to others. Idempotent."""
+        """The labeler passes on their item in hand: it is not offered to them again and goes to others. Idempotent;
+        refused for an item they ranked already or do not hold (a page out of date)."""
         check_submission_id(submission_id)
         check_text(reason, "reason")
         with self._begin() as session:
             user = self._labeler(session, username)
             stored = session.scalars(sa.select(Skip).where(Skip.submission_id == submission_id)).one_or_none()
-            if stored is not None and (stored.user_id, stored.item_id) != (user.id, item_id):
-                raise RankingError(f"This submission id was already used for another item. {RELOAD}")
+            if stored is not None:
+                if (stored.user_id, stored.item_id) != (user.id, item_id):
+                    raise RankingError(f"This submission id was already used for another item. {RELOAD}")
+                return  # a retry
             if session.get(Item, item_id) is None:
                 raise RankingError(f"This item does not exist (any more). {RELOAD}")
-            # Conflicts on submission_id (a retry) or on (item, user) (skipped before) both leave the first row.
-            session.execute(
-                self._insert_ignore(session, Skip).values(
-                    submission_id=submission_id, item_id=item_id, user_id=user.id, reason=reason, created_at=utcnow()
-                )
+            if session.scalar(sa.select(Skip.id).where(Skip.item_id == item_id, Skip.user_id == user.id)):
+                return  # skipped before, from another tab
+            if session.scalar(sa.select(Ranking.id).where(Ranking.item_id == item_id, Ranking.user_id == user.id)):
+                raise StaleForm(ALREADY_RANKED.replace("nothing was saved", "it cannot be skipped now"))
+            own = self._in_hand(session, user)
+            if own is None or own.item_id != item_id:
+                raise StaleForm(NOT_IN_HAND)
+            session.add(
+                Skip(submission_id=submission_id, item_id=item_id, user_id=user.id, reason=reason, created_at=utcnow())
             )
+            self._let_go(session, user, item_id)
 
     def progress(self, username: str) -> tuple[int, int]:
         """(items this labeler ranked, items they ranked plus those they will still be given)."""
+        return self._progress(username)[:2]
+
+    def _progress(self, username: str) -> tuple[int, int, int]:
+        """(ranked, ranked + still to be given, open items held by others), from the labeler's own history, the
+        live leases and the queue's counts: nothing here reads every item."""
+        now = utcnow()
+        regular, below = QueueEntry.is_gold == sa.false(), QueueEntry.n_rankings < self.overlap
         with self._read() as session:
             user = self._labeler(session, username)
-            state = self._labeler_state(session, user, utcnow())
-        if not user.active:
-            return state["n_ranked"], state["n_ranked"]
-        return self._progress(state, username)
-
-    def _progress(self, state: dict[str, Any], username: str) -> tuple[int, int]:
+            count = sa.select(sa.func.count())
+            n_ranked = session.scalar(count.where(Ranking.user_id == user.id, Ranking.is_current))
+            if not user.active:
+                return n_ranked, n_ranked, 0
+            done = sa.union(
+                sa.select(Ranking.item_id).where(Ranking.user_id == user.id),
+                sa.select(Skip.item_id).where(Skip.user_id == user.id),
+            ).subquery()
+            n_done, done_open, done_gold = session.execute(
+                sa.select(
+                    sa.func.count(),
+                    sa.func.count().filter(regular & below),
+                    sa.func.count().filter(QueueEntry.is_gold == sa.true()),
+                ).select_from(done.join(QueueEntry, QueueEntry.item_id == done.c.item_id))
+            ).one()
+            # From the live leases of others (one per labeler at most) to their queue rows, by key only: given any
+            # other condition on the queue, SQLite reads its index range instead (56 ms at 100k items, not 0.3 ms).
+            holders = dict(
+                session.execute(
+                    sa.select(Assignment.item_id, sa.func.count())
+                    .where(Assignment.user_id != user.id, self._live(now))
+                    .group_by(Assignment.item_id)
+                )
+                .tuples()
+                .all()
+            )
+            full = set()
+            if holders:  # (an empty IN makes SQLite read the whole queue)
+                entries = session.execute(
+                    sa.select(QueueEntry.item_id, QueueEntry.is_gold, QueueEntry.n_rankings).where(
+                        QueueEntry.item_id.in_(holders)
+                    )
+                ).tuples()
+                full = {i for i, gold, n in entries if not gold and n < self.overlap <= n + holders[i]}
+            if full:
+                mine = sa.union(
+                    sa.select(Ranking.item_id).where(Ranking.user_id == user.id, Ranking.item_id.in_(full)),
+                    sa.select(Skip.item_id).where(Skip.user_id == user.id, Skip.item_id.in_(full)),
+                )
+                full -= set(session.scalars(mine))
+            held = len(full)
+            totals = dict(
+                session.execute(
+                    sa.select(QueueCount.is_gold, sa.func.sum(QueueCount.items))
+                    .where(sa.or_(QueueCount.is_gold == sa.true(), QueueCount.n_rankings < self.overlap))
+                    .group_by(QueueCount.is_gold)
+                )
+                .tuples()
+                .all()
+            )
+            open_regular = int(totals.get(False) or 0) - done_open - held
+            gold = int(totals.get(True) or 0)
         phase = assignment.gold_phase(username, self.seed)
-        remaining = assignment.planned_remaining(
-            state["n_done"], len(state["open_regular"]), len(state["open_gold"]), self.gold_rate, phase
-        )
-        return state["n_ranked"], state["n_ranked"] + remaining
+        remaining = assignment.planned_remaining(n_done, open_regular, gold - done_gold, self.gold_rate, phase)
+        return n_ranked, n_ranked + remaining, held
 
     @staticmethod
     def _current_of(user: User) -> sa.Select:
@@ -513,12 +758,14 @@ class LabelStore:
     def all_current_rankings(self) -> list[dict]:
         """Every labeler's current ranking with its item, sorted by (prompt_id, item_id, username).
 
-        ``ranks_list`` holds the ranks aligned with ``candidates`` (the stored order, not the display order).
+        ``ranks_list`` holds the ranks aligned with ``candidates`` (the stored order, not the display order);
+        ``excluded`` and ``reviewed`` are the admins' decisions on the item (``set_review``).
         """
         query = (
-            sa.select(Ranking, Item, User)
+            sa.select(Ranking, Item, User, Review)
             .join(Item, Item.id == Ranking.item_id)
             .join(User, User.id == Ranking.user_id)
+            .outerjoin(Review, Review.item_id == Item.id)
             .where(Ranking.is_current)
             .order_by(Item.prompt_id, Item.id, User.username)
         )
@@ -539,8 +786,10 @@ class LabelStore:
                 "simulated": user.simulated,
                 "display_order": ranking.display_order,
                 "seconds_spent": ranking.seconds_spent,
+                "excluded": bool(review and review.excluded),
+                "reviewed": bool(review and review.reviewed),
             }
-            for ranking, item, user in rows
+            for ranking, item, user, review in rows
         ]
 
     def count_rankings(self, current_only: bool = False) -> int:
@@ -560,3 +809,50 @@ class LabelStore:
         with self._read() as session:
             items = session.scalar(sa.select(sa.func.count()).select_from(Item).where(~Item.is_gold))
             return Progress(items=items, rankings=session.scalar(rankings))
+
+    # --- what admins see and decide ---------------------------------------------------------------------------
+
+    def set_review(
+        self, item_id: str, by: str, excluded: bool | None = None, reviewed: bool | None = None
+    ) -> dict[str, bool]:
+        """Leave the item out of the export (``excluded``) and/or mark it looked at (``reviewed``); None keeps
+        what was decided before. Returns the item's decisions now."""
+        with self._begin() as session:
+            if session.get(Item, item_id) is None:
+                raise ValueError(f"No item {item_id!r}: refresh the Admin tab.")
+            before = session.get(Review, item_id)
+            values = {
+                "item_id": item_id,
+                "excluded": bool(before and before.excluded) if excluded is None else excluded,
+                "reviewed": bool(before and before.reviewed) if reviewed is None else reviewed,
+                "reviewed_by": check_text(by, "name", 64),
+                "updated_at": utcnow(),
+            }
+            self._upsert(session, Review, "item_id", values)
+        return {"excluded": values["excluded"], "reviewed": values["reviewed"]}
+
+    def rankings_per_item(self) -> dict[int, int]:
+        """{number of current rankings: regular items with that many} (none left out: no zero counts)."""
+        query = sa.select(QueueCount.n_rankings, QueueCount.items).where(
+            QueueCount.is_gold == sa.false(), QueueCount.items > 0
+        )
+        with self._read() as session:
+            return dict(sorted(session.execute(query).tuples().all()))
+
+    def import_batches(self) -> list[dict[str, Any]]:
+        """Per import of regular items (the pipeline imports once per round), oldest first: when, how many items,
+        their current rankings, and how many have ``overlap`` of them."""
+        full = sa.func.count().filter(QueueEntry.n_rankings >= self.overlap)
+        query = (
+            sa.select(Item.created_at, sa.func.count(), sa.func.sum(QueueEntry.n_rankings), full)
+            .join(QueueEntry, QueueEntry.item_id == Item.id)
+            .where(QueueEntry.is_gold == sa.false())
+            .group_by(Item.created_at)
+            .order_by(Item.created_at)
+        )
+        with self._read() as session:
+            rows = session.execute(query).tuples().all()
+        return [
+            {"imported_at": _iso(at), "items": items, "rankings": int(rankings or 0), "complete": complete}
+            for at, items, rankings, complete in rows
+        ]

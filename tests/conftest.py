@@ -1,9 +1,11 @@
-"""Shared fixtures: an isolated runs/ folder, the micro embedded model, and a small slice of the demo data."""
+"""Shared fixtures: an isolated runs/ folder, the micro embedded model, a small slice of the demo data, and a labeling
+database on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["TRL_EXPERIMENTAL_SILENCE"] = "1"
 
 REPO = Path(__file__).resolve().parent.parent
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -66,3 +69,34 @@ def small_sft_data(tmp_path_factory, demo_dir) -> dict[str, Path]:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """A labeling database URL: a SQLite file, or a fresh PostgreSQL database dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'labels.db'}"
+        return
+    import sqlalchemy as sa
+
+    name = f"labels_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"CREATE DATABASE {name}")
+    except sa.exc.OperationalError as error:
+        admin.dispose()
+        pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432 ({error.orig})")
+    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
+    admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium per test module (see tests/labeling_server.py)."""
+    from tests.labeling_server import chromium
+
+    with chromium() as launched:
+        yield launched

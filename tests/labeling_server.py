@@ -9,6 +9,7 @@ Used by the app, browser and durability tests; also handy by hand:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -20,12 +21,41 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 # The demo's gold rubric, named explicitly as configs/pipeline.yaml names it: labeling_ui itself has no default rubric.
 HOUSE_STYLE = "pipeline.demo.rubric:house_style_score"
 READY = re.compile(r"running at (http://\S+)")
 ADMIN_PASSWORD = re.compile(r"Log in as 'admin' with password: (\S+)")
+# Debian's Chromium, driven by Playwright; the flags keep it quiet and off the network on a 2-core machine.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+needs_chromium = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"
+)
+
+
+@contextlib.contextmanager
+def chromium():
+    """A headless Chromium, closed on exit."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 def free_port() -> int:

@@ -79,11 +79,11 @@ def test_a_disabled_user_is_enabled_again(tmp_path, capsys):
         assert cli.main(["users", *run, "enable", "bob"]) == 0
         assert "Enabled 'bob' in sqlite:///" in capsys.readouterr().out
         assert store.verify_user("bob", "bob-password") and store.role("bob") == "labeler"
-        store.disable_user("bob")  # the store's methods, which the Admin tab calls, do the same
-        store.enable_user("bob")
+        store.set_active("bob", False)  # the store's methods, which the Admin tab calls, do the same
+        store.set_active("bob", True)
         assert store.verify_user("bob", "bob-password")
         with pytest.raises(ValueError, match="No user 'nobody'"):
-            store.enable_user("nobody")
+            store.set_active("nobody", True)
     finally:
         store.close()
 

@@ -115,13 +115,16 @@ def test_submit_is_stored_once_and_refusals_say_what_to_fix(service):
     flagged = Submission("s-1", item["item_id"], ranks, flags={ids[0]: ["off_topic"]}, seconds_spent=4.0)
     first = service.submit("alice", flagged)
     retry = service.submit("alice", Submission("s-1", item["item_id"], ranks))
-    assert first == {"ok": True, "created": True, "version": 1, "message": "Saved."}
+    assert first == {"ok": True, "created": True, "version": 1, "message": "Saved.", "stale": False}
     assert retry["ok"] and not retry["created"] and retry["version"] == 1
     stored = service.store.recent_submissions("alice")
     assert len(stored) == 1 and stored[0]["ranks"] == ranks and stored[0]["guidelines_version"] == "g-7"
     assert stored[0]["flags"] == {ids[0]: ["off_topic"]}
 
-    edit = service.submit("alice", Submission("s-2", item["item_id"], dict(zip(ids, [1, 2, 3, 4], strict=True))))
+    in_order = Submission("s-2", item["item_id"], dict(zip(ids, [1, 2, 3, 4], strict=True)))
+    stale = service.submit("alice", in_order)  # a second tab's ranking of the same item: refused, not an edit
+    assert not stale["ok"] and stale["stale"] and "already ranked this item" in stale["message"]
+    edit = service.submit("alice", in_order, edits=1)
     assert edit["ok"] and edit["version"] == 2 and "edit" in edit["message"]
     assert service.next_item("alice")["item_id"] != item["item_id"]
     assert service.progress("alice") == (1, 3)
@@ -143,7 +146,9 @@ def test_only_admins_get_the_admin_report_and_the_export(service, tmp_path):
         service.export("alice")
     with pytest.raises(PermissionError):
         service.admin_report(None)
-    assert set(service.admin_report("boss")) == {"labelers", "agreement", "flagged"}
+    report = service.admin_report("boss")
+    assert set(report) == {"labelers", "agreement", "agreement_note", "flagged", "per_item", "batches", "overlap"}
+    assert report["per_item"] == {0: 3} and "no item has two current rankings" in report["agreement_note"]
 
 
 def test_the_first_start_creates_one_admin(tmp_path):
@@ -183,7 +188,7 @@ def test_gradio_client_ranks_an_item_and_it_is_stored_once(app_server):
     args = (submission_id, item["item_id"], json.dumps(ranks), False, "{}", "looks fine", 12.5)
     result = client.predict(*args, api_name="/submit")
     again = client.predict(*args, api_name="/submit")  # a retried request
-    assert result == {"ok": True, "created": True, "version": 1, "message": "Saved."}
+    assert result == {"ok": True, "created": True, "version": 1, "message": "Saved.", "stale": False}
     assert again["ok"] and not again["created"]
 
     rows = [r for r in ranking_rows(url) if r.submission_id == submission_id]

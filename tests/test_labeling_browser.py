@@ -13,19 +13,8 @@ import pytest
 
 from labeling_ui.storage import LabelStore
 from tests.conftest import REPO
-from tests.labeling_server import LabelingServer, question_rows
+from tests.labeling_server import LabelingServer, needs_chromium, question_rows
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOTS = Path(os.environ.get("LABELING_SCREENSHOTS", REPO / "runs" / "_screenshots"))
 LABELER = ("alice", "alice-password")
 # Untrusted model output: shown as text, it must neither run nor format anything.
@@ -34,10 +23,7 @@ HOSTILE = (
     "<img src=x onerror=\"window.__xss = 'img'; alert('img')\">"
 )
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"),
-]
+pytestmark = [pytest.mark.browser, needs_chromium]
 
 
 @pytest.fixture(scope="module")
@@ -53,16 +39,6 @@ def server(tmp_path_factory):
     store.close()
     with LabelingServer(url, tmp / "runs") as running:
         yield running, url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def open_page(browser, url: str, username: str, password: str, dialogs: list):
@@ -96,10 +72,9 @@ def test_labeler_ranks_with_the_keyboard_and_untrusted_text_stays_text(server, b
 
     hostile = texts.index(HOSTILE)
     page.locator("#comment textarea").fill("one response has markup in it")
-    page.locator(f"#flags-{hostile} input").click()
-    page.get_by_role("option", name="unsafe").click()
-    page.keyboard.press("Escape")
+    page.locator(f"#flags-{hostile}").get_by_role("checkbox", name="unsafe").check()
     page.locator("body").click(position={"x": 5, "y": 700})  # out of the text fields: keys now rank
+    page.keyboard.press("a")  # the flag click selected that response: select A again
     page.keyboard.press("1")  # A gets rank 1, B is selected next ...
     page.keyboard.press("Control+Enter")
     page.wait_for_function("document.querySelector('#status').innerText.includes('Not saved')")

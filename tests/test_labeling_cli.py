@@ -132,19 +132,25 @@ def test_labeling_progress_counts_current_rankings_of_regular_items(tmp_path):
         for name in ("ana", "ben"):
             store.add_user(name, "password1")
 
-        def rank(user: str, item_id: str, candidate_ids: list[str], submission_id: str, reverse: bool = False):
-            ranks = {cid: (len(candidate_ids) - r if reverse else r + 1) for r, cid in enumerate(candidate_ids)}
-            assert store.submit_ranking(user, Submission(submission_id, item_id, ranks)).created
+        def rank(user: str, view, submission_id: str, reverse: bool = False, edits: int | None = None, on=store):
+            ids = [cid for cid, _ in view.candidates]
+            ranks = {cid: (len(ids) - r if reverse else r + 1) for r, cid in enumerate(ids)}
+            assert on.submit_ranking(user, Submission(submission_id, view.item_id, ranks), edits=edits).created
 
+        # A ranking is accepted for the item in hand only, and an edit names the version it replaces.
         first = store.next_item("ana")
-        first_ids = [cid for cid, _ in first.candidates]
-        rank("ana", first.item_id, first_ids, "a1")
-        rank("ana", first.item_id, first_ids, "a2", reverse=True)  # an edit: a new version, one current ranking
-        second = store.next_item("ana")
-        rank("ana", second.item_id, [cid for cid, _ in second.candidates], "a3")
-        rank("ben", first.item_id, first_ids, "b1")
-        (gold_id, gold_candidates), *_ = items_with_candidates(url, gold=True)
-        rank("ben", gold_id, [c["id"] for c in gold_candidates], "b2")  # a gold item: not counted
+        rank("ana", first, "a1")
+        rank("ana", first, "a2", reverse=True, edits=1)  # an edit: a new version, one current ranking
+        rank("ana", store.next_item("ana"), "a3")
+        rank("ben", store.next_item("ben"), "b1")
+        gold_ids = {item_id for item_id, _ in items_with_candidates(url, gold=True)}
+        every_turn_gold = LabelStore(url, overlap=2, gold_rate=0.99)  # ben's next item is a gold one
+        try:
+            gold = every_turn_gold.next_item("ben")
+            assert gold.item_id in gold_ids
+            rank("ben", gold, "b2", on=every_turn_gold)  # a gold item: not counted
+        finally:
+            every_turn_gold.close()
         assert store.count_rankings() == 5
     finally:
         store.close()

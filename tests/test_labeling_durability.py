@@ -15,35 +15,14 @@ import uuid
 from collections import Counter
 
 import httpx
-import pytest
 import sqlalchemy as sa
 
 from labeling_ui.db import Ranking, User
 from labeling_ui.storage import LabelStore
 from tests.labeling_server import ApiClient, LabelingServer, question_rows
 
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 CLIENTS = 16
 ACKS_PER_PHASE = 48  # acknowledged submissions before the kill, and again after the restart
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'labels.db'}"
-        return
-    name = f"labels_durability_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f"CREATE DATABASE {name}")
-    except sa.exc.OperationalError as error:
-        admin.dispose()
-        pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432 ({error.orig})")
-    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
-    admin.dispose()
 
 
 class Labeler(threading.Thread):

@@ -19,7 +19,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
 
 import httpx
 import pytest
@@ -29,12 +28,9 @@ from labeling_ui.rules import MAX_SECONDS, RankingError, check_seconds, show_bid
 from labeling_ui.server import LOGIN_NICE, LOGIN_SLOTS, LoginGate
 from labeling_ui.storage import LabelStore
 from labeling_ui.users import LoginThrottle, load_secret, session_token, session_user
-from tests.labeling_server import ApiClient, LabelingServer, question_rows
+from tests.labeling_server import ApiClient, LabelingServer, chromium, needs_chromium, question_rows
 
 ALICE = ("alice", "alice-password")
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run"]
-needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM}")
 
 
 @pytest.fixture(scope="module")
@@ -244,30 +240,22 @@ def test_a_login_flood_does_not_slow_down_logged_in_labelers(app):
 
 @needs_chromium
 def test_the_login_page_says_when_to_try_again(app):
-    from playwright.sync_api import sync_playwright
-
     server, _ = app
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            page.goto(server.url)
-            page.get_by_label("username").fill("carol")
-            page.get_by_label("password").fill("wrong-password")
-            page.get_by_role("button", name="Login").click()
-            page.get_by_text("Incorrect Credentials").wait_for(timeout=30_000)  # Gradio's own message for a 400
-            with http(server.url) as client:  # 7 failures in all: the next attempt waits 4 s
-                fail_until(client, "carol", 6)
-            page.get_by_label("username").fill("carol")  # Gradio's page empties the fields after a 400
-            page.get_by_label("password").fill("carol-password")  # the right one: refused all the same
-            page.get_by_role("button", name="Login").click()  # within the 4 s
-            note = page.get_by_role("alert")
-            note.wait_for(timeout=10_000)
-            assert re.fullmatch(
-                r"Too many failed logins for this user name\. Try again in [1-4] s\.", note.inner_text()
-            )
-        finally:
-            browser.close()
+    with chromium() as browser:
+        page = browser.new_page()
+        page.goto(server.url)
+        page.get_by_label("username").fill("carol")
+        page.get_by_label("password").fill("wrong-password")
+        page.get_by_role("button", name="Login").click()
+        page.get_by_text("Incorrect Credentials").wait_for(timeout=30_000)  # Gradio's own message for a 400
+        with http(server.url) as client:  # 7 failures in all: the next attempt waits 4 s
+            fail_until(client, "carol", 6)
+        page.get_by_label("username").fill("carol")  # Gradio's page empties the fields after a 400
+        page.get_by_label("password").fill("carol-password")  # the right one: refused all the same
+        page.get_by_role("button", name="Login").click()  # within the 4 s
+        note = page.get_by_role("alert")
+        note.wait_for(timeout=10_000)
+        assert re.fullmatch(r"Too many failed logins for this user name\. Try again in [1-4] s\.", note.inner_text())
 
 
 # --- B3: sessions survive a restart --------------------------------------------------------------------------------
@@ -377,37 +365,31 @@ def test_pages_and_api_answers_carry_the_security_headers_and_every_script_the_n
 
 @needs_chromium
 def test_the_page_works_in_chromium_under_its_content_security_policy(app):
-    from playwright.sync_api import sync_playwright
-
     server, url = app
     before = count_rankings(url, "alice")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            context = browser.new_context(viewport={"width": 1366, "height": 768})
-            # Run by the browser before any of the page's scripts, and not subject to its policy.
-            context.add_init_script(
-                "window.__blocked = []; document.addEventListener('securitypolicyviolation', "
-                "(e) => window.__blocked.push(e.violatedDirective + ' ' + e.blockedURI));"
-            )
-            page = context.new_page()
-            console = []
-            page.on("console", lambda message: console.append(message.text))
-            page.goto(server.url)
-            page.get_by_label("username").fill("alice")
-            page.get_by_label("password").fill("alice-password")
-            page.get_by_role("button", name="Login").click()
-            page.wait_for_function("document.querySelector('#prompt textarea')?.value.length > 0", timeout=30_000)
-            page.keyboard.type("1234")  # the keyboard shortcuts: the page's js_on_load ran
-            page.keyboard.press("Control+Enter")
-            deadline = time.monotonic() + 30
-            while count_rankings(url, "alice") == before and time.monotonic() < deadline:
-                time.sleep(0.2)
-            assert count_rankings(url, "alice") == before + 1  # ranked and submitted in the browser
-            assert page.evaluate("window.__blocked") == []
-            assert not [text for text in console if "Content Security Policy" in text], console
-        finally:
-            browser.close()
+    with chromium() as browser:
+        context = browser.new_context(viewport={"width": 1366, "height": 768})
+        # Run by the browser before any of the page's scripts, and not subject to its policy.
+        context.add_init_script(
+            "window.__blocked = []; document.addEventListener('securitypolicyviolation', "
+            "(e) => window.__blocked.push(e.violatedDirective + ' ' + e.blockedURI));"
+        )
+        page = context.new_page()
+        console = []
+        page.on("console", lambda message: console.append(message.text))
+        page.goto(server.url)
+        page.get_by_label("username").fill("alice")
+        page.get_by_label("password").fill("alice-password")
+        page.get_by_role("button", name="Login").click()
+        page.wait_for_function("document.querySelector('#prompt textarea')?.value.length > 0", timeout=30_000)
+        page.keyboard.type("1234")  # the keyboard shortcuts: the page's js_on_load ran
+        page.keyboard.press("Control+Enter")
+        deadline = time.monotonic() + 30
+        while count_rankings(url, "alice") == before and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert count_rankings(url, "alice") == before + 1  # ranked and submitted in the browser
+        assert page.evaluate("window.__blocked") == []
+        assert not [text for text in console if "Content Security Policy" in text], console
 
 
 def count_rankings(url: str, username: str) -> int:

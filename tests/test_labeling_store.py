@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -21,8 +20,6 @@ from labeling_ui.rules import RankingError, Submission, normalize_ranks
 from labeling_ui.storage import LabelStore
 from pipeline.lib.pairs import ranking_to_pairs
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
-
 
 def items(n: int, k: int = 4, prefix: str = "p") -> list[dict]:
     return [
@@ -33,26 +30,6 @@ def items(n: int, k: int = 4, prefix: str = "p") -> list[dict]:
         }
         for i in range(n)
     ]
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'labels.db'}"
-        return
-    name = f"labels_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = sa.create_engine(
-            PG_ADMIN.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT"
-        )
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f"CREATE DATABASE {name}")
-    except sa.exc.OperationalError as error:
-        pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432 ({error.orig})")
-    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
-    admin.dispose()
 
 
 @pytest.fixture
@@ -209,8 +186,13 @@ def test_submit_is_idempotent_and_edits_are_new_versions(store):
     ids = [cid for cid, _ in view.candidates]
     again = store.submit_ranking("ana", Submission("s1", view.item_id, {cid: r + 1 for r, cid in enumerate(ids)}))
     assert not again.created and again.ranking_id == first.ranking_id
-    edit = store.submit_ranking("ana", Submission("s2", view.item_id, {cid: 4 - r for r, cid in enumerate(ids)}))
+    reversed_ranks = {cid: 4 - r for r, cid in enumerate(ids)}
+    with pytest.raises(RankingError, match="already ranked this item"):  # a new ranking of it: a stale page
+        store.submit_ranking("ana", Submission("s2", view.item_id, reversed_ranks))
+    edit = store.submit_ranking("ana", Submission("s2", view.item_id, reversed_ranks), edits=1)
     assert edit.created and edit.version == 2
+    with pytest.raises(RankingError, match="changed since you opened it"):  # an edit of version 1 again
+        store.submit_ranking("ana", Submission("s3", view.item_id, reversed_ranks), edits=1)
     assert store.count_rankings() == 2 and store.count_rankings(current_only=True) == 1
     (current,) = store.all_current_rankings()
     assert current["version"] == 2 and current["ranks"][ids[0]] == 4

@@ -84,7 +84,7 @@ def plan(config: PipelineConfig) -> list[Step]:
             if stage == "labeling":
                 candidates = str(stage_dir(config, "candidates", r) / "candidates.jsonl")
                 commands = [
-                    [*stage_command(config, stage), "import-candidates", *common, "--db", db_url(config)]
+                    [*stage_command(config, stage), "import-candidates", *own, "--db", db_url(config)]
                     + ["--file", candidates, "--rubric-gold-share", str(config.gold_share), *rubric]
                 ]
                 if config.labeling == "simulated":

@@ -1,0 +1,473 @@
+"""Labeling for a real team, at the store and the API: no dead ends (any K the page shows, larger items refused at
+import, submit and skip only for the item in hand), one truth per item (a stale tab is refused, an edit names its
+version), leases that follow attention (short, renewed, released; the last items go to whoever still works), drafts
+that survive a restart, admins' reviews and progress, and assignment by index (its query plans).
+
+Store tests run on SQLite and on PostgreSQL (a fresh database per test, dropped afterwards)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from labeling_ui import assignment, stats
+from labeling_ui.config import LabelingConfig
+from labeling_ui.db import Assignment, make_engine
+from labeling_ui.export import export_preferences
+from labeling_ui.rules import RankingError, Submission
+from labeling_ui.service import LabelingService
+from labeling_ui.storage import ALREADY_RANKED, NOT_IN_HAND, LabelStore, StaleForm
+from tests.labeling_server import ApiClient, LabelingServer, question_rows
+
+
+def open_store(url: str, **kwargs) -> LabelStore:
+    return LabelStore(url, **{"overlap": 2, "gold_rate": 0.0, **kwargs})
+
+
+@pytest.fixture
+def store(db_url):
+    store = open_store(db_url)
+    yield store
+    store.close()
+
+
+def users(store: LabelStore, *names: str) -> None:
+    for name in names:
+        store.add_user(name, "password1")
+
+
+def in_order(view) -> dict[str, int]:
+    return {cid: rank for rank, (cid, _) in enumerate(view.candidates, start=1)}
+
+
+def rank(store: LabelStore, user: str, view, ranks: dict | None = None, **kwargs):
+    return store.submit_ranking(user, Submission(uuid.uuid4().hex, view.item_id, ranks or in_order(view)), **kwargs)
+
+
+# --- B1: no dead ends ---------------------------------------------------------------------------------------------
+
+
+def test_an_item_larger_than_the_page_is_refused_at_import_with_its_name_and_the_limit(store):
+    rows = question_rows(3, k=4)
+    rows[1] = question_rows(1, k=9, prefix="big")[0]
+    with pytest.raises(ValueError, match=r"row 2 \(prompt_id 'big0'\): 9 candidates, .* at most 8 \(max_candidates"):
+        store.import_candidates(rows)
+    assert store.labeling_progress().items == 0  # nothing of the file was imported
+    small = LabelStore(store.url, max_candidates=5)
+    try:
+        with pytest.raises(ValueError, match="6 candidates, but the labeling page shows at most 5"):
+            small.import_candidates(question_rows(1, k=6))
+        assert small.import_candidates(question_rows(1, k=5)) == 1
+    finally:
+        small.close()
+    with pytest.raises(ValueError, match="max_candidates must be in 2..8"):
+        LabelingConfig(max_candidates=9)
+
+
+def test_every_k_from_2_to_8_is_handed_out_and_ranked(store):
+    for k in range(2, 9):
+        store.import_candidates(question_rows(1, k=k, prefix=f"k{k}-"))
+    users(store, "ana")
+    ks = []
+    while (view := store.next_item("ana")) is not None:
+        ks.append(len(view.candidates))
+        assert rank(store, "ana", view).created
+    assert ks == list(range(2, 9))
+
+
+def test_submit_and_skip_only_for_the_item_in_hand(store):
+    """S3: the API accepted a ranking of an item the labeler was never given; a stale page could skip an item the
+    labeler had ranked."""
+    store.import_candidates(question_rows(3))
+    users(store, "ana", "ben")
+    given = store.next_item("ana")
+    never_given = store.next_item("ben")  # ben holds it; ana was never given it
+    assert never_given.item_id != given.item_id
+    with pytest.raises(StaleForm, match="not the item you hold"):
+        rank(store, "ana", never_given)
+    with pytest.raises(StaleForm, match="not the item you hold"):
+        store.skip("ana", "skip-1", never_given.item_id, "not mine")
+    assert rank(store, "ana", given).created
+    with pytest.raises(StaleForm, match="already ranked this item.*cannot be skipped"):
+        store.skip("ana", "skip-2", given.item_id, "a stale page")  # the item she ranked: not skipped after all
+    assert store.count_rankings() == 1 and store.progress("ana") == (1, 3)
+    (ranking,) = store.all_current_rankings()
+    assert ranking["username"] == "ana" and ranking["item_id"] == given.item_id
+
+
+# --- B5: one truth per item ---------------------------------------------------------------------------------------
+
+
+def test_a_stale_second_tab_never_replaces_a_ranking_and_an_edit_names_its_version(store):
+    store.import_candidates(question_rows(2))
+    users(store, "ana")
+    tab1 = store.next_item("ana")
+    tab2 = store.next_item("ana")  # a second tab opened: the same item in hand
+    assert tab2.item_id == tab1.item_id
+    first = rank(store, "ana", tab1)
+    reverse = {cid: 5 - r for cid, r in in_order(tab1).items()}
+    with pytest.raises(StaleForm, match="already ranked this item") as refused:
+        rank(store, "ana", tab2, reverse)
+    assert str(refused.value) == ALREADY_RANKED
+    (current,) = store.all_current_rankings()
+    assert current["version"] == 1 and current["ranks"] == in_order(tab1)
+
+    edited = rank(store, "ana", tab1, reverse, edits=1)  # the My rankings tab's edit of version 1
+    assert edited.created and edited.version == 2 and edited.ranking_id != first.ranking_id
+    with pytest.raises(StaleForm, match=r"changed since you opened it \(version 1, now version 2\)"):
+        rank(store, "ana", tab1, in_order(tab1), edits=1)  # another tab's edit of the old version
+    with pytest.raises(RankingError, match="no ranking of this item to edit"):
+        rank(store, "ana", store.next_item("ana"), edits=1)
+    assert store.count_rankings() == 2 and store.progress("ana") == (1, 2)
+
+
+def test_the_service_says_a_stale_page_is_stale(store):
+    store.import_candidates(question_rows(1))
+    users(store, "ana")
+    service = LabelingService(store, LabelingConfig())
+    item = service.next_item("ana")
+    ranks = {c["id"]: r for r, c in enumerate(item["candidates"], start=1)}
+    assert service.submit("ana", Submission("s1", item["item_id"], ranks))["ok"]
+    again = service.submit("ana", Submission("s2", item["item_id"], ranks))
+    assert again == {"ok": False, "created": False, "version": None, "message": ALREADY_RANKED, "stale": True}
+    wrong = service.submit("ana", Submission("s3", item["item_id"], {}), edits=1)
+    assert not wrong["ok"] and not wrong["stale"] and "Rank every response" in wrong["message"]
+
+
+# --- B6: leases that match attention ------------------------------------------------------------------------------
+
+
+def test_the_last_item_goes_to_the_labeler_still_working_once_the_lease_runs_out(db_url):
+    store = open_store(db_url, overlap=1, lease_seconds=1.0)
+    try:
+        store.import_candidates(question_rows(2))
+        users(store, "ana", "ben", "cem")
+        ben_item = store.next_item("ben")
+        rank(store, "ben", ben_item)
+        last = store.next_item("ana")  # ana opens the last item, then walks away (no page renews her lease)
+        waiting = store.assign("cem")
+        assert waiting.view is None and waiting.held_by_others == 1
+        assert (waiting.done, waiting.total) == (0, 0)  # held by ana: not cem's to do, unless it comes back
+        time.sleep(1.3)
+        got = store.assign("cem")
+        assert got.view is not None and got.view.item_id == last.item_id and got.held_by_others == 0
+        assert rank(store, "cem", got.view).created
+        assert store.assign("ben").view is None and store.assign("ben").held_by_others == 0  # nothing is left
+        # ana comes back and submits: her item is still the one she holds, and finished work is kept.
+        assert rank(store, "ana", last).created
+    finally:
+        store.close()
+
+
+def test_a_renewed_lease_holds_and_a_released_one_frees_the_item_at_once(db_url):
+    store = open_store(db_url, overlap=1, lease_seconds=1.0)
+    try:
+        store.import_candidates(question_rows(1))
+        users(store, "ana", "ben")
+        item = store.next_item("ana")
+        for _ in range(3):  # 1.8 s in all, longer than the lease: the page's heartbeat keeps it
+            time.sleep(0.6)
+            assert store.renew_lease("ana", item.item_id)
+            assert store.next_item("ben") is None
+        assert not store.renew_lease("ben", item.item_id)  # not ben's: nothing renewed
+        store.release_lease("ana", item.item_id)  # ana's page closes
+        assert store.next_item("ben").item_id == item.item_id
+        # ana reloads: the item is no longer hers to take (ben's lease fills its one slot), so she gets nothing.
+        assert store.next_item("ana") is None
+    finally:
+        store.close()
+
+
+def test_a_reload_gets_the_same_item_again_after_the_page_released_it(store):
+    store.import_candidates(question_rows(3))
+    users(store, "ana", "ben")
+    item = store.next_item("ana")
+    store.release_lease("ana", item.item_id)  # the pagehide of a reload
+    assert store.next_item("ana").item_id == item.item_id
+    assert rank(store, "ana", item).created
+
+
+def test_leases_count_towards_overlap_and_the_progress_says_who_holds_what(store):
+    store.import_candidates(question_rows(1))
+    users(store, "ana", "ben", "cem")
+    assert store.next_item("ana").item_id == store.next_item("ben").item_id  # two slots, two leases
+    nothing = store.assign("cem")
+    assert nothing.view is None and nothing.held_by_others == 1 and nothing.total == 0
+
+
+# --- B3: drafts ---------------------------------------------------------------------------------------------------
+
+
+def test_a_draft_survives_a_restart_and_goes_with_the_submit(db_url):
+    store = open_store(db_url)
+    store.import_candidates(question_rows(2))
+    users(store, "ana")
+    item = store.next_item("ana")
+    ids = [cid for cid, _ in item.candidates]
+    draft = {"ranks": {ids[0]: 1, ids[1]: 3}, "flags": {ids[2]: ["unsafe"]}, "none_acceptable": True, "comment": "hm"}
+    assert store.save_draft("ana", item.item_id, draft)
+    assert not store.save_draft("ana", "some other item", draft)  # only the item in hand
+    store.close()
+
+    store = open_store(db_url)  # the app restarted
+    try:
+        again = store.next_item("ana")
+        assert again.item_id == item.item_id and store.draft("ana", item.item_id) == draft
+        # What comes back is checked: unknown candidates, ranks out of 1..K and unknown flags are left out.
+        assert store.save_draft(
+            "ana", item.item_id, {"ranks": {ids[0]: 9, "x": 1}, "flags": {ids[1]: ["nope", "off_topic"]}}
+        )
+        assert store.draft("ana", item.item_id) == {
+            "ranks": {},
+            "flags": {ids[1]: ["off_topic"]},
+            "none_acceptable": False,
+            "comment": "",
+        }
+        with pytest.raises(RankingError, match="shorten the comment"):
+            store.save_draft("ana", item.item_id, {"comment": "x" * 20_000})
+        rank(store, "ana", again)
+        assert store.draft("ana", item.item_id) is None
+    finally:
+        store.close()
+
+
+# --- gold turns without a pass over the items ---------------------------------------------------------------------
+
+
+def planned_by_steps(n_done: int, open_regular: int, open_gold: int, rate: float, phase: float) -> int:
+    """The plan item by item, as the labeler is given them: the definition ``planned_remaining`` must agree with."""
+    remaining = 0
+    while open_regular:
+        if open_gold and assignment.is_gold_turn(n_done, rate, phase):
+            open_gold -= 1
+        else:
+            open_regular -= 1
+        n_done += 1
+        remaining += 1
+    return remaining
+
+
+def test_planned_remaining_agrees_with_the_plan_item_by_item():
+    # By hand: rate 0.5, phase 0: turns 0, 1, 2, ... are gold at n = 1, 3, 5 (floor((n + 1) / 2) steps up).
+    # 3 regular and 5 gold items: R G R G R -> 5 items; with 1 gold item: R G R R -> 4.
+    assert assignment.planned_remaining(0, 3, 5, 0.5, 0.0) == planned_by_steps(0, 3, 5, 0.5, 0.0) == 5
+    assert assignment.planned_remaining(0, 3, 1, 0.5, 0.0) == 4
+    assert assignment.planned_remaining(7, 0, 9, 0.3, 0.2) == 0
+    for n_done in (0, 1, 7, 40):
+        for open_regular in (0, 1, 2, 5, 33):
+            for open_gold in (0, 1, 3, 50):
+                for rate in (0.0, 0.1, 0.25, 0.5, 0.9):
+                    for phase in (0.0, 0.35, 0.99):
+                        expected = planned_by_steps(n_done, open_regular, open_gold, rate, phase)
+                        got = assignment.planned_remaining(n_done, open_regular, open_gold, rate, phase)
+                        assert got == expected, (n_done, open_regular, open_gold, rate, phase)
+    assert assignment.planned_remaining(0, 100_000, 10_000, 0.1, 0.5) == 100_000 + 10_000  # no 100k-step loop
+
+
+# --- B7: assignment by index --------------------------------------------------------------------------------------
+
+
+def query_plan(store: LabelStore, query: sa.Select) -> str:
+    """The database's plan for ``query`` (the bound values do not change it; datetimes are passed as text)."""
+    compiled = query.compile(store.engine)
+    params = {k: str(v) if isinstance(v, dt.datetime) else v for k, v in compiled.params.items()}
+    with store.engine.connect() as connection:
+        if store.engine.dialect.name == "sqlite":
+            values = tuple(params[name] for name in compiled.positiontup)
+            rows = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", values).all()
+            return "\n".join(str(row[-1]) for row in rows)
+        connection.exec_driver_sql("SET enable_seqscan = off")  # a tiny table: without this any plan will do
+        return "\n".join(row[0] for row in connection.exec_driver_sql(f"EXPLAIN {compiled}", params).all())
+
+
+def test_the_next_item_is_found_by_index_not_by_a_pass_over_every_item(store):
+    store.import_candidates(question_rows(50))
+    users(store, "ana")
+    with store.engine.connect() as connection:
+        user_id = connection.execute(sa.text("SELECT id FROM users WHERE username = 'ana'")).scalar_one()
+    plan = query_plan(store, store._open(user_id, dt.datetime.now(dt.UTC), gold=False).limit(1))
+    if store.engine.dialect.name == "sqlite":
+        # The queue is read in index order and stops at the first open item; each check is one index lookup.
+        assert "SEARCH item_queue USING INDEX ix_item_queue_next (is_gold=? AND n_rankings<?)" in plan, plan
+        assert "SCAN" not in plan and "TEMP B-TREE" not in plan, plan  # no pass over a table, no sort
+        assert "SEARCH rankings USING INDEX sqlite_autoindex_rankings_1 (item_id=? AND user_id=?)" in plan, plan
+        assert "SEARCH skips USING INDEX sqlite_autoindex_skips_1 (item_id=? AND user_id=?)" in plan, plan
+        assert "SEARCH assignments USING INDEX sqlite_autoindex_assignments_1 (item_id=?)" in plan, plan
+    else:
+        assert "ix_item_queue_next" in plan and "Seq Scan on item_queue" not in plan and "Sort" not in plan, plan
+
+
+def test_the_migration_fills_the_queue_from_the_rankings_already_stored(tmp_path):
+    from alembic import command
+    from alembic.config import Config
+
+    from labeling_ui.db import MIGRATIONS
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+        now = "2026-11-30 10:00:00"
+        connection.exec_driver_sql(
+            f"INSERT INTO users VALUES (1, 'ana', 'x', 'labeler', 1, 0, '{now}'), (2, 'ben', 'x', 'labeler', 1, 0, '{now}')"
+        )
+        for seq, item in enumerate(("i1", "i2", "i3"), start=1):
+            connection.exec_driver_sql(
+                f"INSERT INTO items VALUES ('{item}', {seq}, 'p{seq}', 'q', '[]', '[]', {int(item == 'i3')}, NULL, "
+                f"NULL, '{now}')"
+            )
+        for rid, (item, user, version, current) in enumerate(
+            [("i1", 1, 1, 0), ("i1", 1, 2, 1), ("i1", 2, 1, 1), ("i2", 2, 1, 1)], start=1
+        ):
+            connection.exec_driver_sql(
+                f"INSERT INTO rankings VALUES ({rid}, 's{rid}', '{item}', {user}, {version}, {current}, '{{}}', 0, "
+                f"'{{}}', '', 'g', '[]', NULL, '{now}')"
+            )
+        # The old code left leases in place after a ranking, and could hold two of a labeler's.
+        connection.exec_driver_sql(
+            f"INSERT INTO assignments VALUES ('i2', 2, '{now}'), ('i2', 1, '2026-11-30 09:00:00'), ('i3', 1, '{now}')"
+        )
+    engine.dispose()
+
+    store = LabelStore(url)  # migrates to the newest schema
+    try:
+        with store.engine.connect() as connection:
+            queue = connection.exec_driver_sql("SELECT item_id, is_gold, n_rankings, seq FROM item_queue").all()
+            leases = connection.execute(sa.select(Assignment.item_id, Assignment.user_id)).all()
+        assert sorted(queue) == [("i1", 0, 2, 1), ("i2", 0, 1, 2), ("i3", 1, 0, 3)]
+        assert leases == [("i3", 1)]  # ben ranked i2; ana's older lease is dropped
+        assert store.rankings_per_item() == {1: 1, 2: 1}
+        with store.engine.connect() as connection:
+            counts = connection.exec_driver_sql("SELECT is_gold, n_rankings, items FROM item_queue_counts").all()
+        assert sorted(counts) == [(0, 1, 1), (0, 2, 1), (1, 0, 1)]
+    finally:
+        store.close()
+
+
+# --- admins: reviews, progress, agreement ---------------------------------------------------------------------------
+
+
+def test_an_excluded_item_leaves_the_export_and_the_flagged_queue_shows_the_decisions(store, tmp_path):
+    store.import_candidates(question_rows(2))
+    users(store, "ana", "ben")
+    for name in ("ana", "ben"):
+        for _ in range(2):
+            view = store.next_item(name)
+            flags = {view.candidates[0][0]: ["unsafe"]} if view.prompt.endswith("q0?") else None
+            submission = Submission(uuid.uuid4().hex, view.item_id, in_order(view), flags=flags)
+            store.submit_ranking(name, submission)
+    everything = export_preferences(store, tmp_path / "all")
+    (flagged,) = stats.flagged_items(store.all_current_rankings())
+    assert flagged["prompt_id"] == "q0" and not flagged["excluded"] and not flagged["reviewed"]
+
+    assert store.set_review(flagged["item_id"], "boss", excluded=True, reviewed=True) == {
+        "excluded": True,
+        "reviewed": True,
+    }
+    without = export_preferences(store, tmp_path / "without")
+    assert without["items"] == everything["items"] - 1 and without["items_excluded_by_admins"] == 1
+    rows = [json.loads(line) for line in (tmp_path / "without" / "preferences.jsonl").read_text().splitlines()]
+    assert {r["group_id"] for r in rows} == {"q1"} and without["pairs"] == everything["pairs"] // 2
+    (flagged,) = stats.flagged_items(store.all_current_rankings())
+    assert flagged["excluded"] and flagged["reviewed"]
+
+    assert store.set_review(flagged["item_id"], "boss", excluded=False) == {"excluded": False, "reviewed": True}
+    assert export_preferences(store, tmp_path / "again")["pairs"] == everything["pairs"]
+    with pytest.raises(ValueError, match="No item 'nope'"):
+        store.set_review("nope", "boss", excluded=True)
+
+
+def test_progress_by_number_of_rankings_per_import_and_why_agreement_is_empty(store):
+    store.import_candidates(question_rows(3))
+    store.import_candidates(question_rows(2, prefix="r"))  # a second round
+    users(store, "ana", "ben")
+    service = LabelingService(store, LabelingConfig(overlap=2))
+    store.add_user("boss", "password1", role="admin")
+    report = service.admin_report("boss")
+    assert report["per_item"] == {0: 5} and report["agreement"]["n_items"] == 0
+    assert report["agreement_note"].startswith("No agreement yet: no item has two current rankings yet (none")
+    rank(store, "ana", store.next_item("ana"))  # the first item, q0
+    report = service.admin_report("boss")
+    assert report["per_item"] == {0: 4, 1: 1} and "(1 item has one)" in report["agreement_note"]
+    assert [(b["items"], b["rankings"], b["complete"]) for b in report["batches"]] == [(3, 1, 0), (2, 0, 0)]
+    while (view := store.next_item("ben")) is not None:  # the unranked items first, q0 last
+        rank(store, "ben", view)
+    report = service.admin_report("boss")
+    assert report["per_item"] == {1: 4, 2: 1} and report["agreement"]["n_items"] == 1
+    assert report["agreement_note"] is None
+    assert [(b["items"], b["rankings"], b["complete"]) for b in report["batches"]] == [(3, 4, 1), (2, 2, 0)]
+    assert "overlap is 1" in stats.agreement_note({"n_items": 0}, [], overlap=1)
+
+
+def test_admins_manage_users_through_the_service(store):
+    users(store, "ana")
+    store.add_user("boss", "password1", role="admin")
+    service = LabelingService(store, LabelingConfig())
+    with pytest.raises(PermissionError):
+        service.add_user("ana", "cem")
+    password = service.add_user("boss", "cem")
+    assert len(password) >= 12 and store.verify_user("cem", password)
+    with pytest.raises(ValueError, match="already exists"):
+        service.add_user("boss", "cem")
+    with pytest.raises(ValueError, match="cannot disable yourself"):
+        service.set_active("boss", "boss", False)
+    service.set_active("boss", "cem", False)
+    assert not store.verify_user("cem", password) and store.role("cem") is None
+    service.set_active("boss", "cem", True)
+    assert store.verify_user("cem", password)
+    new = service.reset_password("boss", "cem")
+    assert new != password and store.verify_user("cem", new) and not store.verify_user("cem", password)
+
+
+# --- the API over HTTP --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def app_server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("team")
+    url = f"sqlite:///{tmp / 'labels.db'}"
+    store = LabelStore(url)
+    store.import_candidates(question_rows(4))
+    for name in ("ana", "ben"):
+        store.add_user(name, f"{name}-password")
+    store.close()
+    with LabelingServer(url, tmp / "runs") as server:
+        yield server, url
+
+
+def test_the_api_refuses_items_not_in_hand_and_keeps_leases_by_heartbeat(app_server):
+    server, url = app_server
+    ana, ben = ApiClient(server.url, "ana", "ana-password"), ApiClient(server.url, "ben", "ben-password")
+    try:
+        mine, his = ana.call("next_item"), ben.call("next_item")
+        ranks = json.dumps({c["id"]: r for r, c in enumerate(his["candidates"], start=1)})
+        refused = ana.call("submit", uuid.uuid4().hex, his["item_id"], ranks, False, "{}", "", 1.0)  # S3
+        assert not refused["ok"] and refused["stale"] and refused["message"] == NOT_IN_HAND
+        skip = ana.call("skip", uuid.uuid4().hex, his["item_id"], "not mine")
+        assert not skip["ok"] and skip["stale"]
+        assert ana.call("heartbeat", mine["item_id"]) == {"ok": True}
+        assert ana.call("heartbeat", his["item_id"]) == {"ok": False}
+        assert ana.call("release", mine["item_id"]) == {"ok": True}
+        assert ana.call("next_item")["item_id"] == mine["item_id"]  # a reload: the same item again
+        ranks = json.dumps({c["id"]: r for r, c in enumerate(mine["candidates"], start=1)})
+        assert ana.call("submit", uuid.uuid4().hex, mine["item_id"], ranks, False, "{}", "", 1.0)["ok"]
+        stale = ana.call("submit", uuid.uuid4().hex, mine["item_id"], ranks, False, "{}", "", 1.0)
+        assert not stale["ok"] and stale["stale"] and "already ranked" in stale["message"]
+        edit = ana.call("edit", uuid.uuid4().hex, mine["item_id"], ranks, 1, False, "{}", "")
+        assert edit["ok"] and edit["version"] == 2
+    finally:
+        ana.close()
+        ben.close()
+    store = LabelStore(url)
+    try:
+        assert store.count_rankings() == 2 and store.count_rankings(current_only=True) == 1
+    finally:
+        store.close()
