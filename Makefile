@@ -20,6 +20,7 @@ DEMO   ?= data      # what the stage targets build first: the demo's files their
 SFT_CONFIG ?= configs/sft.yaml
 CANDIDATES_CONFIG ?= configs/candidates.yaml
 RM_CONFIG ?= configs/rm.yaml
+DPO_CONFIG ?= configs/dpo.yaml
 LABELING_CONFIG ?= configs/labeling.yaml
 PPO_CONFIG ?= configs/ppo.yaml
 EVAL_CONFIG ?= configs/eval.yaml
@@ -40,7 +41,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export GRADIO_ANALYTICS_ENABLED := False
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup demo pipeline report data sft candidates label users simulate export rm ppo eval bench test test-fast test-slow lint format clean
+.PHONY: help setup demo pipeline report data sft candidates label users simulate export rm ppo dpo eval bench test test-fast test-slow lint format clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -95,7 +96,10 @@ rm: setup  ## stage 3: reward model on the exported preferences (configs/rm.yaml
 ppo: setup $(DEMO)  ## stage 4: PPO against the reward model (configs/ppo.yaml)
 	$(LAUNCH) -m ppo.train --config $(PPO_CONFIG) $(STAGE_ARGS) $(RUBRIC_ARG) $(ARGS)
 
-eval: setup $(DEMO)  ## the SFT policy against the PPO policy on held-out prompts: summary, report.md, plots
+dpo: setup  ## DPO on the exported pairs from the SFT policy, to compare with PPO in make eval (configs/dpo.yaml)
+	$(LAUNCH) -m ppo.dpo --config $(DPO_CONFIG) $(STAGE_ARGS) $(ARGS)
+
+eval: setup $(DEMO)  ## SFT, PPO, best-of-n (and DPO, once trained) on held-out prompts: summary, report.md, plots
 	$(PY) -m ppo.evaluate --config $(EVAL_CONFIG) --run $(RUN) $(RUBRIC_ARG) $(ARGS)
 
 bench: setup  ## benchmarks: each stage against plain TRL (PPO: TRL 1.12 in bench/.oracle, built once), packing, LoRA, ZeRO, labeling

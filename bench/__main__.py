@@ -18,7 +18,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import gpu, labeling, login_flood, ppo, rm, sft
+from bench import gpu, labeling, login_flood, ppo, rm, rm_labels, sft
 from bench.core import REPO, BenchError, CaseResult, Workspace, markdown
 
 # name -> the function running the case, in the order they run.
@@ -27,6 +27,7 @@ CASES = {
     "packing": sft.run_packing,
     "rm": rm.run,
     "kway": rm.run_kway,
+    "rm_labels": rm_labels.run,
     "ppo": ppo.run,
     "ppo_lora": ppo.run_lora,
     "ppo_zero": ppo.run_zero,

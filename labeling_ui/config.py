@@ -51,6 +51,12 @@ class LabelingConfig:
         default_factory=lambda: [0.05, 0.15],
         metadata={"help": "Simulated labelers' noise sigmas, one labeler per level by default."},
     )
+    tie_tolerance: float = field(
+        default=0.0,
+        metadata={
+            "help": "Simulated labelers rank replies whose noisy scores are this close as a tie (rubric units)."
+        },
+    )
 
     def __post_init__(self):
         if not 0 < len(self.guidelines_version) <= 64:
@@ -75,6 +81,8 @@ class LabelingConfig:
             raise ValueError(f"rubric must read module:function, got {self.rubric!r}.")
         if not self.noise or any(sigma < 0 for sigma in self.noise):
             raise ValueError(f"noise must list one or more sigmas >= 0, got {self.noise}.")
+        if self.tie_tolerance < 0:
+            raise ValueError(f"tie_tolerance must be >= 0 (0: only equal scores tie), got {self.tie_tolerance}.")
 
 
 def load_config(path: str | Path | None = None) -> LabelingConfig:

@@ -2,8 +2,9 @@
 
 Each simulated labeler scores every response with a rubric, ``module:function(prompt, response) -> float`` (higher is
 better; ``--rubric`` or the labeling config's ``rubric``, there is no default), adds Gaussian noise with its own sigma,
-and ranks by the noisy scores. Responses with equal rubric scores get the same noise and so stay tied. The noise is
-seeded by (seed, labeler, item): a run gives the same rankings whatever order the items come in.
+and ranks by the noisy scores. Responses with equal rubric scores get the same noise and so stay tied, and replies
+whose noisy scores lie within ``tie_tolerance`` of each other are ranked as a tie, as a person finds two replies
+equally good. The noise is seeded by (seed, labeler, item): a run gives the same rankings whatever order the items come in.
 
 Without ``--url`` the labelers call ``LabelingService`` in this process, the code behind the app's page and API (500
 items x 2 labelers take seconds). With ``--url`` each labeler logs in to a running app with gradio_client and works
@@ -51,8 +52,9 @@ def rubric_of(config: LabelingConfig) -> Rubric:
     return rubric
 
 
-def noisy_ranks(scores: Sequence[float], sigma: float, rng: random.Random) -> list[int]:
-    """Dense ranks (1 = best) of ``scores`` plus Gaussian noise; equal scores draw the same noise and stay tied."""
+def noisy_ranks(scores: Sequence[float], sigma: float, rng: random.Random, tie_tolerance: float = 0.0) -> list[int]:
+    """Dense ranks (1 = best) of ``scores`` plus Gaussian noise; equal scores draw the same noise and stay tied, and
+    noisy scores within ``tie_tolerance`` of the best of their group join it (a group spans at most the tolerance)."""
     noise: dict[float, float] = {}
     noisy = []
     for score in scores:
@@ -60,7 +62,14 @@ def noisy_ranks(scores: Sequence[float], sigma: float, rng: random.Random) -> li
         if key not in noise:
             noise[key] = rng.gauss(0.0, sigma) if sigma else 0.0
         noisy.append(score + noise[key])
-    return ranks_from_scores(noisy)
+    if not tie_tolerance:
+        return ranks_from_scores(noisy)
+    ranks, rank, top = [0] * len(noisy), 0, None
+    for i in sorted(range(len(noisy)), key=lambda i: -noisy[i]):
+        if top is None or top - noisy[i] > tie_tolerance:
+            rank, top = rank + 1, noisy[i]
+        ranks[i] = rank
+    return ranks
 
 
 @dataclass
@@ -69,12 +78,13 @@ class SimulatedLabeler:
     sigma: float
     rubric: Rubric
     seed: int = 0
+    tie_tolerance: float = 0.0
 
     def rank(self, item: dict[str, Any]) -> dict[str, int]:
         """Ranks {candidate_id: rank} of an item as the API returns it (``LabelingService.next_item``)."""
         rng = random.Random(stable_hash(self.seed, "simulate", self.username, item["item_id"]))
         scores = [self.rubric(item["prompt"], c["text"]) for c in item["candidates"]]
-        ranks = noisy_ranks(scores, self.sigma, rng)
+        ranks = noisy_ranks(scores, self.sigma, rng, self.tie_tolerance)
         return {c["id"]: rank for c, rank in zip(item["candidates"], ranks, strict=True)}
 
 
@@ -187,7 +197,7 @@ def simulate(
     """Run the simulated labelers against ``store`` (in process) or the app at ``url``; returns the summary.
 
     From ``config``: the rubric (required), the noise levels (labeler i gets ``noise[i % len(noise)]``; one labeler
-    per level by default), the guidelines version and the seed.
+    per level by default), the tie tolerance, the guidelines version and the seed.
     """
     n_labelers = n_labelers or len(config.noise)
     if n_labelers < 1:
@@ -196,7 +206,9 @@ def simulate(
         raise ValueError(f"--limit must be at least 1 (rankings per labeler), got {limit}.")
     rubric = rubric_of(config)
     labelers = [
-        SimulatedLabeler(f"sim-{i + 1}", config.noise[i % len(config.noise)], rubric, config.seed)
+        SimulatedLabeler(
+            f"sim-{i + 1}", config.noise[i % len(config.noise)], rubric, config.seed, config.tie_tolerance
+        )
         for i in range(n_labelers)
     ]
     passwords = ensure_users(store, [lab.username for lab in labelers], passwords_file)

@@ -26,7 +26,11 @@ class PPOStageConfig:
         default=None, metadata={"help": "TRL's name of the start model: here model_name_or_path, as in every stage."}
     )
     reward_model_path: list[str] | None = field(
-        default=None, metadata={"help": "One or more reward models; default: the run's RM output."}
+        default=None,
+        metadata={
+            "help": "One or more reward models (a model folder, or an RM folder with an ensemble.json); default: the "
+            "run's RM output, every member of it for an ensemble."
+        },
     )
     reward_stats: list[str] | None = field(
         default=None, metadata={"help": "reward_stats.json per reward model; default: beside each model."}
@@ -106,6 +110,21 @@ class PPOStageConfig:
     report_to: str | None = field(default="wandb", metadata={"help": "wandb (offline without a key), trackio, none."})
     run_name: str | None = None
 
+    def check_reward_models(self, paths: list) -> None:
+        """The settings that depend on how many reward models there are, once ensembles are expanded into their
+        members (``pipeline.lib.runs.reward_models``)."""
+        if self.reward_aggregation == "mean_minus_std" and len(paths) < 2:
+            raise ValueError(
+                f"reward_aggregation: mean_minus_std needs at least 2 reward models (the std of one is undefined), "
+                f'got {len(paths)} ({", ".join(map(str, paths))}). Train an ensemble (`make rm ARGS="--ensemble 3"`), '
+                "list several under reward_model_path, or use reward_aggregation: mean."
+            )
+        if self.reward_stats and len(self.reward_stats) != len(paths):
+            raise ValueError(
+                f"reward_stats lists {len(self.reward_stats)} files for {len(paths)} reward models: give one per "
+                "model, in the same order, or leave it unset to read reward_stats.json beside each."
+            )
+
     def __post_init__(self):
         if self.bf16 is None:
             self.bf16 = gpu_has_bf16()
@@ -164,16 +183,6 @@ class PPOStageConfig:
         if self.reward_aggregation not in AGGREGATIONS:
             raise ValueError(
                 f"reward_aggregation: unknown {self.reward_aggregation!r}; choose one of {', '.join(AGGREGATIONS)}."
-            )
-        if self.reward_aggregation == "mean_minus_std" and self.reward_model_path and len(self.reward_model_path) < 2:
-            raise ValueError(
-                "reward_aggregation: mean_minus_std needs at least 2 reward models (the std of one is undefined); "
-                "list several under reward_model_path, or use reward_aggregation: mean."
-            )
-        if self.reward_stats and self.reward_model_path and len(self.reward_stats) != len(self.reward_model_path):
-            raise ValueError(
-                f"reward_stats lists {len(self.reward_stats)} files for {len(self.reward_model_path)} reward models: "
-                "give one per model, in the same order, or leave it unset to read reward_stats.json beside each."
             )
         if self.generation_backend not in BACKENDS:
             raise ValueError(

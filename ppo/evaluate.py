@@ -3,8 +3,10 @@
 On the held-out evaluation prompts, the SFT policy and the PPO policy each sample a response per prompt. Reported
 for both: the reward model's mean score, the PPO policy's win rate against SFT by the reward model, the KL to the
 reference (the SFT model), estimated on the samples as the mean of sum_t [log pi(y_t) - log ref(y_t)], response
-length, EOS rate, and the gold rubric's score when one is set (the pipeline config names it). Writes
-``runs/<run>/eval/``: summary.json, report.md with PNG plots, samples.jsonl; and logs to W&B.
+length, EOS rate, and the gold rubric's score when one is set (the pipeline config names it). Then best-of-n from
+the SFT policy with the reward model as the picker, for each n of ``best_of_n`` (``ppo.best_of_n``), and gold score
+against sqrt(KL) for best-of-n, PPO and, when ``make dpo`` trained one, the DPO policy (``ppo.dpo``). Writes ``runs/<run>/eval/``: summary.json, report.md with PNG plots,
+samples.jsonl; and logs to W&B.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pipeline.lib.errors import exit_with
 from pipeline.lib.prompts import load_prompts
 from pipeline.lib.rubric import load_rubric
 from pipeline.lib.stage import Stage, parse_configs
+from ppo import best_of_n as bon
 from ppo import rewards
 from ppo.shaping import response_lengths
 
@@ -35,7 +38,12 @@ class EvalConfig:
         default=None, metadata={"help": "The start (SFT) policy, also the reference; default: the run's SFT model."}
     )
     ppo_model_path: str | None = field(default=None, metadata={"help": "Default: the run's PPO model."})
-    reward_model_path: str | None = field(default=None, metadata={"help": "Default: the run's reward model."})
+    dpo_model_path: str | None = field(
+        default=None, metadata={"help": "A DPO policy evaluated too; default: the run's, when `make dpo` made one."}
+    )
+    reward_model_path: str | None = field(
+        default=None, metadata={"help": "Default: the run's reward model (an ensemble's members' mean score)."}
+    )
     prompts: str | None = field(default=None, metadata={"help": "Held-out prompts: a file with a 'prompt' column."})
     num_prompts: int | None = None
     max_new_tokens: int = 128
@@ -46,12 +54,23 @@ class EvalConfig:
     rubric: str | None = field(
         default=None, metadata={"help": "Gold rubric module:function (gold_score); default none."}
     )
+    best_of_n: list[int] = field(
+        default_factory=lambda: [1, 2, 4, 8, 16],
+        metadata={"help": "Best-of-n from the SFT policy, picked by the reward model, for each n (empty: none)."},
+    )
+    best_of_n_prompts: int | None = field(
+        default=32, metadata={"help": "Prompts best-of-n samples max(best_of_n) replies for (None: all)."}
+    )
     seed: int = 0
     report_to: str | None = "wandb"
 
     def __post_init__(self):
         if not self.prompts:
             raise ValueError("Set prompts: a file of held-out prompts (a 'prompt' column) to compare the policies on.")
+        if any(n < 1 for n in self.best_of_n):
+            raise ValueError(f"best_of_n: every n must be at least 1, got {self.best_of_n}.")
+        if self.best_of_n_prompts is not None and self.best_of_n_prompts < 1:
+            raise ValueError(f"best_of_n_prompts must be at least 1 (or null: all), got {self.best_of_n_prompts}.")
 
 
 def sequence_logprobs(model, sequences: torch.Tensor, context_length: int, pad_id: int) -> torch.Tensor:
@@ -105,17 +124,19 @@ def sample_policy(model, tokenizer, prompts: list[list[dict]], config: EvalConfi
 
 
 def reward_scores(
-    reward_model: rewards.RewardModel,
+    reward_models: list[rewards.RewardModel],
     sequences: torch.Tensor,
     context: int,
     pad_id: int,
     prompts: list[list[dict]],
     texts: list[str],
 ) -> list[float]:
-    return rewards.score_with(reward_model, sequences, pad_id, prompts, texts, context).tolist()
+    """The reward model's raw score of each sequence; an ensemble's is its members' mean."""
+    scores = [rewards.score_with(rm, sequences, pad_id, prompts, texts, context) for rm in reward_models]
+    return torch.stack(scores).mean(dim=0).tolist()
 
 
-def evaluate_policy(name: str, model, ref, reward_model, tokenizer, prompt_rows, config, rubric) -> dict[str, Any]:
+def evaluate_policy(name: str, model, ref, reward_models, tokenizer, prompt_rows, config, rubric) -> dict[str, Any]:
     rows = []
     prompts = [r["prompt"] for r in prompt_rows]
     done = 0
@@ -125,7 +146,7 @@ def evaluate_policy(name: str, model, ref, reward_model, tokenizer, prompt_rows,
         responses = seqs[:, context:]
         texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
         scores = reward_scores(
-            reward_model, seqs, context, tokenizer.pad_token_id, prompts[done : done + len(seqs)], texts
+            reward_models, seqs, context, tokenizer.pad_token_id, prompts[done : done + len(seqs)], texts
         )
         done += len(seqs)
         lengths = response_lengths(responses, tokenizer.eos_token_id, tokenizer.pad_token_id)
@@ -153,6 +174,54 @@ def evaluate_policy(name: str, model, ref, reward_model, tokenizer, prompt_rows,
     if rubric is not None:
         summary["gold_score"] = sum(r["gold"] for r in rows) / n
     return {"name": name, "summary": summary, "rows": rows}
+
+
+def best_of_n_samples(ref, reward_models, tokenizer, prompt_rows, config: EvalConfig, rubric) -> list[list[dict]]:
+    """max(best_of_n) samples of the SFT policy for each of the first ``best_of_n_prompts`` prompts, each with its
+    reward-model score, length and gold score."""
+    n = max(config.best_of_n)
+    rows = prompt_rows[: config.best_of_n_prompts]
+    prompts = [r["prompt"] for r in rows for _ in range(n)]
+    flat, done = [], 0
+    for seqs, context in sample_policy(ref, tokenizer, prompts, config):
+        responses = seqs[:, context:]
+        texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+        scores = reward_scores(
+            reward_models, seqs, context, tokenizer.pad_token_id, prompts[done : done + len(seqs)], texts
+        )
+        lengths = response_lengths(responses, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        flat += [
+            {"response": t, "score": s, "length": int(n_)} for t, s, n_ in zip(texts, scores, lengths, strict=True)
+        ]
+        done += len(seqs)
+    samples = [flat[i * n : (i + 1) * n] for i in range(len(rows))]
+    if rubric is not None:
+        for row, per_prompt in zip(rows, samples, strict=True):
+            for sample in per_prompt:
+                sample["gold"] = rubric(row["prompt"][-1]["content"], sample["response"])
+    return samples
+
+
+def best_of_n_lines(metrics: dict) -> list[str]:
+    """The report's best-of-n table, plot and verdict."""
+    rows = metrics.get("best_of_n") or []
+    if not rows:
+        return []
+    gold = "gold_score" in rows[0]
+    head = "| n | KL (log n - (n-1)/n) | reward | " + ("gold | gold win rate vs SFT | " if gold else "") + "length |"
+    lines = [
+        "## Best-of-n from the SFT policy",
+        "",
+        f"{metrics['best_of_n_prompts']} prompts, {max(r['n'] for r in rows)} samples each; the reward model picks.",
+        "",
+        head,
+        "|" + " --- |" * (head.count("|") - 1),
+    ]
+    for r in rows:
+        cells = [r["n"], f"{r['kl']:.3f}", f"{r['reward_mean']:.3f}"]
+        cells += [f"{r['gold_score']:.3f}", f"{r['gold_win_rate_vs_sft']:.1%}"] if gold else []
+        lines.append("| " + " | ".join(map(str, [*cells, f"{r['response_length']:.1f}"])) + " |")
+    return [*lines, "", metrics["best_of_n_verdict"], "", "![score against KL](kl_frontier.png)", ""]
 
 
 def write_report(out_dir: Path, sft: dict, ppo: dict, metrics: dict, config: EvalConfig) -> Path:
@@ -196,7 +265,21 @@ def write_report(out_dir: Path, sft: dict, ppo: dict, metrics: dict, config: Eva
         lines.append(f"| {key} | {sft['summary'][key]:.4f} | {ppo['summary'][key]:.4f} |")
     lines += [
         "",
-        f"PPO wins against SFT by the reward model on **{metrics['win_rate_ppo_vs_sft']:.1%}** of prompts.",
+        f"PPO wins against SFT by the reward model on **{metrics['win_rate_ppo_vs_sft']:.1%}** of prompts"
+        + (
+            f", and by the gold rubric on **{metrics['gold_win_rate_ppo_vs_sft']:.1%}**."
+            if "gold_win_rate_ppo_vs_sft" in metrics
+            else "."
+        ),
+        *(
+            [
+                f"DPO (`make dpo`): reward {metrics['dpo']['reward_mean']:.4f}, KL {metrics['dpo']['kl_to_reference']:.3f}"
+                + (f", gold {metrics['dpo']['gold_score']:.4f}" if "gold_score" in metrics["dpo"] else "")
+                + f"; it wins against SFT by the reward model on {metrics['win_rate_dpo_vs_sft']:.1%} of prompts.",
+            ]
+            if "dpo" in metrics
+            else []
+        ),
         f"KL of the PPO policy to the reference: {metrics['ppo']['kl_to_reference']:.3f} "
         f"(bound {config.max_kl}: {'within' if metrics['kl_within_bound'] else 'EXCEEDED'}).",
         "",
@@ -204,6 +287,7 @@ def write_report(out_dir: Path, sft: dict, ppo: dict, metrics: dict, config: Eva
         "",
         "![SFT vs PPO](sft_vs_ppo.png)",
         "",
+        *best_of_n_lines(metrics),
         "## Samples",
         "",
     ]
@@ -231,7 +315,9 @@ def main(config: EvalConfig) -> dict[str, Any]:
     runs.require_path("prompts", config.prompts)
     sft_path = runs.stage_output(config.run, "sft", config.runs_dir, config.model_name_or_path)
     ppo_path = runs.stage_output(config.run, "ppo", config.runs_dir, config.ppo_model_path)
-    rm_path = runs.stage_output(config.run, "rm", config.runs_dir, config.reward_model_path)
+    runs.require_path("dpo_model_path", config.dpo_model_path)
+    dpo_path = Path(config.dpo_model_path or runs.stage_dir(config.run, "dpo", config.runs_dir) / "model")
+    rm_paths = runs.reward_models(config.run, config.runs_dir, config.reward_model_path)
     prompt_rows, prompts_path = load_prompts(config.prompts, config.num_prompts), config.prompts
     rubric = load_rubric(config.rubric)
 
@@ -239,11 +325,17 @@ def main(config: EvalConfig) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(sft_path, padding_side="left")
     ref = AutoModelForCausalLM.from_pretrained(sft_path).to(device).eval()
     policy = AutoModelForCausalLM.from_pretrained(ppo_path).to(device).eval()
-    (reward_model,) = rewards.load_reward_models([rm_path], None, False, tokenizer, torch.float32)
-    reward_model.model.to(device)
+    reward_models = rewards.load_reward_models(rm_paths, None, False, tokenizer, torch.float32)
+    for rm in reward_models:
+        rm.model.to(device)
 
-    sft = evaluate_policy("sft", ref, ref, reward_model, tokenizer, prompt_rows, config, rubric)
-    ppo = evaluate_policy("ppo", policy, ref, reward_model, tokenizer, prompt_rows, config, rubric)
+    sft = evaluate_policy("sft", ref, ref, reward_models, tokenizer, prompt_rows, config, rubric)
+    ppo = evaluate_policy("ppo", policy, ref, reward_models, tokenizer, prompt_rows, config, rubric)
+    trained = {"PPO": ppo}
+    if dpo_path.is_dir():
+        dpo_policy = AutoModelForCausalLM.from_pretrained(dpo_path).to(device).eval()
+        trained["DPO"] = evaluate_policy("dpo", dpo_policy, ref, reward_models, tokenizer, prompt_rows, config, rubric)
+        del dpo_policy
     metrics = {
         "num_prompts": len(prompt_rows),
         "sft": sft["summary"],
@@ -251,6 +343,24 @@ def main(config: EvalConfig) -> dict[str, Any]:
         "win_rate_ppo_vs_sft": win_rate([r["score"] for r in ppo["rows"]], [r["score"] for r in sft["rows"]]),
         "kl_within_bound": ppo["summary"]["kl_to_reference"] < config.max_kl,
     }
+    for name, result in trained.items():  # PPO's own figures are above; DPO's, when there is one, the same way
+        tag = name.lower()
+        metrics[tag] = result["summary"]
+        metrics[f"win_rate_{tag}_vs_sft"] = win_rate(
+            [r["score"] for r in result["rows"]], [r["score"] for r in sft["rows"]]
+        )
+        if rubric is not None:
+            golds = [r["gold"] for r in result["rows"]], [r["gold"] for r in sft["rows"]]
+            metrics[f"gold_win_rate_{tag}_vs_sft"] = win_rate(*golds)
+    if config.best_of_n:
+        samples = best_of_n_samples(ref, reward_models, tokenizer, prompt_rows, config, rubric)
+        ns = sorted(set(config.best_of_n))
+        metrics["best_of_n"] = bon.summarise(ns, samples, sft["rows"][: len(samples)])
+        metrics["best_of_n_prompts"] = len(samples)
+        key = "gold_score" if rubric is not None else "reward_mean"
+        summaries = {name: result["summary"] for name, result in trained.items()}
+        metrics["best_of_n_verdict"] = bon.verdict(metrics["best_of_n"], summaries, key)
+        bon.plot_frontier(stage.dir / "kl_frontier.png", metrics["best_of_n"], summaries, key)
     with open(stage.dir / "samples.jsonl", "w") as fh:
         for a, b in zip(sft["rows"], ppo["rows"], strict=True):
             fh.write(json.dumps({"prompt_id": a["prompt_id"], "sft": a, "ppo": b}) + "\n")
@@ -269,7 +379,17 @@ def main(config: EvalConfig) -> dict[str, Any]:
     gold = f" | gold {sft['summary']['gold_score']:.3f} -> {ppo['summary']['gold_score']:.3f}" if rubric else ""
     return stage.finish(
         metrics=metrics,
-        inputs={"sft_model": sft_path, "ppo_model": ppo_path, "reward_model": rm_path, "prompts": prompts_path},
+        inputs={
+            "sft_model": sft_path,
+            "ppo_model": ppo_path,
+            **({"dpo_model": dpo_path} if "DPO" in trained else {}),
+            **(
+                {"reward_model": rm_paths[0]}
+                if len(rm_paths) == 1
+                else {f"reward_model_{i}": path for i, path in enumerate(rm_paths)}
+            ),
+            "prompts": prompts_path,
+        },
         outputs={"report": report, "samples": stage.dir / "samples.jsonl"},
         headline=f"reward {sft['summary']['reward_mean']:.3f} -> {ppo['summary']['reward_mean']:.3f} | win rate "
         f"{metrics['win_rate_ppo_vs_sft']:.1%} | KL {ppo['summary']['kl_to_reference']:.3f}{gold}",

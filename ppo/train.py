@@ -140,7 +140,10 @@ def main(run: RunArguments, model_args: ModelArguments, config: PPOStageConfig) 
     # step 1. inputs: the policy (SFT), the reward models and their statistics, the prompts; then the models.
     runs.require_path("prompts", config.prompts)
     sft_path = runs.stage_output(run.run, "sft", run.runs_dir, model_args.model_name_or_path)
-    rm_paths = [runs.stage_output(run.run, "rm", run.runs_dir, p) for p in config.reward_model_path or [None]]
+    rm_paths = [
+        path for p in config.reward_model_path or [None] for path in runs.reward_models(run.run, run.runs_dir, p)
+    ]
+    config.check_reward_models(rm_paths)
     if config.generation_backend == "vllm":
         check_vllm_available()
     tokenizer = AutoTokenizer.from_pretrained(sft_path, padding_side="left")

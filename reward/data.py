@@ -53,6 +53,7 @@ class PreferenceStats:
     fmt: str
     rows_in: int
     dropped: Counter = field(default_factory=Counter)
+    tied_pairs: int | None = None  # rankings only: tied pairs of the training rankings (kway drops them)
 
     @property
     def rows_out(self) -> int:
@@ -65,6 +66,7 @@ class PreferenceStats:
             "rows_in": self.rows_in,
             "rows_out": self.rows_out,
             "dropped": dict(sorted(self.dropped.items())),
+            **({} if self.tied_pairs is None else {"tied_pairs": self.tied_pairs}),
         }
 
 
@@ -215,8 +217,9 @@ def _is_hh(text: str) -> bool:
 # Rankings
 
 
-def load_rankings(path: str | Path) -> tuple[list[dict[str, Any]], PreferenceStats]:
-    """Whole rankings ``{"prompt", "responses", "ranks", "group_id"}`` (1 = best, ties share a rank)."""
+def load_rankings(path: str | Path, keep_all_tied: bool = False) -> tuple[list[dict[str, Any]], PreferenceStats]:
+    """Whole rankings ``{"prompt", "responses", "ranks", "group_id"}`` (1 = best, ties share a rank). A ranking that
+    ties every reply is dropped (counted) unless ``keep_all_tied``."""
     source = str(path)
     rows = read_table(path)
     stats = PreferenceStats(source, "rankings", len(rows))
@@ -234,7 +237,7 @@ def load_rankings(path: str | Path) -> tuple[list[dict[str, Any]], PreferenceSta
             stats.dropped["empty_response"] += 1
         elif len(set(texts)) < len(texts):
             stats.dropped["identical"] += 1
-        elif len(set(ranks)) < 2:
+        elif len(set(ranks)) < 2 and not keep_all_tied:
             stats.dropped["all_tied"] += 1
         else:
             rankings.append(ranking)

@@ -2,10 +2,11 @@
 
 Starts from the run's SFT policy with a scalar head (``AutoModelForSequenceClassification``, ``num_labels=1``) and
 trains it with TRL's ``RewardTrainer`` on the run's exported labels (``runs/<run>/export/``), or on any preference
-file (see ``reward.data``). Two losses: ``pairwise``, Bradley-Terry on the exported pairs, and ``kway``, InstructGPT's
+file (see ``reward.data``). Three losses: ``pairwise``, Bradley-Terry on the exported pairs; ``kway``, InstructGPT's
 loss on whole rankings (``rankings.jsonl``): a batch element is a prompt's K responses with every labeler's ranking
-of them, so each response is scored once instead of twice per pair it is in. About ``eval_fraction`` of the PROMPTS
-are held out: no prompt has pairs on both sides, and both losses are evaluated on the same held-out pairs.
+of them, so each response is scored once instead of twice per pair it is in; and ``kway_ties``, the same with the
+tied pairs modelled instead of dropped (Rao-Kupper, ``reward.losses``). About ``eval_fraction`` of the PROMPTS are
+held out: no prompt has pairs on both sides, and every loss is evaluated on the same held-out (untied) pairs.
 
 Writes ``runs/<run>/rm/``: ``model/`` (loads with ``AutoModelForSequenceClassification``; the policy's tokenizer,
 unchanged, since PPO feeds the policy's token ids to it), ``reward_stats.json`` (mean and std of the scores of the
@@ -16,6 +17,9 @@ with a gold ``rubric`` (the pipeline config names it), agreement with it.
 
 from __future__ import annotations
 
+import copy
+import json
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,13 +40,25 @@ from pipeline.lib.errors import exit_with
 from pipeline.lib.launch import release_zero3_init
 from pipeline.lib.models import check_model_source
 from pipeline.lib.rubric import load_rubric
-from pipeline.lib.stage import ModelArguments, RunArguments, Stage, TrainerDefaults, parse, trainer_figures
+from pipeline.lib.runs import ENSEMBLE
+from pipeline.lib.stage import (
+    ModelArguments,
+    RunArguments,
+    Stage,
+    TrainerDefaults,
+    finish_model,
+    latest_checkpoint,
+    parse,
+    trainer_figures,
+    weights_dir,
+)
 from pipeline.lib.tables import DataError, read_table
 from reward import data as rm_data
+from reward import ensemble
 from reward import evaluate as rm_eval
-from reward.losses import kway_ranking_loss, rank_gap_margin, ranking_accuracy
+from reward.losses import kway_ranking_loss, kway_ties_loss, rank_gap_margin, ranking_accuracy
 
-LOSSES = ("pairwise", "kway")
+LOSSES = ("pairwise", "kway", "kway_ties")
 
 
 @dataclass
@@ -57,11 +73,28 @@ class RMStageConfig(TrainerDefaults, RewardConfig):
             "help": "Default: the run's export. Or an export folder, a jsonl/json/csv/parquet file, a datasets folder."
         },
     )
-    loss: str = field(default="pairwise", metadata={"help": "pairwise (Bradley-Terry on pairs) or kway (rankings)."})
+    loss: str = field(
+        default="pairwise",
+        metadata={
+            "help": "pairwise (Bradley-Terry on pairs), kway (rankings; ties dropped) or kway_ties (rankings; ties "
+            "modelled, Rao-Kupper)."
+        },
+    )
+    tie_threshold: float = field(
+        default=1.0,
+        metadata={"help": "kway_ties: the reward gap log(theta) within which two replies are likely a tie (> 0)."},
+    )
     margin_from_rank_gap: bool = field(
         default=False, metadata={"help": "Pairs ranked n places apart must be scored at least n - 1 apart."}
     )
     eval_fraction: float = field(default=0.1, metadata={"help": "Share of the prompts held out for evaluation."})
+    ensemble: int = field(
+        default=1,
+        metadata={
+            "help": "Members of a reward-model ensemble, each with its own seed and bootstrap sample of the training "
+            "prompts (1: one model, on all of them)."
+        },
+    )
     rubric: str | None = field(
         default=None,
         metadata={"help": "Gold rubric module:function: the held-out pairs' agreement with it (eval_gold_accuracy)."},
@@ -74,6 +107,12 @@ class RMStageConfig(TrainerDefaults, RewardConfig):
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}.")
         if not 0 < self.eval_fraction < 1:
             raise ValueError(f"eval_fraction must be between 0 and 1, got {self.eval_fraction}.")
+        if self.ensemble < 1:
+            raise ValueError(f"ensemble must be at least 1 (members), got {self.ensemble}.")
+        if self.loss == "kway_ties" and not self.tie_threshold > 0:
+            raise ValueError(
+                f"tie_threshold must be > 0 for loss kway_ties (at 0 no tie is possible), got {self.tie_threshold}."
+            )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -111,7 +150,8 @@ class RankingCollator:
 
 
 class KWayRewardTrainer(RewardTrainer):
-    """RewardTrainer on whole rankings, with ``reward.losses.kway_ranking_loss``; data comes tokenized."""
+    """RewardTrainer on whole rankings, with ``reward.losses.kway_ranking_loss`` (or ``kway_ties_loss``); data comes
+    tokenized."""
 
     # This loss is a mean over the batch's rankings, not scaled for gradient accumulation: Trainer divides it by the
     # accumulation steps.
@@ -131,7 +171,10 @@ class KWayRewardTrainer(RewardTrainer):
         mask = inputs["response_mask"]
         rewards = outputs.logits.new_zeros(mask.shape).masked_scatter(mask, outputs.logits.squeeze(-1))
         item = inputs["ranking_item"]
-        loss = kway_ranking_loss(rewards[item], inputs["ranks"], mask[item], self.args.margin_from_rank_gap)
+        if self.args.loss == "kway_ties":
+            loss = kway_ties_loss(rewards[item], inputs["ranks"], mask[item], self.args.tie_threshold)
+        else:
+            loss = kway_ranking_loss(rewards[item], inputs["ranks"], mask[item], self.args.margin_from_rank_gap)
         with torch.no_grad():
             accuracy = ranking_accuracy(rewards[item], inputs["ranks"], mask[item])
             self._metrics[mode]["accuracy"].append(self.accelerator.gather_for_metrics(accuracy).mean().item())
@@ -152,6 +195,8 @@ class RMData:
     eval: Dataset
     eval_pairs: list[dict[str, Any]]  # held-out pairs with token ids: what the final evaluation scores
     train_sequences: list[list[int]]  # every training response (prompt + response ids): for reward_stats.json
+    train_rows: list[dict[str, Any]]  # the rows of ``train``, and the prompt of each: an ensemble member's bootstrap
+    train_groups: list[str]
     prompts: dict[str, int]
     stats: dict[str, Any]
 
@@ -170,7 +215,7 @@ def input_path(run: RunArguments, config: RMStageConfig) -> Path:
         rankings = path.with_name("rankings.jsonl") if path.name.startswith("preferences.") else path
     if not rankings.exists():
         raise runs.MissingInputError(
-            f"loss kway trains on whole rankings, but there is no {rankings}. Point --preferences at an export folder "
+            f"loss {config.loss} trains on whole rankings, but there is no {rankings}. Point --preferences at an export folder "
             "(runs/<run>/export/) or a rankings file, or use --loss pairwise."
         )
     if rankings.is_file():
@@ -182,9 +227,9 @@ def check_loss_fits(path: Path, loss: str) -> None:
     """Pairs need the pairwise loss and whole rankings the K-way one: say which setting to change, before every row
     fails with a missing column."""
     first = read_table(path)[0]
-    if loss == "kway" and {"chosen", "rejected"} <= first.keys():
+    if loss != "pairwise" and {"chosen", "rejected"} <= first.keys():
         raise ValueError(
-            f"{path} holds preference pairs (chosen/rejected), but loss: kway trains on whole rankings (responses "
+            f"{path} holds preference pairs (chosen/rejected), but loss: {loss} trains on whole rankings (responses "
             "and ranks, as the export's rankings.jsonl). Train on the pairs with --loss pairwise, or point "
             "--preferences at a rankings file."
         )
@@ -197,7 +242,10 @@ def check_loss_fits(path: Path, loss: str) -> None:
 
 def load_data(config: RMStageConfig, path: Path, tokenizer) -> RMData:
     pairwise = config.loss == "pairwise"
-    examples, stats = rm_data.load_preferences(path) if pairwise else rm_data.load_rankings(path)
+    if pairwise:
+        examples, stats = rm_data.load_preferences(path)
+    else:  # a ranking that ties every reply says something only to the loss that models ties
+        examples, stats = rm_data.load_rankings(path, keep_all_tied=config.loss == "kway_ties")
     if len({e["group_id"] for e in examples}) < 2:
         dropped = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in stats.dropped.most_common()) or "none"
         raise DataError(
@@ -233,6 +281,8 @@ def load_data(config: RMStageConfig, path: Path, tokenizer) -> RMData:
         train_sequences = [ids for e in train for ids in (e["chosen_ids"], e["rejected_ids"])]
     else:
         eval_pairs = [pair for ranking in held_out for pair in rm_data.ranking_pairs(ranking)]
+        # Tied pairs of the training rankings: dropped by kway, modelled by kway_ties.
+        stats.tied_pairs = sum(a == b for e in train for i, a in enumerate(e["ranks"]) for b in e["ranks"][i + 1 :])
         # Rankings of one prompt's responses by several labelers share their forward passes.
         train, held_out = rm_data.rankings_by_item(train), rm_data.rankings_by_item(held_out)
 
@@ -245,6 +295,8 @@ def load_data(config: RMStageConfig, path: Path, tokenizer) -> RMData:
         eval=Dataset.from_list([columns(e) for e in held_out]),
         eval_pairs=eval_pairs,
         train_sequences=train_sequences,
+        train_rows=[columns(e) for e in train],
+        train_groups=[e["group_id"] for e in train],
         prompts={"train": len({e["group_id"] for e in train}), "eval": len({e["group_id"] for e in held_out})},
         stats=stats.as_dict(),
     )
@@ -332,17 +384,18 @@ def plot_rewards(path: Path, r_chosen: np.ndarray, r_rejected: np.ndarray) -> No
 
 
 def build_trainer(
-    config: RMStageConfig, model_args: ModelArguments, model_path: Path, tokenizer, data: RMData
+    config: RMStageConfig, model_args: ModelArguments, model_path: Path, tokenizer, data: RMData, train=None
 ) -> RewardTrainer:
-    """TRL's RewardTrainer (or the K-way one); TRL loads the start model with a fresh scalar head (num_labels=1)."""
+    """TRL's RewardTrainer (or the K-way one) on ``train`` (default: all of ``data.train``); TRL loads the start
+    model with a fresh scalar head (num_labels=1)."""
     trainer_class, collator = RewardTrainer, None
-    if config.loss == "kway":
+    if config.loss != "pairwise":
         trainer_class, collator = KWayRewardTrainer, RankingCollator(tokenizer.pad_token_id, config.pad_to_multiple_of)
     return trainer_class(
         model=str(model_path),
         args=config,
         data_collator=collator,
-        train_dataset=data.train,
+        train_dataset=data.train if train is None else train,
         eval_dataset=data.eval,
         processing_class=tokenizer,
         peft_config=model_args.peft_config("SEQ_CLS", modules_to_save=["score"]),
@@ -351,15 +404,119 @@ def build_trainer(
 
 def score_saved_model(stage: Stage, model_dir: Path, data: RMData, config: RMStageConfig, rubric) -> dict[str, Any]:
     """The held-out figures and reward_stats.json, from the saved model loaded as PPO will load it."""
-    eval_sequences = [ids for p in data.eval_pairs for ids in (p["chosen_ids"], p["rejected_ids"])]
-    scores = score_sequences(model_dir, eval_sequences + data.train_sequences, config.per_device_eval_batch_size)
+    scores = score_sequences(model_dir, scored_sequences(data), config.per_device_eval_batch_size)
+    return figures_from_scores(stage, stage.dir, scores, data, rubric)
+
+
+def scored_sequences(data: RMData) -> list[list[int]]:
+    """The held-out pairs' sequences and every training response: what the saved model scores."""
+    return [ids for p in data.eval_pairs for ids in (p["chosen_ids"], p["rejected_ids"])] + data.train_sequences
+
+
+def figures_from_scores(stage: Stage, out_dir: Path, scores: dict, data: RMData, rubric) -> dict[str, Any]:
+    """``out_dir``'s reward_stats.json and reward histogram, and the held-out figures, from scores of
+    ``scored_sequences``."""
     reward_stats = rm_eval.reward_stats([scores[s] for s in {tuple(ids) for ids in data.train_sequences}])
-    runs.write_json(stage.dir / "reward_stats.json", reward_stats)
+    runs.write_json(out_dir / "reward_stats.json", reward_stats)
     eval_metrics, r_chosen, r_rejected = evaluate_pairs(data.eval_pairs, scores, rubric)
-    plot_rewards(stage.dir / "reward_histogram.png", r_chosen, r_rejected)
-    rows = [[float(r), "chosen"] for r in r_chosen] + [[float(r), "rejected"] for r in r_rejected]
-    stage.tracker.log_table("eval/reward_histogram", ["reward", "response"], rows)
+    plot_rewards(out_dir / "reward_histogram.png", r_chosen, r_rejected)
+    if out_dir == stage.dir:
+        rows = [[float(r), "chosen"] for r in r_chosen] + [[float(r), "rejected"] for r in r_rejected]
+        stage.tracker.log_table("eval/reward_histogram", ["reward", "response"], rows)
     return {**eval_metrics, "reward_mean": reward_stats["mean"], "reward_std": reward_stats["std"]}
+
+
+def fit(
+    stage: Stage,
+    config: RMStageConfig,
+    model_args: ModelArguments,
+    model_path: Path,
+    tokenizer,
+    data: RMData,
+    out_dir: Path,
+    checkpoint: Path | None,
+    train=None,
+):
+    """Train, then save a plain model at ``out_dir/model``: every process takes part (ZeRO-3 gathers the shards);
+    LoRA is merged on the main process. The tokenizer is the policy's own: PPO checks that the two match."""
+    state = PartialState()
+    trainer = build_trainer(config, model_args, model_path, tokenizer, data, train)
+    with stage.timed("train_s"):
+        train_result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    with stage.timed("save_s"):
+        release_zero3_init()
+        trainer.save_model(str(weights_dir(out_dir, model_args)))
+        if state.is_main_process:
+            finish_model(out_dir, model_args, model_path, tokenizer, AutoModelForSequenceClassification, num_labels=1)
+        state.wait_for_everyone()
+    return trainer, train_result
+
+
+def train_members(
+    stage: Stage, run: RunArguments, config: RMStageConfig, model_args: ModelArguments, model_path, tokenizer, data
+) -> list[dict[str, Any]]:
+    """Every member of the ensemble, one after another: seed ``seed + i``, a bootstrap sample of the training
+    prompts, its own folder. Resuming keeps the members saved already and continues the one a kill cut short."""
+    state, members = PartialState(), []
+    for i in range(config.ensemble):
+        out = ensemble.member_dir(stage.dir, i)
+        if run.resume and (out / "member.json").is_file():
+            members.append(json.loads((out / "member.json").read_text()))
+            continue
+        checkpoint = None
+        if run.resume and any((out / "checkpoints").glob("checkpoint-*")):
+            checkpoint = latest_checkpoint(out / "checkpoints")
+        elif state.is_main_process:
+            shutil.rmtree(out, ignore_errors=True)
+        state.wait_for_everyone()
+        member = copy.copy(config)
+        member.seed, member.output_dir = config.seed + i, str(out / "checkpoints")
+        if i:  # the tracker's steps would run backwards: member 0's curves stand for the rest
+            member.report_to = []
+        drawn = ensemble.bootstrap_counts(data.train_groups, member.seed)
+        rows = [
+            row for row, group in zip(data.train_rows, data.train_groups, strict=True) for _ in range(drawn[group])
+        ]
+        print(
+            f"[rm] ensemble member {i + 1}/{config.ensemble}: seed {member.seed}, {len(drawn)} of "
+            f"{len(set(data.train_groups))} training prompts drawn, {len(rows)} examples"
+        )
+        trainer, result = fit(
+            stage, member, model_args, model_path, tokenizer, data, out, checkpoint, Dataset.from_list(rows)
+        )
+        resumed_at = [int(checkpoint.name.split("-")[-1])] if checkpoint else []
+        figures = {"member": i, "seed": member.seed, "prompts_drawn": len(drawn), "train_examples": len(rows)}
+        figures |= trainer_figures(trainer, result, resumed_at)
+        if state.is_main_process:
+            runs.write_json(out / "member.json", figures)
+        members.append(figures)
+    return members
+
+
+def score_members(stage: Stage, members: list[dict], data: RMData, config: RMStageConfig, rubric) -> dict[str, Any]:
+    """Each member's held-out figures and reward_stats.json; the ensemble's (its mean score) in the stage folder;
+    the members' disagreement on the held-out pairs; and ensemble.json, which PPO and the evaluation read."""
+    dirs = [ensemble.member_dir(stage.dir, m["member"]) for m in members]
+    sequences = scored_sequences(data)
+    scores = [score_sequences(d / "model", sequences, config.per_device_eval_batch_size) for d in dirs]
+    keep = ("eval_accuracy", "eval_gold_accuracy", "eval_ece", "eval_reward_margin", "reward_mean", "reward_std")
+    for member, d, member_scores in zip(members, dirs, scores, strict=True):
+        figures = figures_from_scores(stage, d, member_scores, data, rubric)
+        member |= {key: figures[key] for key in keep}
+    margins = np.array(
+        [[s[tuple(p["chosen_ids"])] - s[tuple(p["rejected_ids"])] for p in data.eval_pairs] for s in scores]
+    )
+    metrics = figures_from_scores(stage, stage.dir, ensemble.mean_scores(scores), data, rubric)
+    members_file = {"members": [str(d.relative_to(stage.dir) / "model") for d in dirs], "score": "mean"}
+    runs.write_json(stage.dir / ENSEMBLE, members_file)
+    train_loss = float(np.mean([m["train_loss"] for m in members]))
+    return {
+        **metrics,
+        **ensemble.disagreement(margins),
+        "train_loss": train_loss,
+        "ensemble": len(members),
+        "members": members,
+    }
 
 
 def main(run: RunArguments, model_args: ModelArguments, config: RMStageConfig) -> dict[str, Any]:
@@ -376,7 +533,7 @@ def main(run: RunArguments, model_args: ModelArguments, config: RMStageConfig) -
             check_model_source("model_name_or_path", model_args.model_name_or_path)
         model_path = runs.stage_output(run.run, "sft", run.runs_dir, model_args.model_name_or_path)
         data_path = input_path(run, config)
-        checkpoint, resumed_at = stage.resume_from(run.resume, config.output_dir)
+        checkpoint, resumed_at = stage.resume_from(run.resume and config.ensemble == 1, config.output_dir)
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         if tokenizer.chat_template is None:
             raise ValueError(
@@ -386,33 +543,29 @@ def main(run: RunArguments, model_args: ModelArguments, config: RMStageConfig) -
         rubric = load_rubric(config.rubric)
         data = load_data(config, data_path, tokenizer)
 
-    # step 2. train.
-    trainer = build_trainer(config, model_args, model_path, tokenizer, data)
-    with stage.timed("train_s"):
-        train_result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-
-    # step 3. save: every process takes part (ZeRO-3 gathers the shards); LoRA is merged on the main process. The
-    # tokenizer is the policy's own: PPO checks that the two match.
+    # step 2. train and save: one model on all the training prompts, or each member of an ensemble.
     model_dir = stage.dir / "model"
-    with stage.timed("save_s"):
-        release_zero3_init()
-        trainer.save_model(str(stage.weights_dir(model_args)))
-        if state.is_main_process:
-            stage.finish_model(model_args, model_path, tokenizer, AutoModelForSequenceClassification, num_labels=1)
-        state.wait_for_everyone()
+    if config.ensemble == 1:
+        trainer, train_result = fit(stage, config, model_args, model_path, tokenizer, data, stage.dir, checkpoint)
+    else:
+        members = train_members(stage, run, config, model_args, model_path, tokenizer, data)
     if not state.is_main_process:
         return {}
 
-    # step 4. score the held-out pairs and the training responses with the saved model, as PPO will load it.
+    # step 3. score the held-out pairs and the training responses with the saved model(s), as PPO will load them.
     with stage.timed("score_s"):
-        scored = score_saved_model(stage, model_dir, data, config, rubric)
+        if config.ensemble == 1:
+            (stage.dir / ENSEMBLE).unlink(missing_ok=True)  # an earlier ensemble's list would outlive it
+            scored = score_saved_model(stage, model_dir, data, config, rubric)
+            scored |= trainer_figures(trainer, train_result, resumed_at)
+        else:
+            scored = score_members(stage, members, data, config, rubric)
 
-    # step 5. finish: summary.json and the tracker.
+    # step 4. finish: summary.json and the tracker.
     metrics = {
         **scored,
         "gold_rubric": config.rubric,
         "loss": config.loss,
-        **trainer_figures(trainer, train_result, resumed_at),
         "num_train_examples": len(data.train),
         "num_eval_examples": len(data.eval),
         "num_train_prompts": data.prompts["train"],
@@ -421,13 +574,17 @@ def main(run: RunArguments, model_args: ModelArguments, config: RMStageConfig) -
         "timing": stage.timing,
     }
     gold = "" if rubric is None else f" (gold rubric {metrics['eval_gold_accuracy']:.1%})"
-    outputs = {"model": model_dir, "reward_stats": stage.dir / "reward_stats.json"}
-    outputs |= {"reward_histogram": stage.dir / "reward_histogram.png", "checkpoints": config.output_dir}
+    what = f"{config.loss} loss" + (f", ensemble of {config.ensemble}" if config.ensemble > 1 else "")
+    outputs = {"model": stage.dir / ENSEMBLE if config.ensemble > 1 else model_dir}
+    outputs |= {
+        "reward_stats": stage.dir / "reward_stats.json",
+        "reward_histogram": stage.dir / "reward_histogram.png",
+    }
     return stage.finish(
         metrics=metrics,
         inputs={"sft_model": model_path, "preferences": data_path},
-        outputs=outputs,
-        headline=f"{config.loss} loss | held-out accuracy {metrics['eval_accuracy']:.1%}{gold} on "
+        outputs=outputs | {"checkpoints": config.output_dir},
+        headline=f"{what} | held-out accuracy {metrics['eval_accuracy']:.1%}{gold} on "
         f"{metrics['eval_pairs']} pairs | ECE {metrics['eval_ece']:.3f}",
     )
 

@@ -11,7 +11,7 @@ import yaml
 
 from tests.conftest import REPO
 
-TRAINING = {"sft.yaml": "sft", "sft_hub_example.yaml": "sft", "ppo.yaml": "ppo", "rm.yaml": "rm"}
+TRAINING = {"sft.yaml": "sft", "sft_hub_example.yaml": "sft", "ppo.yaml": "ppo", "rm.yaml": "rm", "dpo.yaml": "dpo"}
 STAGE_CONFIGS = {
     "sft.yaml": "pipeline.sft:SFTStageConfig",
     "sft_hub_example.yaml": "pipeline.sft:SFTStageConfig",
@@ -19,6 +19,7 @@ STAGE_CONFIGS = {
     "ppo.yaml": "ppo.config:PPOStageConfig",
     "eval.yaml": "ppo.evaluate:EvalConfig",
     "rm.yaml": "reward.train:RMStageConfig",
+    "dpo.yaml": "ppo.dpo:DPOStageConfig",
     "labeling.yaml": "labeling_ui.config:LabelingConfig",
 }
 OTHER_CONFIGS = {"pipeline.yaml"}  # not a TrlParser config: tested below

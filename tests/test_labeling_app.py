@@ -255,6 +255,14 @@ def test_simulated_labelers_over_http(app_server, tmp_path):
 # --- simulated labelers in process -------------------------------------------------------------------------------
 
 
+def test_noisy_ranks_tie_scores_within_the_tolerance():
+    # No noise: 0.90 and 0.87 are within 0.05 of the group's best (0.90), 0.84 is not (0.06 below it) and starts rank 2
+    # with 0.82; 0.1 is rank 3.
+    scores = [0.87, 0.84, 0.90, 0.1, 0.82]
+    assert noisy_ranks(scores, 0.0, random.Random(0), tie_tolerance=0.05) == [1, 2, 1, 3, 2]
+    assert noisy_ranks(scores, 0.0, random.Random(0)) == [2, 3, 1, 5, 4]
+
+
 def test_noisy_ranks_keep_equal_scores_tied():
     assert noisy_ranks([0.5, 0.5, 0.9, 0.1], 0.0, random.Random(0)) == [2, 2, 1, 3]
     for seed in range(20):

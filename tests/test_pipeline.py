@@ -64,7 +64,9 @@ def pipeline_config(
     ppo += ["--eval_prompts", "8", "--num_sample_generations", "0", "--local_rollout_forward_batch_size", "8"]
     ppo += ["--learning_rate", ppo_lr, "--checkpoint_steps", "0", *NO_TRACKING]
     evaluation = ["--prompts", str(demo_dir / "eval_prompts.jsonl"), "--num_prompts", "8", "--max_new_tokens", "12"]
-    rm = ["--max_steps", "4", "--per_device_train_batch_size", "8", *NO_TRACKING]
+    evaluation += ["--best_of_n", "1", "4", "--best_of_n_prompts", "4"]
+    # An ensemble of two reward models: PPO and the evaluation read both members.
+    rm = ["--max_steps", "4", "--per_device_train_batch_size", "8", "--ensemble", "2", *NO_TRACKING]
     config = {
         "run": "t",
         "runs_dir": str(tmp_path / "runs"),
@@ -79,6 +81,7 @@ def pipeline_config(
             "export": {"args": []},
             "rm": {"config": "configs/rm.yaml", "args": rm},
             "ppo": {"config": "configs/ppo.yaml", "args": ppo},
+            "dpo": {"config": "configs/dpo.yaml", "args": ["--max_steps", "4", "--max_length", "256", *NO_TRACKING]},
             "eval": {"config": "configs/eval.yaml", "args": [*evaluation, *NO_TRACKING]},
         },
     }
@@ -115,7 +118,12 @@ def statuses(stdout: str) -> dict[str, str]:
 def test_plan_covers_every_stage_of_every_round(tmp_path):
     config = PipelineConfig(run="r", runs_dir=str(tmp_path), rounds=2)
     steps = plan(config)
-    assert [s.stage for s in steps] == list(STAGES) + list(STAGES[1:])
+    usual = [s for s in STAGES if s != "dpo"]  # DPO runs only when `stages:` names it
+    assert [s.stage for s in steps] == usual + usual[1:]
+    with_dpo = plan(PipelineConfig(run="r", runs_dir=str(tmp_path), stages={"dpo": {"args": ["--beta", "0.2"]}}))
+    assert [s.stage for s in with_dpo] == list(STAGES)
+    dpo = " ".join(next(s for s in with_dpo if s.stage == "dpo").commands[0])
+    assert "-m ppo.dpo" in dpo and dpo.endswith("--beta 0.2")
     round2 = {s.stage: s for s in steps if s.round == 2}
     candidates = " ".join(round2["candidates"].commands[0])
     assert f"--model_name_or_path {tmp_path}/r/ppo/model" in candidates  # round 2 samples from round 1's policy
@@ -136,6 +144,8 @@ def test_training_stages_get_the_cores_shared_out(monkeypatch):
 def test_bad_pipeline_config_is_refused(tmp_path):
     with pytest.raises(ValueError, match="labeling must be"):
         PipelineConfig(labeling="crowd")
+    with pytest.raises(ValueError, match=r"stages: unknown \['dop'\]"):
+        PipelineConfig(stages={"dop": {}})
     path = tmp_path / "p.yaml"
     path.write_text("run: x\nroundz: 2\n")
     with pytest.raises(ValueError, match="unknown settings"):
@@ -169,13 +179,18 @@ def test_pipeline_runs_every_stage_then_skips_and_reruns_only_what_changed(
     first = run_pipeline(config)
     assert set(statuses(first.stdout).values()) == {"ran"}, first.stdout[-3000:]
     run_dir = tmp_path / "runs" / "t"
-    for stage in ("sft", "candidates", "export", "rm", "ppo", "eval"):
+    for stage in ("sft", "candidates", "export", "rm", "ppo", "dpo", "eval"):
         summary = json.loads((run_dir / stage / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["metrics"], stage
     assert json.loads((run_dir / "export" / "summary.json").read_text())["metrics"]["pairs"] > 0
     report = (run_dir / "report.md").read_text()
     for section in ("## SFT", "## Reward model", "## PPO", "SFT against PPO", "Sample responses"):
         assert section in report
+    assert "| ensemble of 2 (mean score) |" in report and "### PPO against best-of-n (and DPO, when trained)" in report
+    assert (run_dir / "report_t_members.png").exists() and (run_dir / "report_t_kl_frontier.png").exists()
+    ppo_inputs = json.loads((run_dir / "ppo" / "summary.json").read_text())["inputs"]
+    assert {"reward_model_0", "reward_model_1"} <= ppo_inputs.keys()
+    assert "| DPO |" in report  # the evaluation put the DPO policy beside PPO and best-of-n
     assert (run_dir / "report.html").exists() and (run_dir / "report_sft_loss.png").exists()
     assert_gold_figures_come_from_the_team_rubric(tmp_path, run_dir, report)
 
@@ -185,7 +200,7 @@ def test_pipeline_runs_every_stage_then_skips_and_reruns_only_what_changed(
     changed = pipeline_config(tmp_path, micro_model, small_sft_data, demo_dir, ppo_lr="5e-4")
     third = run_pipeline(changed)
     assert statuses(third.stdout) == {
-        **dict.fromkeys(["sft", "candidates", "labeling", "export", "rm"], "skipped"),
+        **dict.fromkeys(["sft", "candidates", "labeling", "export", "rm", "dpo"], "skipped"),
         "ppo": "ran",
         "eval": "ran",
     }, third.stdout[-3000:]

@@ -4,6 +4,7 @@ own tokenizer and several at once, the invariants (accumulation, processes, ZeRO
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -179,16 +180,26 @@ def test_ppo_trains_logs_and_saves_a_plain_model(ppo_run):
         rubric=RUBRIC,
         num_prompts=4,
         max_new_tokens=8,
+        best_of_n=[1, 2, 4],
+        best_of_n_prompts=3,
         report_to="none",
     )
     result = evaluate(config)
     m = result["metrics"]
+    # Best-of-n from the SFT policy: 3 prompts x 4 samples; the closed-form KL; the reward of the pick never falls.
+    assert [b["n"] for b in m["best_of_n"]] == [1, 2, 4] and m["best_of_n_prompts"] == 3
+    assert [b["kl"] for b in m["best_of_n"]] == pytest.approx([0.0, math.log(2) - 0.5, math.log(4) - 0.75])
+    rewards_by_n = [b["reward_mean"] for b in m["best_of_n"]]
+    assert rewards_by_n == sorted(rewards_by_n) and {"gold_score", "gold_win_rate_vs_sft"} <= m["best_of_n"][0].keys()
+    assert m["best_of_n_verdict"].split()[0] in ("PPO", "Best-of-1", "Best-of-2", "Best-of-4")
+    assert 0.0 <= m["gold_win_rate_ppo_vs_sft"] <= 1.0
     assert m["num_prompts"] == 4 and 0.0 <= m["win_rate_ppo_vs_sft"] <= 1.0
     assert m["sft"]["kl_to_reference"] == pytest.approx(0.0, abs=1e-5)  # the reference is the SFT model itself
     assert {"reward_mean", "gold_score", "eos_rate", "response_length"} <= set(m["ppo"])
     eval_dir = ppo_run / "t" / "eval"
     assert "PPO wins against SFT" in (eval_dir / "report.md").read_text()
-    for png in ("reward_scores.png", "sft_vs_ppo.png"):
+    assert "## Best-of-n from the SFT policy" in (eval_dir / "report.md").read_text()
+    for png in ("reward_scores.png", "sft_vs_ppo.png", "kl_frontier.png"):
         assert (eval_dir / png).read_bytes()[:4] == b"\x89PNG"
 
 
@@ -324,27 +335,21 @@ def test_the_text_a_foreign_reward_model_reads_is_its_own_template(ppo_run):
     assert text == "[user] Where is my order?\n[assistant] Hi Sam, it ships today.\n"
 
 
-def test_several_reward_models_combined_by_mean_minus_std(ppo_run):
-    second = ppo_run / "t" / "rm2"
-    shutil.copytree(ppo_run / "t" / "rm" / "model", second)
+def test_an_ensemble_is_read_whole_and_combined_by_mean_minus_std(ppo_run):
+    """The run's rm/ensemble.json (as `make rm` writes it with ensemble: 2) makes PPO score with both members."""
+    rm = ppo_run / "t" / "rm"
+    for i in range(2):
+        shutil.copytree(rm / "model", rm / "members" / str(i) / "model")
+    second = rm / "members" / "1" / "model"
     model = AutoModelForSequenceClassification.from_pretrained(second)
     torch.manual_seed(7)
-    model.score.weight.data.normal_()  # another head: the two models disagree
+    model.score.weight.data.normal_()  # another head: the two members disagree
     model.save_pretrained(second)
-    (second / "reward_stats.json").write_text(json.dumps({"mean": 0.0, "std": 1.0}))
-    first = str(ppo_run / "t" / "rm" / "model")
-    run_ppo(
-        ppo_args(
-            ppo_run,
-            "--reward_model_path",
-            first,
-            str(second),
-            "--reward_aggregation",
-            "mean_minus_std",
-            "--reward_std_coef",
-            "0.5",
-        )
-    )
+    shutil.copy(rm / "reward_stats.json", rm / "members" / "0" / "reward_stats.json")
+    (rm / "members" / "1" / "reward_stats.json").write_text(json.dumps({"mean": 0.0, "std": 1.0}))
+    (rm / "ensemble.json").write_text(json.dumps({"members": ["members/0/model", "members/1/model"]}))
+    summary = run_ppo(ppo_args(ppo_run, "--reward_aggregation", "mean_minus_std", "--reward_std_coef", "0.5"))
+    assert summary["inputs"]["reward_model_1"]["path"].endswith("members/1/model")
     for h in read_jsonl(ppo_run / "t" / "ppo" / "history.jsonl"):
         assert h["reward/std"] > 0
         # The mean over rollouts of (mean - 0.5 std) is the mean of each model's mean minus 0.5 times the mean std.

@@ -153,3 +153,41 @@ def test_gumbel_sampling_follows_the_distribution_and_depends_only_on_the_seed()
     # Row 9's noise is the same alone or in a batch; another step gives other noise.
     assert torch.equal(gumbel_noise(torch.tensor([5, 9]), 3, 10)[1], gumbel_noise(torch.tensor([9]), 3, 10)[0])
     assert not torch.equal(gumbel_noise(torch.tensor([9]), 3, 10), gumbel_noise(torch.tensor([9]), 4, 10))
+
+
+# --- best-of-n ----------------------------------------------------------------------------------------------------
+
+
+def test_best_of_n_kl_pick_and_summary_hand_worked():
+    from ppo.best_of_n import best_of_n_kl, pick_best, summarise, verdict
+
+    # log n - (n - 1) / n: 0, log 2 - 1/2 = 0.1931, log 4 - 3/4 = 0.6363, log 16 - 15/16 = 1.8351
+    assert [round(best_of_n_kl(n), 4) for n in (1, 2, 4, 16)] == [0.0, 0.1931, 0.6363, 1.8351]
+    with pytest.raises(ValueError):
+        best_of_n_kl(0)
+    scores = [[0.1, 0.9, 0.5, 0.9], [0.7, 0.2, 0.8, 0.0]]
+    assert pick_best(scores, 1) == [0, 0] and pick_best(scores, 2) == [1, 0] and pick_best(scores, 4) == [1, 2]
+    samples = [
+        [{"score": s, "gold": g, "length": 10} for s, g in zip(row, golds, strict=True)]
+        for row, golds in zip(scores, [[0.0, 1.0, 0.5, 0.2], [0.6, 0.1, 0.4, 0.3]], strict=True)
+    ]
+    sft = [{"score": 0.5, "gold": 0.5}, {"score": 0.7, "gold": 0.6}]
+    by_n = {row["n"]: row for row in summarise([1, 2, 4], samples, sft)}
+    # n = 4 picks (0.9, gold 1.0) and (0.8, gold 0.4): reward 0.85, gold 0.7; against SFT's (0.5, 0.5), (0.7, 0.6):
+    # one win and one win by reward, one win and one loss by gold.
+    assert by_n[4]["reward_mean"] == pytest.approx(0.85) and by_n[4]["gold_score"] == pytest.approx(0.7)
+    assert by_n[4]["win_rate_vs_sft"] == 1.0 and by_n[4]["gold_win_rate_vs_sft"] == 0.5
+    # n = 1 picks the first samples: (0.1, 0.0) and (0.7, 0.6): a loss, and a tie (half) by reward.
+    assert by_n[1]["win_rate_vs_sft"] == 0.25 and by_n[1]["kl"] == 0.0
+    ppo = {"gold_score": 0.9, "kl_to_reference": 0.3}  # within KL 0.3: n = 1 and 2 (gold 0.8) only
+    rows = list(by_n.values())
+    assert verdict(rows, {"PPO": ppo}, "gold_score") == (
+        "PPO won on this run: gold score 0.900 at KL 0.30 (then best-of-2 0.800 at KL 0.19; best-of-1 0.300 at KL 0.00)."
+    )
+    assert verdict(rows, {"PPO": {**ppo, "gold_score": 0.1}}, "gold_score").startswith("best-of-2 won")
+    # A DPO policy at KL 1.0 widens the budget to n = 4 (KL 0.64, gold 0.7), which now enters the ranking.
+    both = {"PPO": {**ppo, "gold_score": 0.6}, "DPO": {"gold_score": 0.85, "kl_to_reference": 1.0}}
+    assert verdict(rows, both, "gold_score") == (
+        "DPO won on this run: gold score 0.850 at KL 1.00 (then best-of-2 0.800 at KL 0.19; best-of-4 0.700 at KL 0.64; "
+        "PPO 0.600 at KL 0.30)."
+    )

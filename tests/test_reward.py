@@ -253,6 +253,75 @@ def test_kway_end_to_end_trains_on_whole_rankings(rm_run):
     assert_loads_as_reward_model(rm_run)
 
 
+def test_kway_ties_end_to_end_models_the_tied_pairs(rm_run):
+    rankings = read_jsonl(rm_run / "t" / "export" / "rankings.jsonl")
+    rankings[0]["ranks"] = [1] * len(rankings[0]["ranks"])  # all tied: kept by kway_ties (kway drops it)
+    rankings[1]["ranks"] = [1, 1, 2, 2][: len(rankings[1]["ranks"])]
+    (rm_run / "t" / "export" / "rankings.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rankings))
+    summary = run_rm(rm_args(rm_run, "--loss", "kway_ties", "--per_device_train_batch_size", "4", "--rubric", RUBRIC))
+    m = summary["metrics"]
+    assert m["loss"] == "kway_ties" and m["data"]["dropped"].get("all_tied", 0) == 0
+    assert m["data"]["tied_pairs"] >= 2  # at least the two rankings above, unless held out
+    assert m["eval_accuracy"] > 0.6 and m["eval_gold_accuracy"] is not None
+    assert_loads_as_reward_model(rm_run)
+    with pytest.raises(ValueError, match="tie_threshold must be > 0"):
+        run_rm(rm_args(rm_run, "--loss", "kway_ties", "--tie_threshold", "0"))
+
+
+def test_bootstrap_draws_as_many_prompts_as_there_are_with_replacement_and_the_seed_decides():
+    from reward.ensemble import bootstrap_counts
+
+    groups = [f"p{i}" for i in range(50) for _ in range(3)]  # 50 prompts, 3 examples each
+    counts = bootstrap_counts(groups, seed=1)
+    assert sum(counts.values()) == 50 and set(counts) <= set(groups)
+    assert 20 <= len(counts) <= 45  # about 63% of the prompts drawn at least once, some several times
+    assert counts == bootstrap_counts(list(reversed(groups)), seed=1)  # the order of the rows does not matter
+    assert counts != bootstrap_counts(groups, seed=2)
+
+
+def test_ensemble_disagreement_and_mean_hand_worked():
+    from reward.ensemble import disagreement, mean_scores
+
+    assert mean_scores([{(1,): 1.0, (2,): 0.0}, {(1,): 3.0, (2,): -2.0}]) == {(1,): 2.0, (2,): -1.0}
+    # Two members, three pairs. Margins (1, 3), (2, 2), (-1, 0.5): stds 1, 0, 0.75 (ddof 0); the ensemble's mean
+    # margins 2, 2, -0.25 order the first two right and the third wrong.
+    figures = disagreement(np.array([[1.0, 2.0, -1.0], [3.0, 2.0, 0.5]]))
+    assert figures == pytest.approx(
+        {"eval_disagreement": 1.75 / 3, "eval_disagreement_right": 0.5, "eval_disagreement_wrong": 0.75}
+    )
+    assert disagreement(np.array([[1.0], [2.0]]))["eval_disagreement_wrong"] is None
+
+
+def test_an_ensemble_trains_members_on_bootstraps_reports_each_and_resumes_the_missing_one(rm_run):
+    from pipeline.lib.runs import reward_models
+
+    args = rm_args(rm_run, "--ensemble", "2", "--loss", "kway", "--per_device_train_batch_size", "4")
+    m = run_rm([*args, "--rubric", RUBRIC])["metrics"]
+    stage = rm_run / "t" / "rm"
+    members = [stage / "members" / str(i) / "model" for i in range(2)]
+    assert reward_models("t", rm_run) == members  # what PPO and the evaluation read
+    assert json.loads((stage / "ensemble.json").read_text())["members"] == ["members/0/model", "members/1/model"]
+    weights = [load_file(d / "model.safetensors")["score.weight"] for d in members]
+    assert not torch.equal(weights[0], weights[1])  # other seeds, other bootstraps
+    assert [x["seed"] for x in m["members"]] == [0, 1] and m["ensemble"] == 2
+    for member in m["members"]:
+        assert member["eval_accuracy"] > 0.5 and member["eval_gold_accuracy"] is not None
+        assert member["prompts_drawn"] < m["num_train_prompts"]  # a bootstrap leaves some prompts out
+        assert json.loads((stage / "members" / str(member["member"]) / "reward_stats.json").read_text())["std"] > 0
+    assert m["eval_accuracy"] > 0.6 and m["eval_disagreement"] > 0
+    assert {"eval_disagreement_right", "eval_disagreement_wrong", "eval_ece"} <= m.keys()
+
+    # A kill after member 0 was saved: resuming keeps it and trains member 1 again.
+    shutil.rmtree(stage / "members" / "1")
+    before = (members[0] / "model.safetensors").stat().st_mtime_ns
+    again = run_rm([*args, "--resume", "true"])["metrics"]
+    assert (members[0] / "model.safetensors").stat().st_mtime_ns == before
+    assert (members[1] / "model.safetensors").exists() and again["members"][1]["seed"] == 1
+    # Back to one model: the ensemble's list goes, so nothing reads stale members.
+    run_rm(rm_args(rm_run, "--loss", "kway", "--per_device_train_batch_size", "4", "--max_steps", "2"))
+    assert reward_models("t", rm_run) == [stage / "model"]
+
+
 def test_lora_trains_the_head_in_full_and_saves_a_merged_model(rm_run):
     run_rm(rm_args(rm_run, "--use_lora", "true", "--lora_r", "4", "--max_steps", "6"))
     stage = rm_run / "t" / "rm"
@@ -350,7 +419,7 @@ def test_missing_inputs_name_the_stage_to_run_first(tmp_path, micro_model, expor
 def test_config_checks():
     from reward.train import RMStageConfig
 
-    with pytest.raises(ValueError, match="loss must be one of pairwise, kway"):
+    with pytest.raises(ValueError, match="loss must be one of pairwise, kway, kway_ties"):
         RMStageConfig(loss="listwise", bf16=False)
     with pytest.raises(ValueError, match="eval_fraction must be between 0 and 1"):
         RMStageConfig(eval_fraction=0.0, bf16=False)

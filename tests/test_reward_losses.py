@@ -1,4 +1,5 @@
-"""The reward losses, on values worked out by hand, and the K-way loss against pairwise expansion."""
+"""The reward losses, on values worked out by hand, the K-way loss against pairwise expansion, and the K-way loss with
+ties (Rao-Kupper) against its closed form in strengths pi = e^r."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ import math
 import pytest
 import torch
 
-from reward.losses import kway_ranking_loss, pairwise_loss, rank_gap_margin, ranking_accuracy
+from reward.losses import (
+    kway_ranking_loss,
+    kway_ties_loss,
+    pairwise_loss,
+    rank_gap_margin,
+    ranking_accuracy,
+    rao_kupper_log_probs,
+)
 
 
 def softplus(x: float) -> float:
@@ -92,3 +100,76 @@ def test_ranking_accuracy_hand_worked():
 def test_rank_gap_margin():
     assert rank_gap_margin(1) == 0 and rank_gap_margin(3) == 2
     torch.testing.assert_close(rank_gap_margin(torch.tensor([1, 2])).float(), torch.tensor([0.0, 1.0]))
+
+
+# --- ties (Rao-Kupper): P(i beats j) = pi_i / (pi_i + theta pi_j),
+#     P(tie) = (theta^2 - 1) pi_i pi_j / ((pi_i + theta pi_j)(pi_j + theta pi_i)), pi = e^r, theta = e^tau
+
+
+def rk_win(r_i: float, r_j: float, theta: float) -> float:
+    return math.exp(r_i) / (math.exp(r_i) + theta * math.exp(r_j))
+
+
+def rk_tie(r_i: float, r_j: float, theta: float) -> float:
+    pi, pj = math.exp(r_i), math.exp(r_j)
+    return (theta**2 - 1) * pi * pj / ((pi + theta * pj) * (pj + theta * pi))
+
+
+def test_rao_kupper_probabilities_hand_worked_and_summing_to_one():
+    # r = 1 vs 0, theta = 2: P(win) = e / (e + 2) = 0.5761; P(tie) = 3e / ((e + 2)(1 + 2e)) = 0.2685; P(loss) = 1 / (1 + 2e)
+    win, tie = rao_kupper_log_probs(torch.tensor([1.0, -1.0]), math.log(2))
+    assert win[0].exp().item() == pytest.approx(math.e / (math.e + 2), abs=1e-6)
+    assert tie[0].exp().item() == pytest.approx(3 * math.e / ((math.e + 2) * (1 + 2 * math.e)), abs=1e-6)
+    assert win[1].exp().item() == pytest.approx(1 / (1 + 2 * math.e), abs=1e-6)  # the same pair seen from j
+    assert (win[0].exp() + tie[0].exp() + win[1].exp()).item() == pytest.approx(1.0, abs=1e-6)
+    # Stable far out: a difference of 200 gives P(tie) ~ (theta^2 - 1) / theta * e^-200, finite in log space.
+    _, far = rao_kupper_log_probs(torch.tensor([200.0]), math.log(2))
+    assert far.item() == pytest.approx(math.log(1.5) - 200, abs=1e-3)
+    with pytest.raises(ValueError, match="must be > 0"):
+        rao_kupper_log_probs(torch.tensor([0.0]), 0.0)
+
+
+def test_kway_ties_loss_hand_worked():
+    # Ranks [1, 1, 2], rewards [1, 0, -1], theta = 2: the tie (0, 1) and the wins (0, 2) and (1, 2), mean of 3 terms.
+    rewards, ranks, theta = torch.tensor([[1.0, 0.0, -1.0]]), torch.tensor([[1, 1, 2]]), 2.0
+    expected = -(math.log(rk_tie(1, 0, theta)) + math.log(rk_win(1, -1, theta)) + math.log(rk_win(0, -1, theta))) / 3
+    assert expected == pytest.approx((1.314827 + 0.239545 + 0.551445) / 3, abs=1e-5)  # 0.7019
+    assert kway_ties_loss(rewards, ranks, tau=math.log(theta)).item() == pytest.approx(expected, abs=1e-6)
+    # A ranking that ties everything counts (the K-way loss drops it): its one pair is a tie at difference 10.
+    loss = kway_ties_loss(torch.tensor([[5.0, -5.0]]), torch.tensor([[1, 1]]), tau=math.log(theta))
+    assert loss.item() == pytest.approx(-math.log(rk_tie(5, -5, theta)), abs=1e-5)
+    # Padding is ignored, and each ranking counts once: (one tie at difference 0) and (one win at difference 1).
+    loss = kway_ties_loss(
+        torch.tensor([[0.0, 0.0, 99.0], [1.0, 0.0, -99.0]]),
+        torch.tensor([[1, 1, 0], [1, 2, 0]]),
+        torch.tensor([[True, True, False], [True, True, False]]),
+        tau=math.log(theta),
+    )
+    expected = (-math.log(rk_tie(0, 0, theta)) - math.log(rk_win(1, 0, theta))) / 2  # (log 3 + log(1 + 2/e)) / 2
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_kway_ties_loss_without_ties_is_the_kway_loss_with_a_margin_and_reduces_to_it_as_tau_goes_to_0():
+    torch.manual_seed(0)
+    rewards, ranks = torch.randn(3, 4), torch.tensor([[1, 2, 3, 4], [4, 3, 2, 1], [2, 1, 4, 3]])
+    tau = 0.7
+    ordered = [(i, j) for i in range(4) for j in range(4) if i != j]
+    expected = (
+        sum(
+            sum(softplus(float(rewards[b, i] - rewards[b, j]) - tau) for i, j in ordered if ranks[b, i] < ranks[b, j])
+            / 6
+            for b in range(3)
+        )
+        / 3
+    )
+    assert kway_ties_loss(rewards, ranks, tau=tau).item() == pytest.approx(expected, abs=1e-5)
+    near_zero = kway_ties_loss(rewards, ranks, tau=1e-6).item()
+    assert near_zero == pytest.approx(kway_ranking_loss(rewards, ranks).item(), abs=1e-5)
+
+
+def test_kway_ties_gradient_pulls_tied_rewards_together_and_pushes_wins_apart():
+    rewards = torch.tensor([[2.0, 0.0, 1.0]], requires_grad=True)
+    kway_ties_loss(rewards, torch.tensor([[1, 1, 3]]), tau=1.0).backward()  # 0 and 1 tie, both beat 2
+    grad = rewards.grad[0]
+    assert grad[0] > 0 > grad[1]  # descent lowers the higher of the tied pair and raises the lower
+    assert grad[2] > 0  # and lowers the loser

@@ -17,8 +17,9 @@ import yaml
 from pipeline.lib import runs
 from pipeline.lib.rubric import load_rubric
 
-STAGES = ("sft", "candidates", "labeling", "export", "rm", "ppo", "eval")
+STAGES = ("sft", "candidates", "labeling", "export", "rm", "ppo", "dpo", "eval")
 ROUND_STAGES = STAGES[1:]  # what a round after the first repeats
+OPTIONAL = ("dpo",)  # run only when `stages:` names them (DPO on the same labels, for the evaluation to compare)
 UPSTREAM = {
     "sft": (),
     "candidates": ("sft",),
@@ -26,7 +27,8 @@ UPSTREAM = {
     "export": ("labeling",),
     "rm": ("sft", "export"),
     "ppo": ("sft", "rm"),
-    "eval": ("sft", "rm", "ppo"),
+    "dpo": ("sft", "export"),
+    "eval": ("sft", "rm", "ppo", "dpo"),
 }
 
 
@@ -53,6 +55,10 @@ class PipelineConfig:
 
     def __post_init__(self):
         given = self.stages  # from YAML: {stage: {config, args}}; a stage left out gets its defaults
+        unknown = set(given) - set(STAGES)
+        if unknown:
+            raise ValueError(f"stages: unknown {sorted(unknown)}; the stages are {', '.join(STAGES)}.")
+        self.enabled = [name for name in STAGES if name not in OPTIONAL or name in given]
         self.stages = {
             name: s if isinstance(s := given.get(name) or {}, StageSettings) else StageSettings(**s) for name in STAGES
         }

@@ -34,7 +34,13 @@ from pipeline.conductor.config import ROUND_STAGES, STAGES, UPSTREAM, PipelineCo
 from pipeline.conductor.report import write_report
 from pipeline.lib import errors, launch, runs
 
-TRAINING = {"sft": "pipeline.sft", "candidates": "pipeline.candidates", "rm": "reward.train", "ppo": "ppo.train"}
+TRAINING = {
+    "sft": "pipeline.sft",
+    "candidates": "pipeline.candidates",
+    "rm": "reward.train",
+    "ppo": "ppo.train",
+    "dpo": "ppo.dpo",
+}
 SCORED = ("rm", "ppo", "eval")  # stages given the gold rubric, besides labeling
 STATE = "pipeline.json"
 NEEDS_LABELS = 3  # exit status: the human labeling stage is waiting for labels
@@ -75,7 +81,7 @@ def plan(config: PipelineConfig) -> list[Step]:
     for r in range(1, config.rounds + 1):
         common = ["--run", round_run(config, r), "--runs_dir", config.runs_dir]
         sft_model = str(stage_dir(config, "sft", 1) / "model")
-        for stage in STAGES if r == 1 else ROUND_STAGES:
+        for stage in (s for s in (STAGES if r == 1 else ROUND_STAGES) if s in config.enabled):
             settings = config.stages[stage]
             own = (["--config", settings.config] if settings.config else []) + common
             start = [] if r == 1 else ["--model_name_or_path", sft_model]  # later rounds start from round 1's SFT
@@ -103,11 +109,12 @@ def plan(config: PipelineConfig) -> list[Step]:
 # --- skipping finished stages -------------------------------------------------------------------------------------
 
 
-def upstream_of(step: Step) -> list[tuple[str, int]]:
+def upstream_of(config: PipelineConfig, step: Step) -> list[tuple[str, int]]:
     """(stage, round) of the runs this step reads: round r's candidates come from round r-1's policy."""
     if step.stage == "candidates" and step.round > 1:
         return [("ppo", step.round - 1)]
-    return [(stage, 1 if stage == "sft" else step.round) for stage in UPSTREAM[step.stage]]
+    upstream = [stage for stage in UPSTREAM[step.stage] if stage in config.enabled]
+    return [(stage, 1 if stage == "sft" else step.round) for stage in upstream]
 
 
 def read_state(directory: Path) -> dict[str, Any] | None:
@@ -184,6 +191,7 @@ def headline(stage: str, directory: Path) -> str:
         "export": ("rankings", "pairs"),
         "rm": ("eval_accuracy", "eval_gold_accuracy"),
         "ppo": ("score_first", "score_last", "kl_last", "gold_score_first", "gold_score_last"),
+        "dpo": ("train_loss", "rewards_accuracy_last"),
     }.get(stage, ())
     if stage == "eval" and metrics:
         gold = [metrics[p].get("gold_score") for p in ("sft", "ppo")]
@@ -226,7 +234,7 @@ def execute(config: PipelineConfig, start: str | None = None, only: str | None =
         if step.stage == "labeling" and config.labeling == "human":
             done, needed = labeling_progress(config)
             step.extra_key = done  # more labels: export and everything after runs again
-        upstream = [read_state(stage_dir(config, stage, r)) for stage, r in upstream_of(step)]
+        upstream = [read_state(stage_dir(config, stage, r)) for stage, r in upstream_of(config, step)]
         key, state = stage_key(step, upstream), read_state(directory)
         say(f"\n━━ [{index}/{len(steps)}] {step.name} ━━")
         if (step.stage, step.round) not in forced and state and state["key"] == key:

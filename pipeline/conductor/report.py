@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,8 @@ def _rm_section(rm_dir: Path, out: Path, title: str) -> list[str]:
         if m.get(key) is not None
     ]
     lines = [f"## {title}", "", *_table(["figure", "value"], rows)]
+    if m.get("members"):
+        lines += _ensemble_lines(m)
     by_gap = m.get("accuracy_by_gap") or {}
     bins = m.get("calibration") or m.get("calibration_bins")
     if by_gap or bins:
@@ -177,6 +180,31 @@ def _rm_section(rm_dir: Path, out: Path, title: str) -> list[str]:
 
         lines += [f"![reward model]({_plot(out / f'report_{rm_dir.parent.name}_rm.png', draw)})", ""]
     return lines
+
+
+def _ensemble_lines(m: dict) -> list[str]:
+    """An ensemble's members side by side with the ensemble (mean score), and whether its disagreement marks its
+    mistakes."""
+    keys = ("eval_accuracy", "eval_gold_accuracy", "eval_ece")
+    rows = [[f"member {x['member']} (seed {x['seed']})", *(x.get(k) for k in keys)] for x in m["members"]]
+    rows.append([f"ensemble of {m['ensemble']} (mean score)", *(m.get(k) for k in keys)])
+    lines = ["", *_table(["model", "held-out accuracy", "gold agreement", "ECE"], rows)]
+    right, wrong = m.get("eval_disagreement_right"), m.get("eval_disagreement_wrong")
+    if right is not None and wrong is not None:
+        verdict = "higher" if wrong > right else "not higher"
+        lines += [
+            f"The members' disagreement (std of their margins) on held-out pairs is {verdict} where the ensemble is "
+            f"wrong: {wrong:.3f} on the pairs it orders wrong, {right:.3f} on those it orders right.",
+            "",
+        ]
+    return lines
+
+
+def _gold_axis(ax, steps: list, gold: list) -> None:
+    """The gold rubric's score over the PPO steps, on a right-hand axis of its own."""
+    twin = ax.twinx()
+    twin.plot(steps, gold, color="C2", lw=2, label="gold rubric")
+    twin.set_ylabel("gold rubric score", color="C2")
 
 
 def _ppo_section(ppo_dir: Path, out: Path, title: str) -> list[str]:
@@ -210,9 +238,7 @@ def _ppo_section(ppo_dir: Path, out: Path, title: str) -> list[str]:
             fig, ax = plt.subplots(figsize=(6, 3.2))
             ax.plot(steps, series("objective/scores"), color="C0", label="reward model (normalised)")
             ax.set_xlabel("PPO step"), ax.set_ylabel("reward-model score", color="C0")
-            twin = ax.twinx()
-            twin.plot(steps, gold, color="C2", label="gold rubric")
-            twin.set_ylabel("gold rubric score", color="C2")
+            _gold_axis(ax, steps, gold)
             ax.set_title("reward model vs gold rubric on the rollouts")
             return fig
 
@@ -222,6 +248,28 @@ def _ppo_section(ppo_dir: Path, out: Path, title: str) -> list[str]:
             "falls is reward over-optimisation.",
             "",
             f"![gold vs reward model]({_plot(out / f'report_{ppo_dir.parent.name}_gold.png', draw_gold)})",
+            "",
+        ]
+    members = sorted(k for k in history[0] if k.startswith("reward/model_"))
+    if len(members) > 1:
+
+        def draw_members(plt):
+            fig, ax = plt.subplots(figsize=(6, 3.2))
+            for key in members:
+                ax.plot(steps, series(key), lw=1, label=key.split("/")[1].replace("model_", "member "))
+            ax.plot(steps, series("reward/std"), "k--", label="disagreement (std)")
+            ax.set_xlabel("PPO step"), ax.set_ylabel("normalised score"), ax.legend(fontsize=7, loc="upper left")
+            if any(g is not None for g in gold):
+                _gold_axis(ax, steps, gold)
+            ax.set_title("each reward model, their disagreement, and the gold rubric")
+            return fig
+
+        lines += [
+            "Each reward model's score of the rollouts, the spread between them, and the gold score. Members that "
+            "drift apart while the gold score stalls are the over-optimisation that an ensemble's min or "
+            "mean - k * std holds back.",
+            "",
+            f"![ensemble members]({_plot(out / f'report_{ppo_dir.parent.name}_members.png', draw_members)})",
             "",
         ]
     return lines
@@ -296,6 +344,40 @@ def _wandb_section(run_dir: Path) -> list[str]:
     return lines + [""]
 
 
+def _best_of_n_lines(eval_dir: Path, run_dir: Path) -> list[str]:
+    """The last round's PPO against best-of-n from the SFT policy: its table, the score-against-KL plot, and the
+    sentence that says which won."""
+    m = (runs.read_summary(eval_dir) or {}).get("metrics") or {}
+    rows = m.get("best_of_n") or []
+    if not rows:
+        return []
+    gold = "gold_score" in rows[0]
+    table = [
+        [f"best-of-{r['n']}", r["kl"], r.get("gold_score") if gold else r["reward_mean"], r["response_length"]]
+        for r in rows
+    ]
+    for name in (n for n in ("ppo", "dpo") if n in m):
+        p = m[name]
+        score = p.get("gold_score") if gold else p["reward_mean"]
+        table.append([name.upper(), p["kl_to_reference"], score, p["response_length"]])
+    lines = [
+        "### PPO against best-of-n (and DPO, when trained)",
+        "",
+        f"Best-of-n samples n replies from the SFT policy and keeps the reward model's favourite "
+        f"({m['best_of_n_prompts']} held-out prompts); its KL to SFT is log n - (n-1)/n.",
+        "",
+        *_table(["policy", "KL to SFT", "gold score" if gold else "reward", "length"], table),
+        m["best_of_n_verdict"],
+        "",
+    ]
+    frontier = eval_dir / "kl_frontier.png"
+    if frontier.exists():
+        name = f"report_{eval_dir.parent.name}_kl_frontier.png"
+        shutil.copyfile(frontier, run_dir / name)
+        lines += [f"![score against KL]({name})", ""]
+    return lines
+
+
 def write_report(config) -> Path:
     """Write runs/<run>/report.md, report.html and the plots; returns the markdown path."""
     run_dir = Path(config.runs_dir) / config.run
@@ -309,9 +391,9 @@ def write_report(config) -> Path:
     stage_rows = []
     for r in range(1, config.rounds + 1):
         for stage in (
-            ("sft", "candidates", "export", "rm", "ppo", "eval")
+            ("sft", "candidates", "export", "rm", "ppo", "dpo", "eval")
             if r == 1
-            else ("candidates", "export", "rm", "ppo", "eval")
+            else ("candidates", "export", "rm", "ppo", "dpo", "eval")
         ):
             summary = runs.read_summary(stage_dir(config, stage, r))
             if summary:
@@ -356,6 +438,7 @@ def write_report(config) -> Path:
                 return fig
 
             lines += [f"![gold score by round]({_plot(run_dir / 'report_rounds.png', draw)})", ""]
+        lines += _best_of_n_lines(eval_dirs[-1][1], run_dir)
     lines += _sft_section(stage_dir(config, "sft", 1), run_dir)
     lines += _labels_section([(r, stage_dir(config, "export", r)) for r in range(1, config.rounds + 1)])
     for r in range(1, config.rounds + 1):

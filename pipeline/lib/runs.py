@@ -30,6 +30,7 @@ STAGE_OUTPUTS = {
     "export": ("preferences.jsonl", "make export"),
     "rm": ("model", "make rm"),
     "ppo": ("model", "make ppo"),
+    "dpo": ("model", "make dpo"),
 }
 
 
@@ -61,6 +62,26 @@ def stage_output(run: str, stage: str, runs_dir: str | Path = "runs", override: 
             f"No {stage} output for run '{run}' at {path}. Run `{command} RUN={run}` first, or point the config at an existing one."
         )
     return path
+
+
+ENSEMBLE = "ensemble.json"  # in a reward-model folder: its members' model folders (relative to it)
+
+
+def reward_models(run: str, runs_dir: str | Path = "runs", override: str | None = None) -> list[Path]:
+    """The reward models a stage reads: the run's ``rm/model``, or every member of the run's ensemble
+    (``rm/ensemble.json``, written by ``make rm`` with ``ensemble: N``). ``override`` names a model folder, or a
+    folder holding an ``ensemble.json``."""
+    base = Path(override) if override else stage_dir(run, "rm", runs_dir)
+    if (base / ENSEMBLE).is_file():
+        members = [base / member for member in json.loads((base / ENSEMBLE).read_text())["members"]]
+        missing = [str(m) for m in members if not m.is_dir()]
+        if missing:
+            raise MissingInputError(
+                f"{base / ENSEMBLE} lists members that do not exist: {', '.join(missing)}. Run `make rm RUN={run}` "
+                "again (RESUME=1 keeps the members already trained)."
+            )
+        return members
+    return [stage_output(run, "rm", runs_dir, override)]
 
 
 def require_path(setting: str, path: str | Path | None) -> None:

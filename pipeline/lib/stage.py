@@ -313,12 +313,13 @@ class Stage:
 
     @contextmanager
     def timed(self, name: str):
-        """Seconds spent in the block, kept in ``self.timing[name]`` (a stage's phases in summary.json)."""
+        """Seconds spent in the block, added to ``self.timing[name]`` (a stage's phases in summary.json; a phase run
+        several times, as an ensemble's members' training, adds up)."""
         start = time.perf_counter()
         try:
             yield
         finally:
-            self.timing[name] = round(time.perf_counter() - start, 2)
+            self.timing[name] = round(self.timing.get(name, 0.0) + time.perf_counter() - start, 2)
 
     def finish(
         self,
