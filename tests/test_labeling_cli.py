@@ -222,7 +222,11 @@ def test_no_command_but_serve_imports_torch_or_gradio(tmp_path):
 # labeling_ui's modules, lowest layer first: a module imports (at its top) only modules of lower layers.
 LAYERS = [
     {"rules", "users", "config", "agreement", "db"},  # pure rules and settings, the schema: nothing of the package
-    {"assignment", "stats"},  # who gets which item; statistics of stored rankings
+    {
+        "assignment",
+        "stats",
+        "admin_tables",
+    },  # who gets which item; statistics of stored rankings, as the Admin tab shows them
     {"storage"},  # LabelStore: the database work
     {"export", "api"},  # preferences out of the store; the API other packages use
     {"service"},  # what a labeler or admin can do
