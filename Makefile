@@ -105,7 +105,7 @@ eval: setup $(DEMO)  ## SFT, PPO, best-of-n (and DPO, once trained) on held-out 
 bench: setup  ## benchmarks: each stage against plain TRL (PPO: TRL 1.12 in bench/.oracle, built once), packing, LoRA, ZeRO, labeling
 	$(PY) -m bench $(ARGS)
 
-test: setup  ## the whole test suite, as CI runs it (CPU, tiny models; 27 min measured on 2 busy cores)
+test: setup  ## the whole test suite, as CI runs it (CPU, tiny models; 13.5 min of tests on 2 idle cores)
 	$(PY) -m pytest -q
 
 test-fast: setup  ## the suite without the slow tests (multi-process launches, whole pipelines): the edit-test loop
