@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+import statistics
 from pathlib import Path
 
 from bench.core import CaseResult, Workspace, as_flags, python_m
@@ -109,6 +110,4 @@ def run(ws: Workspace) -> CaseResult:
 
 
 def _median(rows: list[dict], key: str) -> float:
-    import statistics
-
     return statistics.median(r[key] for r in rows)

@@ -27,6 +27,7 @@ from pipeline.lib.rubric import load_rubric
 from pipeline.lib.stage import Stage, parse_configs
 from ppo import best_of_n as bon
 from ppo import rewards
+from ppo.best_of_n import win_rate
 from ppo.shaping import response_lengths
 
 
@@ -85,12 +86,6 @@ def sequence_logprobs(model, sequences: torch.Tensor, context_length: int, pad_i
     targets = sequences[:, context_length:]
     token_logps = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     return (token_logps * attention[:, context_length:]).sum(dim=1)
-
-
-def win_rate(scores_a: list[float], scores_b: list[float]) -> float:
-    """Share of prompts where a's score beats b's; a tie counts half."""
-    wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores_a, scores_b, strict=True))
-    return wins / len(scores_a)
 
 
 def sample_policy(model, tokenizer, prompts: list[list[dict]], config: EvalConfig) -> tuple[list[torch.Tensor], int]:

@@ -17,9 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.lib.runs import ENSEMBLE
-
-__all__ = ["ENSEMBLE", "bootstrap_counts", "disagreement", "mean_scores", "member_dir"]
+__all__ = ["bootstrap_counts", "disagreement", "mean_scores", "member_dir"]
 
 
 def member_dir(stage_dir: Path, i: int) -> Path:

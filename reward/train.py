@@ -290,12 +290,13 @@ def load_data(config: RMStageConfig, path: Path, tokenizer) -> RMData:
             return {"response_ids": e["response_ids"], "rankings": e["rankings"]}
 
         train_sequences = [ids for e in train for ids in e["response_ids"]]
+    train_rows = [columns(e) for e in train]
     return RMData(
-        train=Dataset.from_list([columns(e) for e in train]),
+        train=Dataset.from_list(train_rows),
         eval=Dataset.from_list([columns(e) for e in held_out]),
         eval_pairs=eval_pairs,
         train_sequences=train_sequences,
-        train_rows=[columns(e) for e in train],
+        train_rows=train_rows,
         train_groups=[e["group_id"] for e in train],
         prompts={"train": len({e["group_id"] for e in train}), "eval": len({e["group_id"] for e in held_out})},
         stats=stats.as_dict(),
