@@ -2,7 +2,8 @@
 
 The rules (``LabelStore.assign`` applies them to the database, in index order):
 - a regular item is ranked by ``overlap`` different labelers; it is open while its rankings plus the live leases of
-  other labelers are below ``overlap``. Items with fewer rankings come first, then import order;
+  other labelers are below ``overlap``. Items with fewer rankings come first, then the higher ``priority`` (a
+  number imported with the item, e.g. how much the last round's reward models disagree on it), then import order;
 - a labeler holds one item at a time (a lease), renewed while their page shows it; a lease nobody renewed for
   ``lease_seconds`` no longer counts, so the last items of a campaign go to the labelers who are still working;
 - nobody gets an item twice: not one they ranked, and not one they skipped (it goes to the others);

@@ -62,7 +62,9 @@ def simulate_command(args: argparse.Namespace) -> None:
     store = LabelStore.for_config(db_url(args), config)
     try:
         passwords_file = runs.stage_dir(args.run, "labeling", args.runs_dir) / "simulated_users.json"
-        summary = simulate.simulate(store, config, passwords_file, args.labelers, args.url, args.limit)
+        summary = simulate.simulate(
+            store, config, passwords_file, args.labelers, args.url, args.limit, args.until_rankings
+        )
     finally:
         store.close()
     simulate.report(summary)
@@ -255,6 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--noise", help="Comma-separated sigmas, e.g. 0.05,0.15 (default: the config's).")
     sim.add_argument("--url", help="A running app, e.g. http://127.0.0.1:7860 (default: in this process).")
     sim.add_argument("--limit", type=int, default=None, help="At most this many rankings per labeler.")
+    sim.add_argument(
+        "--until-rankings",
+        type=int,
+        default=None,
+        help="A label budget: stop once the database holds this many current rankings of regular items (the items "
+        "handed out first are labeled: fewest rankings, highest priority). Default: label everything.",
+    )
 
     imports = commands.add_parser(
         "import-candidates", parents=[common], help="Add the run's candidates as items to label."

@@ -72,6 +72,9 @@ class Item(Base):
     gold_ranking: Mapped[dict[str, int] | None] = mapped_column(JSON)  # {candidate_id: rank}, gold items only
     provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # model, generation settings, time
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    # Higher is handed out first among items with as many rankings (active selection: how much the last round's
+    # reward-model ensemble disagrees about the item's order); 0 for items imported without one.
+    priority: Mapped[float] = mapped_column(sa.Float, server_default=sa.text("0"))
 
 
 class Ranking(Base):
@@ -139,15 +142,19 @@ class Assignment(Base):
 
 
 class QueueEntry(Base):
-    """One row per item: what ``assign`` scans, in the order of ``ix_item_queue_next`` (fewest rankings, then import
-    order), so finding a labeler's next item reads a few index entries however many items there are."""
+    """One row per item: what ``assign`` scans, in the order of ``ix_item_queue_next`` (fewest rankings, then the
+    highest priority, then import order), so finding a labeler's next item reads a few index entries however many
+    items there are."""
 
     __tablename__ = "item_queue"
-    __table_args__ = (Index("ix_item_queue_next", "is_gold", "n_rankings", "seq"),)
+    __table_args__ = (Index("ix_item_queue_next", "is_gold", "n_rankings", "sort_key", "seq"),)
 
     item_id: Mapped[str] = mapped_column(ForeignKey("items.id"), primary_key=True)
     is_gold: Mapped[bool] = mapped_column(Boolean)
     n_rankings: Mapped[int]  # labelers with a current ranking of the item
+    # Minus the item's priority: an ascending key, so one index scan in one direction serves the whole order (a
+    # descending column among ascending ones would make SQLite sort the queue on every assignment).
+    sort_key: Mapped[float] = mapped_column(sa.Float, server_default=sa.text("0"))
     seq: Mapped[int]  # the item's import order
 
 

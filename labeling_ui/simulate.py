@@ -10,6 +10,11 @@ Without ``--url`` the labelers call ``LabelingService`` in this process, the cod
 items x 2 labelers take seconds). With ``--url`` each labeler logs in to a running app with gradio_client and works
 in its own thread, as a person would. The simulated users are created on the first run, flagged
 ``simulated``; their passwords are kept in ``runs/<run>/labeling/simulated_users.json`` for later runs over HTTP.
+
+``--until-rankings N`` is a label budget: the labelers stop once the database holds N current rankings of regular
+items (the pipeline's ``labels_per_round``, summed over the rounds so far), so the items the assignment hands out
+first (fewest rankings, highest priority) are the ones labeled. Over ``--url`` each of the labelers may finish the
+item in hand, so up to ``labelers - 1`` more rankings can land.
 """
 
 from __future__ import annotations
@@ -109,17 +114,20 @@ def ensure_users(store: LabelStore, names: Sequence[str], passwords_file: Path) 
 
 
 class _Progress:
-    """One bar for all labelers; its total is what they have left, re-estimated as they report it."""
+    """One bar for all labelers; its total is what they have left (at most ``cap`` rankings: a budget),
+    re-estimated as they report it."""
 
-    def __init__(self, names: Sequence[str]):
+    def __init__(self, names: Sequence[str], cap: int | None = None):
         self.bar = tqdm(total=0, unit="ranking", desc="simulate", dynamic_ncols=True)
         self.left = dict.fromkeys(names, 0)
+        self.cap = cap
         self.lock = threading.Lock()
 
     def seen(self, name: str, item: dict | None) -> None:
         with self.lock:
             self.left[name] = item["total"] - item["done"] if item else 0
-            self.bar.total = self.bar.n + sum(self.left.values())
+            total = self.bar.n + sum(self.left.values())
+            self.bar.total = total if self.cap is None else min(total, self.cap)
 
     def done(self) -> None:
         with self.lock:
@@ -130,14 +138,19 @@ class _Progress:
 
 
 def _in_process(
-    service: LabelingService, labelers: list[SimulatedLabeler], limit: int | None, progress: _Progress
+    service: LabelingService,
+    labelers: list[SimulatedLabeler],
+    limit: int | None,
+    progress: _Progress,
+    spent: Callable[[], bool],
 ) -> dict:
     """Labelers take turns, one item each, as people working at the same time would."""
     counts = dict.fromkeys((lab.username for lab in labelers), 0)
     active = list(labelers)
     while active:
         for labeler in list(active):
-            item = None if counts[labeler.username] == limit else service.next_item(labeler.username)
+            stop = counts[labeler.username] == limit or spent()
+            item = None if stop else service.next_item(labeler.username)
             progress.seen(labeler.username, item)
             if item is None:
                 active.remove(labeler)
@@ -155,14 +168,21 @@ def _in_process(
     return counts
 
 
-def _over_http(url: str, labeler: SimulatedLabeler, password: str, limit: int | None, progress: _Progress) -> int:
-    """One labeler logged in to the app at ``url``, ranking until nothing is left (or ``limit``)."""
+def _over_http(
+    url: str,
+    labeler: SimulatedLabeler,
+    password: str,
+    limit: int | None,
+    progress: _Progress,
+    spent: Callable[[], bool],
+) -> int:
+    """One labeler logged in to the app at ``url``, ranking until nothing is left (or ``limit``, or the budget)."""
     # Gradio's client (with httpx and huggingface_hub, ~0.5 s to import) loads only for a run against a live app.
     from gradio_client import Client
 
     client = Client(url, auth=(labeler.username, password), verbose=False)
     count = 0
-    while count != limit:
+    while count != limit and not spent():
         item = client.predict(api_name="/next_item")
         progress.seen(labeler.username, item)
         if item is None:
@@ -193,17 +213,21 @@ def simulate(
     n_labelers: int | None = None,
     url: str | None = None,
     limit: int | None = None,
+    until_rankings: int | None = None,
 ) -> dict[str, Any]:
     """Run the simulated labelers against ``store`` (in process) or the app at ``url``; returns the summary.
 
     From ``config``: the rubric (required), the noise levels (labeler i gets ``noise[i % len(noise)]``; one labeler
-    per level by default), the tie tolerance, the guidelines version and the seed.
+    per level by default), the tie tolerance, the guidelines version and the seed. ``until_rankings``: stop once
+    the database holds that many current rankings of regular items.
     """
     n_labelers = n_labelers or len(config.noise)
     if n_labelers < 1:
         raise ValueError(f"--labelers must be at least 1, got {n_labelers}.")
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be at least 1 (rankings per labeler), got {limit}.")
+    if until_rankings is not None and until_rankings < 0:
+        raise ValueError(f"--until-rankings must be 0 or more (rankings in the database), got {until_rankings}.")
     rubric = rubric_of(config)
     labelers = [
         SimulatedLabeler(
@@ -212,11 +236,16 @@ def simulate(
         for i in range(n_labelers)
     ]
     passwords = ensure_users(store, [lab.username for lab in labelers], passwords_file)
-    progress = _Progress([lab.username for lab in labelers])
+
+    def spent() -> bool:
+        return until_rankings is not None and store.labeling_progress().rankings >= until_rankings
+
+    cap = None if until_rankings is None else max(0, until_rankings - store.labeling_progress().rankings)
+    progress = _Progress([lab.username for lab in labelers], cap)
     started = time.perf_counter()
     try:
         if url is None:
-            counts = _in_process(LabelingService(store, config), labelers, limit, progress)
+            counts = _in_process(LabelingService(store, config), labelers, limit, progress, spent)
         else:
             missing = [name for name, password in passwords.items() if password is None]
             if missing:
@@ -226,7 +255,7 @@ def simulate(
                 )
             with ThreadPoolExecutor(len(labelers)) as pool:
                 futures = {
-                    lab.username: pool.submit(_over_http, url, lab, passwords[lab.username], limit, progress)
+                    lab.username: pool.submit(_over_http, url, lab, passwords[lab.username], limit, progress, spent)
                     for lab in labelers
                 }
                 counts = {name: future.result() for name, future in futures.items()}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -333,6 +334,12 @@ class LabelStore:
                 )
             ids = [c["id"] for c in candidates]
             ranking = gold_ranking(row.get("gold_ranking"), ids, where) if gold else None
+            priority = row.get("priority", 0.0)
+            if isinstance(priority, bool) or not isinstance(priority, int | float) or not math.isfinite(priority):
+                raise ValueError(
+                    f"{where}: 'priority' must be a finite number (higher is labeled first), got {priority!r}. "
+                    "Nothing was imported."
+                )
             items.append(
                 Item(
                     id=item_id(messages, [c["text"] for c in candidates], is_gold=gold),
@@ -343,6 +350,7 @@ class LabelStore:
                     is_gold=gold,
                     gold_ranking=ranking,
                     provenance=row.get("provenance"),
+                    priority=float(priority),
                 )
             )
         return items
@@ -361,7 +369,10 @@ class LabelStore:
                 seq += 1
                 item.seq, item.created_at = seq, now
                 session.add(item)
-                session.add(QueueEntry(item_id=item.id, is_gold=item.is_gold, n_rankings=0, seq=seq))
+                queued = QueueEntry(
+                    item_id=item.id, is_gold=item.is_gold, n_rankings=0, sort_key=-item.priority, seq=seq
+                )
+                session.add(queued)
                 added += 1
             new = [item for item in items if item.seq is not None]
             for gold in (False, True):
@@ -404,7 +415,7 @@ class LabelStore:
             )
             free = held == 0 if unheld else QueueEntry.n_rankings + held < self.overlap
             query = query.where(QueueEntry.n_rankings < self.overlap, free)
-        return query.order_by(QueueEntry.n_rankings, QueueEntry.seq)
+        return query.order_by(QueueEntry.n_rankings, QueueEntry.sort_key, QueueEntry.seq)
 
     def _in_hand(self, session: Session, user: User) -> Assignment | None:
         return session.scalars(sa.select(Assignment).where(Assignment.user_id == user.id)).one_or_none()

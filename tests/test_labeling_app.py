@@ -305,6 +305,29 @@ def test_simulation_ranks_everything_twice_agrees_realistically_and_exports_pair
     assert export["metrics"]["all_simulated"] and {p["labeler"] for p in pairs} == {"sim-1", "sim-2"}
 
 
+def test_a_label_budget_goes_to_the_highest_priorities_and_is_kept_across_runs(tmp_path):
+    store = LabelStore(f"sqlite:///{tmp_path / 'labels.db'}", overlap=2, gold_rate=0.0)
+    rows = rubric_rows(10)
+    order = [3, 9, 0, 7, 1, 8, 2, 6, 4, 5]  # each row's priority, so the import order is not the priority order
+    for row, priority in zip(rows, order, strict=True):
+        row["priority"] = priority / 10
+    store.import_candidates(rows)
+    config = LabelingConfig(rubric=HOUSE_STYLE)
+    try:
+        summary = simulate(store, config, tmp_path / "users.json", until_rankings=6)
+        assert sum(lab["submitted"] for lab in summary["labelers"]) == 6
+        ranked = {r["prompt_id"] for r in store.all_current_rankings()}
+        assert ranked == {row["prompt_id"] for row, p in zip(rows, order, strict=True) if p >= 4}  # the top 6, once
+        again = simulate(store, config, tmp_path / "users.json", until_rankings=6)  # a re-run spends nothing more
+        assert [lab["submitted"] for lab in again["labelers"]] == [0, 0]
+        more = simulate(store, config, tmp_path / "users.json", until_rankings=14)  # the next round's budget
+        assert sum(lab["submitted"] for lab in more["labelers"]) == 8 and store.labeling_progress().rankings == 14
+        with pytest.raises(ValueError, match="--until-rankings must be 0 or more"):
+            simulate(store, config, tmp_path / "users.json", until_rankings=-1)
+    finally:
+        store.close()
+
+
 def test_without_noise_the_simulated_labelers_rank_as_the_rubric(tmp_path):
     store = LabelStore(f"sqlite:///{tmp_path / 'labels.db'}", overlap=2, gold_rate=0.0)
     rows = rubric_rows(6)

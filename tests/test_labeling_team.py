@@ -302,6 +302,49 @@ def test_the_next_item_is_found_by_index_not_by_a_pass_over_every_item(store):
         assert "ix_item_queue_next" in plan and "Seq Scan on item_queue" not in plan and "Sort" not in plan, plan
 
 
+def test_the_highest_priority_goes_first_among_items_with_as_many_rankings(store):
+    rows = question_rows(4)
+    for row, priority in zip(rows, (0.2, 0.9, 0.5, 0.5), strict=True):
+        row["priority"] = priority
+    store.import_candidates(rows)
+    users(store, "ana", "ben")
+    given = []
+
+    def take(user):
+        view = store.next_item(user)
+        given.append((user, view.prompt))
+        return view
+
+    ana, ben = take("ana"), take("ben")  # the highest priority, then the highest nobody holds
+    rank(store, "ana", ana)
+    ana = take("ana")  # an unranked item before a second ranking of q1: q3 (q2, as high, is imported earlier: ben's)
+    rank(store, "ben", ben)
+    ben = take("ben")  # the last unranked item, q0, before any second ranking
+    rank(store, "ana", ana)
+    rank(store, "ben", ben)
+    ana, ben = take("ana"), take("ben")
+    assert given == [
+        ("ana", "Question q1?"),
+        ("ben", "Question q2?"),
+        ("ana", "Question q3?"),
+        ("ben", "Question q0?"),
+        ("ana", "Question q2?"),  # second rankings, in priority order: q1 (ana ranked it), q2, q3, q0
+        ("ben", "Question q1?"),
+    ]
+
+
+def test_a_priority_that_is_not_a_number_is_refused_with_its_row(store):
+    rows = question_rows(3)
+    rows[0]["priority"] = 0.5
+    rows[2]["priority"] = "high"
+    with pytest.raises(ValueError, match=r"row 3 \(prompt_id 'q2'\): 'priority' must be a finite number"):
+        store.import_candidates(rows)
+    rows[2]["priority"] = float("nan")
+    with pytest.raises(ValueError, match="'priority' must be a finite number"):
+        store.import_candidates(rows)
+    assert store.labeling_progress().items == 0  # nothing of the file was imported
+
+
 def test_the_migration_fills_the_queue_from_the_rankings_already_stored(tmp_path):
     from alembic import command
     from alembic.config import Config
