@@ -135,7 +135,7 @@ def ensemble_members(config: SelectionConfig) -> list[Path]:
     return members
 
 
-def member_scores(members: list[Path], rows: list[dict[str, Any]], batch_size: int) -> np.ndarray:
+def member_scores(members: list[Path], rows: list[dict[str, Any]], batch_size: int) -> list[np.ndarray]:
     """``scores[item][M, K]``: every member's score of every reply, rendered in the members' chat template as the
     reward model was trained (``reward.data.Renderer``) and scored as ``make rm`` scores its held-out pairs."""
     from transformers import AutoTokenizer
@@ -169,8 +169,9 @@ def main(config: SelectionConfig) -> dict[str, Any]:
     rows = read_table(source)
     if not rows:
         raise DataError(f"{source} holds no candidates to prioritise.")
-    for n, row in enumerate(rows, start=1):
-        prompt_of(row, f"{source}, row {n}"), replies_of(row, f"{source}, row {n}")
+    for n, row in enumerate(rows, start=1):  # a bad row is named before any model loads
+        prompt_of(row, f"{source}, row {n}")
+        replies_of(row, f"{source}, row {n}")
 
     # step 2. each item's priority.
     with stage.timed("score_s"):

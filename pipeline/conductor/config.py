@@ -49,6 +49,11 @@ class PipelineConfig:
     db: str | None = None  # labels database URL; default: the labeling stage's (runs/<run>/labeling/labels.db)
     gold_share: float = 0.0  # this share of the prompts become gold items, ranked by the rubric
     min_rankings: int | None = None  # human: rankings needed to go on (default: every regular item `overlap` times)
+    # Which of a round's new items are labeled first: random, or active (the highest disagreement of the last round's
+    # reward-model ensemble, `active_by`); labels_per_round: the rankings a round adds (default: every item).
+    selection: str = "random"
+    active_by: str = "disagreement"  # disagreement | uncertainty (reward.select)
+    labels_per_round: int | None = None
     nproc: int = 1  # processes for the training stages (accelerate launch)
     zero: int = 0  # DeepSpeed ZeRO stage for the training stages: 0 (off), 2 or 3
     stages: dict[str, StageSettings] = field(default_factory=dict)
@@ -83,6 +88,34 @@ class PipelineConfig:
             if not all(isinstance(a, str | int | float) for a in settings.args):
                 raise ValueError(f"stages.{name}.args must be a list of command-line words, got {settings.args!r}.")
             settings.args = [str(a) for a in settings.args]
+        self._check_selection()
+
+    def _check_selection(self) -> None:
+        """Active selection needs a previous round and an ensemble in it: said now, not after round 1 trained."""
+        if self.selection not in ("random", "active"):
+            raise ValueError(f"selection must be 'random' or 'active', got {self.selection!r}.")
+        if self.active_by not in ("disagreement", "uncertainty"):
+            raise ValueError(f"active_by must be 'disagreement' or 'uncertainty', got {self.active_by!r}.")
+        if self.labels_per_round is not None and self.labels_per_round < 1:
+            raise ValueError(f"labels_per_round must be at least 1 (rankings per round), got {self.labels_per_round}.")
+        if self.labels_per_round is not None and self.min_rankings is not None:
+            raise ValueError(
+                "Set labels_per_round or min_rankings, not both: each says when a round's labeling is done."
+            )
+        if self.selection != "active":
+            return
+        if self.rounds < 2:
+            raise ValueError(
+                "selection: active picks round r+1's items by round r's reward-model ensemble, so it needs rounds: 2 "
+                f"or more (round 1 is labeled in random order); rounds is {self.rounds}."
+            )
+        members = ensemble_size(self.stages["rm"])
+        if members < 2:
+            raise ValueError(
+                f"selection: active ranks items by how much the reward models disagree, but the rm stage trains "
+                f"{members} model (ensemble: {members}). Set `ensemble: 3` in "
+                f"{self.stages['rm'].config or 'the rm config'}, or `args: [--ensemble, 3]` under stages.rm."
+            )
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> PipelineConfig:
@@ -92,6 +125,20 @@ class PipelineConfig:
             raise ValueError(f"{path}: unknown settings {sorted(unknown)}.")
         raw.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**raw)
+
+
+def ensemble_size(settings: StageSettings) -> int:
+    """The rm stage's ``ensemble``: its YAML's, unless its args override it (the last ``--ensemble N`` wins)."""
+    size = 1
+    if settings.config:
+        size = int((yaml.safe_load(Path(settings.config).read_text()) or {}).get("ensemble", 1))
+    args = settings.args
+    for i, word in enumerate(args):
+        if word == "--ensemble" and i + 1 < len(args):
+            size = int(args[i + 1])
+        elif word.startswith("--ensemble="):
+            size = int(word.split("=", 1)[1])
+    return size
 
 
 def round_run(config: PipelineConfig, r: int) -> str:

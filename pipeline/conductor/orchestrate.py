@@ -88,13 +88,16 @@ def plan(config: PipelineConfig) -> list[Step]:
             if stage == "candidates" and r > 1:  # ... but sample from the last round's policy
                 start = ["--model_name_or_path", str(stage_dir(config, "ppo", r - 1) / "model")]
             if stage == "labeling":
-                candidates = str(stage_dir(config, "candidates", r) / "candidates.jsonl")
-                commands = [
+                select, candidates = selection_command(config, r)
+                commands = [select] if select else []
+                commands.append(
                     [*stage_command(config, stage), "import-candidates", *own, "--db", db_url(config)]
                     + ["--file", candidates, "--rubric-gold-share", str(config.gold_share), *rubric]
-                ]
+                )
                 if config.labeling == "simulated":
                     simulate = [*stage_command(config, stage), "simulate", *own, "--db", db_url(config), *rubric]
+                    if config.labels_per_round:
+                        simulate += ["--until-rankings", str(r * config.labels_per_round)]
                     commands.append(simulate + settings.args)
             elif stage == "export":
                 commands = [[*stage_command(config, stage), "export", *common, "--db", db_url(config), *settings.args]]
@@ -106,6 +109,22 @@ def plan(config: PipelineConfig) -> list[Step]:
     return steps
 
 
+def selection_command(config: PipelineConfig, r: int) -> tuple[list[str] | None, str]:
+    """The command that gives round r's new candidates their priorities (None when nothing needs one), and the file
+    the labeling stage imports. Active selection from round 2: round r-1's ensemble; with a label budget, random."""
+    candidates = str(stage_dir(config, "candidates", r) / "candidates.jsonl")
+    active = config.selection == "active" and r > 1
+    if not active and not config.labels_per_round:
+        return None, candidates  # every item is labeled: the order does not matter
+    command = [sys.executable, "-m", "reward.select", "--run", round_run(config, r), "--runs_dir", config.runs_dir]
+    command += ["--candidates", candidates, "--round", str(r)]
+    if active:
+        command += ["--by", config.active_by, "--reward_models", str(stage_dir(config, "rm", r - 1))]
+    else:
+        command += ["--by", "random", "--seed", str(r)]  # another random subset of the prompts each round
+    return command, str(stage_dir(config, "selection", r) / "candidates.jsonl")
+
+
 # --- skipping finished stages -------------------------------------------------------------------------------------
 
 
@@ -113,6 +132,8 @@ def upstream_of(config: PipelineConfig, step: Step) -> list[tuple[str, int]]:
     """(stage, round) of the runs this step reads: round r's candidates come from round r-1's policy."""
     if step.stage == "candidates" and step.round > 1:
         return [("ppo", step.round - 1)]
+    if step.stage == "labeling" and step.round > 1 and config.selection == "active":
+        return [("candidates", step.round), ("rm", step.round - 1)]
     upstream = [stage for stage in UPSTREAM[step.stage] if stage in config.enabled]
     return [(stage, 1 if stage == "sft" else step.round) for stage in upstream]
 
@@ -152,9 +173,12 @@ def changed_inputs(directory: Path) -> list[str]:
 # --- the human labeling stage -------------------------------------------------------------------------------------
 
 
-def labeling_progress(config: PipelineConfig) -> tuple[int, int]:
-    """(current rankings of regular items, rankings needed to go on), from the labeling stage's own API."""
+def labeling_progress(config: PipelineConfig, r: int) -> tuple[int, int]:
+    """(current rankings of regular items, rankings needed to go on after round r), from the labeling stage's own
+    API: ``labels_per_round`` more per round, else ``min_rankings``, else every item ``overlap`` times."""
     progress = labeling.labeling_progress(db_url(config))
+    if config.labels_per_round:
+        return progress.rankings, r * config.labels_per_round
     if config.min_rankings is not None:
         return progress.rankings, config.min_rankings
     settings = config.stages["labeling"]
@@ -232,7 +256,7 @@ def execute(config: PipelineConfig, start: str | None = None, only: str | None =
     for index, step in enumerate(steps, start=1):
         directory = stage_dir(config, step.stage, step.round)
         if step.stage == "labeling" and config.labeling == "human":
-            done, needed = labeling_progress(config)
+            done, needed = labeling_progress(config, step.round)
             step.extra_key = done  # more labels: export and everything after runs again
         upstream = [read_state(stage_dir(config, stage, r)) for stage, r in upstream_of(config, step)]
         key, state = stage_key(step, upstream), read_state(directory)
@@ -252,7 +276,7 @@ def execute(config: PipelineConfig, start: str | None = None, only: str | None =
             say("  settings or upstream stages changed since its last run; running again")
         if step.stage == "labeling" and config.labeling == "human":
             run_commands(Step(step.stage, step.round, step.commands, None), log)  # import the new candidates
-            done, needed = labeling_progress(config)
+            done, needed = labeling_progress(config, step.round)
             if done < needed:
                 say(
                     f"  waiting for labels: {done} of {needed} rankings so far, {needed - done} missing.\n"
