@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import PartialState
+from accelerate.state import AcceleratorState
 from datasets import Dataset
 from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
@@ -474,6 +475,10 @@ def train_members(
         member.seed, member.output_dir = config.seed + i, str(out / "checkpoints")
         if i:  # the tracker's steps would run backwards: member 0's curves stand for the rest
             member.report_to = []
+            # accelerate keeps one AcceleratorState per process, holding the first Trainer's DeepSpeed plugin, and
+            # refuses a second Accelerator with a plugin of its own: each member's Trainer starts from a fresh one
+            # (the process group, in PartialState, stays).
+            AcceleratorState._reset_state()
         drawn = ensemble.bootstrap_counts(data.train_groups, member.seed)
         rows = [
             row for row, group in zip(data.train_rows, data.train_groups, strict=True) for _ in range(drawn[group])

@@ -426,14 +426,18 @@ def test_config_checks():
 
 
 @pytest.mark.slow
-def test_two_processes_under_deepspeed_zero2(rm_run):
-    """Real `accelerate launch` with 2 processes and DeepSpeed ZeRO-2 on the CPU (the shipped K-way loss)."""
-    cmd = [*launch.command("reward.train", nproc=2, zero=2), *rm_args(rm_run, "--max_steps", "4")]
+def test_two_processes_under_deepspeed_zero2_train_an_ensemble(rm_run):
+    """Real `accelerate launch` with 2 processes and DeepSpeed ZeRO-2 on the CPU (the shipped K-way loss): an
+    ensemble of 2, its members trained one after another by both processes."""
+    cmd = [*launch.command("reward.train", nproc=2, zero=2), *rm_args(rm_run, "--max_steps", "4", "--ensemble", "2")]
     env = {**os.environ, "PYTHONPATH": str(REPO), "ACCELERATE_USE_CPU": "false"}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
-    summary = json.loads((rm_run / "t" / "rm" / "summary.json").read_text())
-    assert summary["metrics"]["global_step"] == 4
+    stage = rm_run / "t" / "rm"
+    summary = json.loads((stage / "summary.json").read_text())
+    assert [m["global_step"] for m in summary["metrics"]["members"]] == [4, 4]
     assert proc.stdout.count("[rm] done") == 1  # only the main process evaluates and writes
-    assert_loads_as_reward_model(rm_run)
+    assert json.loads((stage / "ensemble.json").read_text())["members"] == ["members/0/model", "members/1/model"]
+    weights = [AutoModelForSequenceClassification.from_pretrained(stage / "members" / str(i) / "model") for i in (0, 1)]
+    assert not torch.equal(weights[0].score.weight, weights[1].score.weight)  # two models, not one saved twice
