@@ -18,7 +18,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import gpu, labeling, login_flood, ppo, rm, rm_labels, sft
+from bench import active_selection, gpu, labeling, login_flood, ppo, rm, rm_labels, sft
 from bench.core import REPO, BenchError, CaseResult, Workspace, markdown
 
 # name -> the function running the case, in the order they run.
@@ -28,6 +28,7 @@ CASES = {
     "rm": rm.run,
     "kway": rm.run_kway,
     "rm_labels": rm_labels.run,
+    "active_selection": active_selection.run,
     "ppo": ppo.run,
     "ppo_lora": ppo.run_lora,
     "ppo_zero": ppo.run_zero,
