@@ -4,7 +4,8 @@ It needs no training, and its KL to the policy it samples from has a closed form
 et al., 2020; an upper bound in general, exact when the n samples are distinct, Beirami et al., 2024). So the
 question an engineer asks first, is PPO worth it on these labels, gets a fair answer: PPO's gold score against
 best-of-n's at the same KL. ``make eval`` reports best-of-n for every n of ``best_of_n`` and draws gold score
-against sqrt(KL) for best-of-n, the PPO policy and (after ``make dpo``) the DPO policy (``kl_frontier.png``).
+against sqrt(KL) for best-of-n, the PPO policy, its snapshots over training (``snapshots`` in the PPO config) and
+(after ``make dpo``) the DPO policy (``kl_frontier.png``).
 """
 
 from __future__ import annotations
@@ -68,29 +69,68 @@ def verdict(best_of_n: list[dict[str, Any]], policies: dict[str, dict[str, Any]]
     return f"{name} won on this run: {what} {score:.3f} at KL {kl:.2f}" + (f" (then {then})." if then else ".")
 
 
-def plot_frontier(path: Path, best_of_n: list[dict[str, Any]], policies: dict[str, dict[str, Any]], key: str) -> Path:
-    """Gold (or reward-model) score against sqrt(KL) on the held-out prompts: best-of-n for each n, and each trained
-    policy (PPO, DPO). PPO's training rollouts are left out: other prompts, and replies cut at its response_length."""
+def snapshots_sentence(snapshots: list[dict[str, Any]], key: str, prompts: int) -> str:
+    """One sentence on PPO's course: each snapshot's score and KL to SFT, then the final policy's, on the same
+    prompts."""
+    what = "gold score" if key == "gold_score" else "reward-model score"
+    points = ", ".join(
+        f"step {p['step']}{' (final)' if p.get('final') else ''}: {p[key]:.3f} at KL {p['kl_to_reference']:.2f}"
+        for p in snapshots
+    )
+    return f"PPO over training, {what} on the first {prompts} prompts: {points}."
+
+
+def plot_frontier(
+    path: Path,
+    best_of_n: list[dict[str, Any]],
+    policies: dict[str, dict[str, Any]],
+    key: str,
+    snapshots: list[dict[str, Any]] | None = None,
+) -> Path:
+    """``kl_frontier.png``: the plot of ``draw_frontier``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.8))
+    draw_frontier(ax, best_of_n, policies, key, snapshots)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def draw_frontier(
+    ax,
+    best_of_n: list[dict[str, Any]],
+    policies: dict[str, dict[str, Any]],
+    key: str,
+    snapshots: list[dict[str, Any]] | None = None,
+) -> None:
+    """Gold (or reward-model) score against sqrt(KL) on the held-out prompts: best-of-n for each n, each trained
+    policy (PPO, DPO), and PPO's snapshots as a line in PPO's colour, ending at the final policy measured on the
+    snapshots' prompts. PPO's training rollouts are left out: other prompts, and replies cut at its
+    response_length."""
     ax.plot([math.sqrt(b["kl"]) for b in best_of_n], [b[key] for b in best_of_n], "o-", label="best-of-n (SFT)")
     for b in best_of_n:
         ax.annotate(
             f"n={b['n']}", (math.sqrt(b["kl"]), b[key]), textcoords="offset points", xytext=(4, -10), fontsize=7
         )
+    colours = {}
     for (name, summary), marker in zip(policies.items(), "*Ds^", strict=False):
-        ax.plot(
+        (line,) = ax.plot(
             [math.sqrt(max(summary["kl_to_reference"], 0.0))], [summary[key]], marker, ms=11, label=f"{name} policy"
         )
+        colours[name] = line.get_color()
+    if snapshots:
+        xs = [math.sqrt(max(p["kl_to_reference"], 0.0)) for p in snapshots]
+        ys = [p[key] for p in snapshots]
+        ax.plot(xs, ys, ".--", color=colours.get("PPO"), lw=1, label="PPO over training (snapshots)")
+        for p, x, y in zip(snapshots, xs, ys, strict=True):
+            name = "final" if p.get("final") else f"step {p['step']}"
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xlabel("sqrt(KL to SFT)  [sqrt(nats)]")
     ax.set_ylabel("gold score" if key == "gold_score" else "reward-model score")
     ax.set_title("score against KL on held-out prompts")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

@@ -103,6 +103,13 @@ class PPOStageConfig:
     # --- checkpoints, logging ------------------------------------------------------------------------------------
     checkpoint_steps: int = field(default=10, metadata={"help": "Save a resumable checkpoint every N steps (0: off)."})
     checkpoints_to_keep: int = 2
+    snapshots: int = field(
+        default=0,
+        metadata={
+            "help": "Policy snapshots saved at evenly spaced steps before the last, for the evaluation's score "
+            "against KL over training (0: none)."
+        },
+    )
     save_on_each_node: bool = field(default=False, metadata={"help": "Several machines without a shared disk."})
     logging_steps: int = 1
     num_sample_generations: int = field(default=10, metadata={"help": "Sample tables of eval prompts over the run."})
@@ -155,6 +162,11 @@ class PPOStageConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.snapshots < 0:
+            raise ValueError(
+                f"snapshots must be 0 (none) or a number of policy snapshots to save over the run, got "
+                f"{self.snapshots}."
+            )
         if self.generation_batch_size is not None and self.generation_batch_size < 1:
             raise ValueError(f"generation_batch_size must be at least 1, got {self.generation_batch_size}.")
         for name in ("temperature", "learning_rate", "kl_horizon"):

@@ -4,9 +4,10 @@ On the held-out evaluation prompts, the SFT policy and the PPO policy each sampl
 for both: the reward model's mean score, the PPO policy's win rate against SFT by the reward model, the KL to the
 reference (the SFT model), estimated on the samples as the mean of sum_t [log pi(y_t) - log ref(y_t)], response
 length, EOS rate, and the gold rubric's score when one is set (the pipeline config names it). Then best-of-n from
-the SFT policy with the reward model as the picker, for each n of ``best_of_n`` (``ppo.best_of_n``), and gold score
-against sqrt(KL) for best-of-n, PPO and, when ``make dpo`` trained one, the DPO policy (``ppo.dpo``). Writes ``runs/<run>/eval/``: summary.json, report.md with PNG plots,
-samples.jsonl; and logs to W&B.
+the SFT policy with the reward model as the picker, for each n of ``best_of_n`` (``ppo.best_of_n``); PPO's snapshots
+over training (``snapshots`` in the PPO config) on the first ``snapshot_prompts`` prompts; and gold score against
+sqrt(KL) for best-of-n, PPO, its snapshots and, when ``make dpo`` trained one, the DPO policy (``ppo.dpo``). Writes
+``runs/<run>/eval/``: summary.json, report.md with PNG plots, samples.jsonl; and logs to W&B.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pipeline.lib.prompts import load_prompts
 from pipeline.lib.rubric import load_rubric
 from pipeline.lib.stage import Stage, parse_configs
 from ppo import best_of_n as bon
-from ppo import rewards
+from ppo import checkpoint, rewards
 from ppo.best_of_n import win_rate
 from ppo.shaping import response_lengths
 
@@ -62,6 +63,10 @@ class EvalConfig:
     best_of_n_prompts: int | None = field(
         default=32, metadata={"help": "Prompts best-of-n samples max(best_of_n) replies for (None: all)."}
     )
+    snapshot_prompts: int | None = field(
+        default=32,
+        metadata={"help": "Prompts (the first ones) each PPO snapshot is evaluated on (None: all; 0: no snapshots)."},
+    )
     seed: int = 0
     report_to: str | None = "wandb"
 
@@ -72,6 +77,11 @@ class EvalConfig:
             raise ValueError(f"best_of_n: every n must be at least 1, got {self.best_of_n}.")
         if self.best_of_n_prompts is not None and self.best_of_n_prompts < 1:
             raise ValueError(f"best_of_n_prompts must be at least 1 (or null: all), got {self.best_of_n_prompts}.")
+        if self.snapshot_prompts is not None and self.snapshot_prompts < 0:
+            raise ValueError(
+                f"snapshot_prompts must be 0 (no snapshots), a number of prompts, or null (all), got "
+                f"{self.snapshot_prompts}."
+            )
 
 
 def sequence_logprobs(model, sequences: torch.Tensor, context_length: int, pad_id: int) -> torch.Tensor:
@@ -159,6 +169,11 @@ def evaluate_policy(name: str, model, ref, reward_models, tokenizer, prompt_rows
         row["prompt_id"] = prompt["prompt_id"]
         if rubric is not None:
             row["gold"] = rubric(prompt["prompt"][-1]["content"], row["response"])
+    return {"name": name, "summary": policy_summary(rows), "rows": rows}
+
+
+def policy_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Means over a policy's samples: reward-model score, KL to the reference, length, EOS rate, gold (if scored)."""
     n = len(rows)
     summary = {
         "reward_mean": sum(r["score"] for r in rows) / n,
@@ -166,9 +181,31 @@ def evaluate_policy(name: str, model, ref, reward_models, tokenizer, prompt_rows
         "response_length": sum(r["length"] for r in rows) / n,
         "eos_rate": sum(r["eos"] for r in rows) / n,
     }
-    if rubric is not None:
+    if "gold" in rows[0]:
         summary["gold_score"] = sum(r["gold"] for r in rows) / n
-    return {"name": name, "summary": summary, "rows": rows}
+    return summary
+
+
+def evaluate_snapshots(
+    directory: Path, ppo_rows, ref, reward_models, tokenizer, prompt_rows, config: EvalConfig, rubric
+) -> list[dict[str, Any]]:
+    """PPO's course over training: each snapshot of a finished PPO run (``ppo.checkpoint``) on the first
+    ``snapshot_prompts`` prompts, then the final policy on the same prompts (its own samples of them); [] when the
+    run saved none."""
+    index = checkpoint.read_snapshots(directory)
+    if "final" not in index or not index["snapshots"] or config.snapshot_prompts == 0:
+        return []
+    rows = prompt_rows[: config.snapshot_prompts]
+    points = []
+    for entry in index["snapshots"]:
+        model = AutoModelForCausalLM.from_pretrained(directory / entry["path"]).to(ref.device).eval()
+        result = evaluate_policy(
+            f"ppo step {entry['step']}", model, ref, reward_models, tokenizer, rows, config, rubric
+        )
+        points.append({"step": entry["step"], "episode": entry["episode"], **result["summary"]})
+        del model
+    final = {**index["final"], "final": True, **policy_summary(ppo_rows[: len(rows)])}
+    return [*points, final]
 
 
 def best_of_n_samples(ref, reward_models, tokenizer, prompt_rows, config: EvalConfig, rubric) -> list[list[dict]]:
@@ -277,6 +314,7 @@ def write_report(out_dir: Path, sft: dict, ppo: dict, metrics: dict, config: Eva
         ),
         f"KL of the PPO policy to the reference: {metrics['ppo']['kl_to_reference']:.3f} "
         f"(bound {config.max_kl}: {'within' if metrics['kl_within_bound'] else 'EXCEEDED'}).",
+        *([metrics["ppo_snapshots_summary"]] if "ppo_snapshots_summary" in metrics else []),
         "",
         "![reward-model scores](reward_scores.png)",
         "",
@@ -338,6 +376,15 @@ def main(config: EvalConfig) -> dict[str, Any]:
         "win_rate_ppo_vs_sft": win_rate([r["score"] for r in ppo["rows"]], [r["score"] for r in sft["rows"]]),
         "kl_within_bound": ppo["summary"]["kl_to_reference"] < config.max_kl,
     }
+    snapshot_dir = ppo_path.parent / "snapshots"  # where ppo.train writes them, beside its model
+    snapshots = evaluate_snapshots(
+        snapshot_dir, ppo["rows"], ref, reward_models, tokenizer, prompt_rows, config, rubric
+    )
+    key = "gold_score" if rubric is not None else "reward_mean"
+    if snapshots:
+        metrics["ppo_snapshots"] = snapshots
+        metrics["ppo_snapshot_prompts"] = len(prompt_rows[: config.snapshot_prompts])
+        metrics["ppo_snapshots_summary"] = bon.snapshots_sentence(snapshots, key, metrics["ppo_snapshot_prompts"])
     for name, result in trained.items():  # PPO's own figures are above; DPO's, when there is one, the same way
         tag = name.lower()
         metrics[tag] = result["summary"]
@@ -352,10 +399,9 @@ def main(config: EvalConfig) -> dict[str, Any]:
         ns = sorted(set(config.best_of_n))
         metrics["best_of_n"] = bon.summarise(ns, samples, sft["rows"][: len(samples)])
         metrics["best_of_n_prompts"] = len(samples)
-        key = "gold_score" if rubric is not None else "reward_mean"
         summaries = {name: result["summary"] for name, result in trained.items()}
         metrics["best_of_n_verdict"] = bon.verdict(metrics["best_of_n"], summaries, key)
-        bon.plot_frontier(stage.dir / "kl_frontier.png", metrics["best_of_n"], summaries, key)
+        bon.plot_frontier(stage.dir / "kl_frontier.png", metrics["best_of_n"], summaries, key, snapshots)
     with open(stage.dir / "samples.jsonl", "w") as fh:
         for a, b in zip(sft["rows"], ppo["rows"], strict=True):
             fh.write(json.dumps({"prompt_id": a["prompt_id"], "sft": a, "ppo": b}) + "\n")
@@ -363,6 +409,9 @@ def main(config: EvalConfig) -> dict[str, Any]:
 
     flat = {f"{name}/{k}": v for name in ("sft", "ppo") for k, v in metrics[name].items()}
     stage.tracker.log({**flat, "win_rate_ppo_vs_sft": metrics["win_rate_ppo_vs_sft"]})
+    if snapshots:
+        columns = ["step", "episode", "kl_to_reference", "reward_mean", *(["gold_score"] if rubric else [])]
+        stage.tracker.log_table("ppo_snapshots", columns, [[p[c] for c in columns] for p in snapshots])
     stage.tracker.log_table(
         "samples",
         ["prompt_id", "sft", "sft_score", "ppo", "ppo_score"],
@@ -378,6 +427,7 @@ def main(config: EvalConfig) -> dict[str, Any]:
             "sft_model": sft_path,
             "ppo_model": ppo_path,
             **({"dpo_model": dpo_path} if "DPO" in trained else {}),
+            **({"ppo_snapshots": snapshot_dir / checkpoint.SNAPSHOT_INDEX} if snapshots else {}),
             **(
                 {"reward_model": rm_paths[0]}
                 if len(rm_paths) == 1

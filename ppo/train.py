@@ -8,6 +8,7 @@ Checked against TRL 1.12's PPOTrainer on the same work (``make bench``, case ``p
 
 Writes ``runs/<run>/ppo/``: ``model/`` (loads with AutoModelForCausalLM; LoRA merged unless ``merge_lora: false``),
 ``checkpoints/`` (resume with ``RESUME=1``: the same prompts, samples and updates as an uninterrupted run),
+``snapshots/`` (the policy at ``snapshots`` evenly spaced steps, saved as ``model/`` is, for the evaluation),
 ``history.jsonl`` (every step since the run began, across resumes), config.yaml and summary.json.
 """
 
@@ -32,7 +33,7 @@ from pipeline.lib.launch import configure_cpu_deepspeed, release_zero3_init
 from pipeline.lib.models import save_here
 from pipeline.lib.prompts import load_prompts
 from pipeline.lib.rubric import load_rubric
-from pipeline.lib.stage import ModelArguments, RunArguments, Stage, parse
+from pipeline.lib.stage import ModelArguments, RunArguments, Stage, finish_model, parse, weights_dir
 from pipeline.lib.tracking import Tracker
 from ppo import checkpoint, rewards
 from ppo.algorithm import (
@@ -109,6 +110,17 @@ class Batch:
     non_score: torch.Tensor | None = None
 
 
+@dataclass
+class Snapshots:
+    """The run's policy snapshots (``ppo.checkpoint``): their folder, the steps they are saved after, and those
+    written so far (kept across a resume; the writing process's list)."""
+
+    dir: Path
+    steps: list[int]
+    model_args: ModelArguments  # LoRA: the snapshot is saved and merged as the final policy is
+    written: list[dict] = field(default_factory=list)
+
+
 class Timer:
     """Seconds per phase of the step, as verl's ``marked_timer`` keeps them (GPU work included: it synchronises)."""
 
@@ -153,12 +165,13 @@ def main(run: RunArguments, model_args: ModelArguments, config: PPOStageConfig) 
         accelerator.print(f"[ppo] gold rubric {config.rubric} scores every rollout (rollout/gold_score)")
     models = build_models(config, model_args, accelerator, sft_path, rm_paths, tokenizer)
 
-    # step 2. resume: the latest checkpoint's weights, optimizer, schedule, KL coefficient and history.
+    # step 2. resume: the latest checkpoint's weights, optimizer, schedule, KL coefficient, history and snapshots.
     settings = checkpoint.trajectory_settings(run, model_args, config)
     progress = resume(config, accelerator, settings) if run.resume else Progress(settings=settings)
+    snapshots = open_snapshots(config, accelerator, model_args, stage.dir / "snapshots", progress.step)
 
     # step 3. train: each step generates, scores and learns from processes x local_batch_size rollouts.
-    train(config, accelerator, models, prompts, tokenizer, rubric, progress, stage.tracker)
+    train(config, accelerator, models, prompts, tokenizer, rubric, progress, stage.tracker, snapshots)
 
     # step 4. save the policy and the critic (gathered under ZeRO-3), then free the training models.
     save_policy(config, accelerator, models, stage.dir, stage.weights_dir(model_args))
@@ -167,9 +180,9 @@ def main(run: RunArguments, model_args: ModelArguments, config: PPOStageConfig) 
     del models  # the LoRA merge loads the base model once more: without this, that would be the run's peak
     accelerator.free_memory()
     gc.collect()
-    model_dir = stage.dir / "model"
     if is_writer(config, accelerator):
         stage.finish_model(model_args, sft_path, tokenizer)
+        finish_snapshots(snapshots, sft_path, tokenizer, progress)
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return {}
@@ -185,24 +198,28 @@ def main(run: RunArguments, model_args: ModelArguments, config: PPOStageConfig) 
         **extra,
     }
     inputs = {"sft_model": sft_path, **{f"reward_model_{i}": p for i, p in enumerate(rm_paths)}}
-    outputs = {"model": model_dir, "value_model": stage.dir / "value_model", "history": stage.dir / "history.jsonl"}
+    outputs = {name: stage.dir / name for name in ("model", "value_model", "snapshots")}
     return stage.finish(
         metrics=metrics,
         inputs={**inputs, "prompts": prompts.path},
-        outputs={**outputs, "checkpoints": config.output_dir},
+        outputs={**outputs, "history": stage.dir / "history.jsonl", "checkpoints": config.output_dir},
         extra={"notes": notes},
         headline=f"{progress.episode} episodes | score {metrics.get('score_first', 0):.3f} -> "
         f"{metrics.get('score_last', 0):.3f} | kl {metrics.get('kl_last', 0):.3f}",
     )
 
 
-def train(config, accelerator, models, prompts, tokenizer, rubric, progress: Progress, tracker: Tracker) -> None:
+def train(
+    config, accelerator, models, prompts, tokenizer, rubric, progress: Progress, tracker: Tracker, snapshots: Snapshots
+) -> None:
     """Steps until ``total_episodes``, from where ``progress`` is, with a progress bar."""
-    num_steps = -(-config.total_episodes // (config.local_batch_size * accelerator.num_processes))
+    num_steps = total_steps(config, accelerator)
     bar = tqdm_steps(accelerator, progress.step, num_steps)
     try:
         while progress.step < num_steps:
-            metrics = train_step(config, accelerator, models, prompts, tokenizer, rubric, progress, tracker, num_steps)
+            metrics = train_step(
+                config, accelerator, models, prompts, tokenizer, rubric, progress, tracker, num_steps, snapshots
+            )
             bar.update(1)
             bar.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.2f}")
     except torch.OutOfMemoryError as err:
@@ -220,8 +237,9 @@ def train_step(
     progress: Progress,
     tracker: Tracker,
     num_steps: int,
+    snapshots: Snapshots,
 ) -> dict[str, float]:
-    """One PPO step, its metrics, the KL coefficient's update, logging and the checkpoint."""
+    """One PPO step, its metrics, the KL coefficient's update, logging, the snapshot and the checkpoint."""
     step, world_batch, timer = progress.step, config.local_batch_size * accelerator.num_processes, Timer()
     with timer("step"):
         positions = prompts.order.positions(
@@ -265,6 +283,9 @@ def train_step(
     every = max(1, num_steps // config.num_sample_generations) if config.num_sample_generations else 0
     if every and step % every == 0:
         log_samples(config, accelerator, models, tokenizer, prompts, tracker, progress.step)
+    # The snapshot before the checkpoint: a resume from this step then finds it listed, and never misses it.
+    if progress.step in snapshots.steps:
+        save_snapshot(config, accelerator, models, snapshots, progress)
     if config.checkpoint_steps and progress.step % config.checkpoint_steps == 0 and progress.step < num_steps:
         meta = {
             "global_step": progress.step,
@@ -314,6 +335,20 @@ def load_ppo_prompts(config: PPOStageConfig, accelerator: Accelerator, tokenizer
     return Prompts(
         train_rows, train_ids, eval_rows, eval_ids, dropped, path, PromptOrder(len(train_rows), config.seed)
     )
+
+
+def total_steps(config: PPOStageConfig, accelerator: Accelerator) -> int:
+    """PPO steps in the run: each takes local_batch_size rollouts on every process."""
+    return -(-config.total_episodes // (config.local_batch_size * accelerator.num_processes))
+
+
+def open_snapshots(
+    config: PPOStageConfig, accelerator: Accelerator, model_args: ModelArguments, directory: Path, step: int
+) -> Snapshots:
+    """Where the snapshots go and after which steps, with those a resume from ``step`` keeps."""
+    written = checkpoint.keep_snapshots(directory, step) if is_writer(config, accelerator) else []
+    steps = checkpoint.snapshot_steps(total_steps(config, accelerator), config.snapshots)
+    return Snapshots(directory, steps, model_args, written)
 
 
 def resume(config: PPOStageConfig, accelerator: Accelerator, settings: dict[str, Any]) -> Progress:
@@ -379,7 +414,7 @@ def build_models(
         betas=(config.adam_beta1, config.adam_beta2),
         eps=config.adam_epsilon,
     )
-    num_steps = -(-config.total_episodes // (config.local_batch_size * accelerator.num_processes))
+    num_steps = total_steps(config, accelerator)
     scheduler = get_scheduler(
         config.lr_scheduler_type,
         optimizer,
@@ -789,14 +824,39 @@ def save_policy(
     release_zero3_init()
     if is_writer(config, accelerator):
         unwrapped = accelerator.unwrap_model(models.model)
-        policy_state = {k.removeprefix("policy."): v for k, v in state_dict.items() if k.startswith("policy.")}
-        save_here(unwrapped.policy, policy_dir, state_dict=policy_state)
+        save_here(unwrapped.policy, policy_dir, state_dict=part_of(state_dict, "policy."))
         # The critic too, to continue from or to inspect (with LoRA: its adapters and head included).
-        value_state = {
-            k.removeprefix("value_model."): v for k, v in state_dict.items() if k.startswith("value_model.")
-        }
-        save_here(unwrapped.value_model, stage_dir / "value_model", state_dict=value_state)
+        save_here(unwrapped.value_model, stage_dir / "value_model", state_dict=part_of(state_dict, "value_model."))
     accelerator.wait_for_everyone()
+
+
+def part_of(state_dict: dict, prefix: str) -> dict:
+    """The weights of one part of ``PolicyAndValue`` (``policy.``, ``value_model.``), under that part's own names."""
+    return {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def save_snapshot(
+    config: PPOStageConfig, accelerator: Accelerator, models: Models, snapshots: Snapshots, progress: Progress
+) -> None:
+    """The policy's weights at this step, as ``save_policy`` writes them (its adapters with LoRA), listed in the
+    index; every process takes part (ZeRO-3 gathers). ``finish_snapshots`` makes them plain models."""
+    state_dict = full_state_dict(config, accelerator, models.model)
+    if is_writer(config, accelerator):
+        policy = accelerator.unwrap_model(models.model).policy
+        folder = checkpoint.snapshot_dir(snapshots.dir, progress.step)
+        save_here(policy, weights_dir(folder, snapshots.model_args), state_dict=part_of(state_dict, "policy."))
+        snapshots.written = checkpoint.add_snapshot(snapshots.dir, snapshots.written, progress.step, progress.episode)
+    del state_dict
+    accelerator.wait_for_everyone()
+
+
+def finish_snapshots(snapshots: Snapshots, sft_path: Path, tokenizer, progress: Progress) -> None:
+    """Each snapshot a model folder as ``model/`` is (LoRA merged into the SFT model, the tokenizer beside it), once
+    the training models are freed, as the final policy's merge is; then the index of the finished run."""
+    for entry in snapshots.written:
+        folder = checkpoint.snapshot_dir(snapshots.dir, entry["step"])
+        finish_model(folder, snapshots.model_args, sft_path, tokenizer)
+    checkpoint.close_snapshots(snapshots.dir, snapshots.written, progress.step, progress.episode)
 
 
 def ppo_metrics(history: list[dict[str, float]]) -> dict[str, float]:

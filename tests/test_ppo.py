@@ -145,6 +145,18 @@ def test_ppo_trains_logs_and_saves_a_plain_model(ppo_run):
     assert model.config.model_type == "llama"
     assert changed(stage / "model", ppo_run / "t" / "sft" / "model")
     AutoModelForSequenceClassification.from_pretrained(stage / "value_model")
+    # configs/ppo.yaml's 4 snapshots, in a run of 4 steps: one after each step before the last.
+    index = json.loads((stage / "snapshots" / "index.json").read_text())
+    assert [(s["step"], s["episode"]) for s in index["snapshots"]] == [(1, 8), (2, 16), (3, 24)]
+    assert index["final"] == {"step": 4, "episode": 32} and summary["outputs"]["snapshots"] == str(stage / "snapshots")
+    folders = [stage / "snapshots" / s["path"] for s in index["snapshots"]]
+    assert [f.parent.name for f in folders] == ["step_1", "step_2", "step_3"]
+    for folder in folders:
+        AutoTokenizer.from_pretrained(folder)
+        assert AutoModelForCausalLM.from_pretrained(folder).config.model_type == "llama"
+    # Each a policy of its own step: trained away from SFT, and from each other and the final policy.
+    for a, b in zip([ppo_run / "t" / "sft" / "model", *folders], [*folders, stage / "model"], strict=True):
+        assert changed(a, b)
     keys = history_keys(find_run_file(stage / "wandb"))
     wanted = [
         "objective/kl",
@@ -196,11 +208,35 @@ def test_ppo_trains_logs_and_saves_a_plain_model(ppo_run):
     assert m["num_prompts"] == 4 and 0.0 <= m["win_rate_ppo_vs_sft"] <= 1.0
     assert m["sft"]["kl_to_reference"] == pytest.approx(0.0, abs=1e-5)  # the reference is the SFT model itself
     assert {"reward_mean", "gold_score", "eos_rate", "response_length"} <= set(m["ppo"])
+    # Each snapshot evaluated on the prompts (4 here, fewer than snapshot_prompts), then the final policy on them: its
+    # figures on those prompts, here all of them, are the PPO policy's.
+    points = m["ppo_snapshots"]
+    assert [(p["step"], p["episode"], p.get("final", False)) for p in points] == [
+        (1, 8, False),
+        (2, 16, False),
+        (3, 24, False),
+        (4, 32, True),
+    ]
+    assert m["ppo_snapshot_prompts"] == 4 and points[-1] == {"step": 4, "episode": 32, "final": True, **m["ppo"]}
+    for p in points[:-1]:
+        assert {"reward_mean", "gold_score", "kl_to_reference", "response_length", "eos_rate"} <= p.keys()
+        assert p["kl_to_reference"] != 0.0  # measured against SFT, which each snapshot moved away from
+    assert m["ppo_snapshots_summary"].startswith("PPO over training, gold score on the first 4 prompts: step 1: ")
+    assert result["inputs"]["ppo_snapshots"]["path"].endswith("snapshots/index.json")
     eval_dir = ppo_run / "t" / "eval"
+    assert m["ppo_snapshots_summary"] in (eval_dir / "report.md").read_text()
     assert "PPO wins against SFT" in (eval_dir / "report.md").read_text()
     assert "## Best-of-n from the SFT policy" in (eval_dir / "report.md").read_text()
     for png in ("reward_scores.png", "sft_vs_ppo.png", "kl_frontier.png"):
         assert (eval_dir / png).read_bytes()[:4] == b"\x89PNG"
+
+    # The pipeline's report, from these files: the snapshots' sentence beside best-of-n, and the frontier plot.
+    from types import SimpleNamespace
+
+    from pipeline.conductor.report import write_report
+
+    report = write_report(SimpleNamespace(run="t", runs_dir=str(ppo_run), rubric=RUBRIC, rounds=1)).read_text()
+    assert m["ppo_snapshots_summary"] in report and "![score against KL](report_t_kl_frontier.png)" in report
 
 
 def test_a_fixed_kl_coefficient_stays_fixed(ppo_run):
@@ -218,6 +254,13 @@ def test_ppo_lora_merges_and_uses_the_adapter_free_reference(ppo_run):
     assert not any("lora" in key for key in weights(stage / "model"))
     assert changed(stage / "model", ppo_run / "t" / "sft" / "model")
     AutoModelForCausalLM.from_pretrained(stage / "model")
+    # The snapshots are saved as the final policy is: the adapter, merged into a plain model.
+    for step in (1, 2, 3):
+        snapshot = stage / "snapshots" / f"step_{step}"
+        assert (snapshot / "adapter" / "adapter_config.json").exists()
+        assert not any("lora" in key for key in weights(snapshot / "model"))
+        assert changed(snapshot / "model", ppo_run / "t" / "sft" / "model")
+    assert changed(stage / "snapshots" / "step_3" / "model", stage / "model")
     # The first step's KL is measured against the policy with its adapter off, which starts as the SFT model itself.
     first = read_jsonl(stage / "history.jsonl")[0]
     assert first["objective/kl"] == pytest.approx(0.0, abs=1e-4)
@@ -260,6 +303,14 @@ def test_resume_after_sigkill_ends_with_the_weights_of_an_uninterrupted_run(tmp_
         assert [h[key] for h in history] == [h[key] for h in straight_history], key
     resumed_from = summary["metrics"]["resumed_at_steps"]
     assert len(resumed_from) == 1 and resumed_from[0] in (2, 4)
+    # The snapshots (4 of a 6-step run: after steps 1, 2, 4, 5) are those of the uninterrupted run, each listed once.
+    snapshots = [run / "t" / "ppo" / "snapshots" for run in (straight, killed)]
+    index = [json.loads((d / "index.json").read_text()) for d in snapshots]
+    assert index[0] == index[1] and [s["step"] for s in index[1]["snapshots"]] == [1, 2, 4, 5]
+    assert sorted(p.name for p in snapshots[1].glob("step_*")) == ["step_1", "step_2", "step_4", "step_5"]
+    for entry in index[1]["snapshots"]:
+        a, b = weights(snapshots[0] / entry["path"]), weights(snapshots[1] / entry["path"])
+        assert all(torch.equal(a[k], b[k]) for k in a), f"the snapshot of step {entry['step']} differs"
     assert summary["metrics"]["score_first"] == pytest.approx(history[0]["objective/scores"])
 
 
@@ -363,6 +414,7 @@ def test_an_ensemble_is_read_whole_and_combined_by_mean_minus_std(ppo_run):
         (["--reward_aggregation", "median"], "unknown 'median'"),
         (["--reward_aggregation", "mean_minus_std"], "at least 2 reward models"),
         (["--generation_backend", "vllm"], "needs a CUDA GPU"),
+        (["--snapshots", "-1"], r"snapshots must be 0 \(none\) or a number of policy snapshots"),
     ],
 )
 def test_bad_settings_stop_before_training(ppo_run, extra, message):
@@ -441,6 +493,12 @@ def test_two_processes_under_deepspeed(ppo_run, zero, lora):
     assert summary["metrics"]["global_step"] == 2
     AutoModelForCausalLM.from_pretrained(stage / "model")
     assert changed(stage / "model", ppo_run / "t" / "sft" / "model")
+    # The snapshot after step 1 of 2, gathered and saved as the final policy is.
+    index = json.loads((stage / "snapshots" / "index.json").read_text())
+    assert [(s["step"], s["episode"]) for s in index["snapshots"]] == [(1, 16)] and index["final"]["step"] == 2
+    snapshot = stage / "snapshots" / "step_1" / "model"
+    AutoModelForCausalLM.from_pretrained(snapshot)
+    assert changed(snapshot, ppo_run / "t" / "sft" / "model") and changed(snapshot, stage / "model")
 
 
 @pytest.mark.slow

@@ -83,6 +83,9 @@ def test_two_machines_train_one_policy_and_each_saves_it(ppo_run, tmp_path):  # 
     for name in saved[0]:
         assert torch.equal(saved[0][name], saved[1][name]), name  # one policy, synchronised across the machines
     assert any(not torch.equal(saved[0][name], sft[name]) for name in saved[0].keys() & sft.keys())  # it trained
+    # Each machine also wrote the snapshot of step 1, the same one.
+    snapshots = [load_file(m / "t" / "ppo" / "snapshots" / "step_1" / "model" / "model.safetensors") for m in machines]
+    assert all(torch.equal(snapshots[0][name], snapshots[1][name]) for name in snapshots[0])
 
     summary = json.loads((machines[0] / "t" / "ppo" / "summary.json").read_text())
     # 2 processes x 8 rollouts per step: 32 episodes in 2 steps (one process alone would take 4).
