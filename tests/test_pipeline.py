@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 import yaml
 
+from labeling_ui.storage import LabelStore
 from pipeline.conductor.config import STAGES, PipelineConfig
-from pipeline.conductor.orchestrate import plan
+from pipeline.conductor.orchestrate import plan, upstream_of
 from pipeline.lib.launch import threads_per_process
 from tests.conftest import REPO, read_jsonl
 
@@ -112,7 +115,8 @@ def run_pipeline(config: Path, *extra: str) -> subprocess.CompletedProcess:
 def statuses(stdout: str) -> dict[str, str]:
     """stage -> 'ran' / 'skipped', from the table the pipeline prints at the end."""
     table = stdout.rsplit("\nstage", 1)[-1].splitlines()[1:]
-    return {line.split()[0]: line.split()[1] for line in table if line and not line.startswith("total")}
+    rows = (re.match(r"(\S+(?: \(round \d+\))?)\s+(\S+)", line) for line in table if not line.startswith("total"))
+    return dict(row.groups() for row in rows if row)
 
 
 def test_plan_covers_every_stage_of_every_round(tmp_path):
@@ -129,6 +133,51 @@ def test_plan_covers_every_stage_of_every_round(tmp_path):
     assert f"--model_name_or_path {tmp_path}/r/ppo/model" in candidates  # round 2 samples from round 1's policy
     assert f"--model_name_or_path {tmp_path}/r/sft/model" in " ".join(round2["ppo"].commands[0])
     assert all("--db" in " ".join(c) for s in steps if s.stage in ("labeling", "export") for c in s.commands)
+
+
+def test_active_selection_plans_priorities_from_the_last_rounds_ensemble_and_a_budget(tmp_path):
+    rm = {"config": "configs/rm.yaml", "args": ["--ensemble", "3"]}
+    config = PipelineConfig(
+        run="r",
+        runs_dir=str(tmp_path),
+        rounds=2,
+        selection="active",
+        labels_per_round=50,
+        stages={"rm": rm},
+        labeling="simulated",
+        rubric="pipeline.demo.rubric:house_style_score",
+    )
+    labeling = {s.round: [" ".join(c) for c in s.commands] for s in plan(config) if s.stage == "labeling"}
+    select, imports, simulate = labeling[1]
+    assert "-m reward.select --run r " in select and "--by random --seed 1" in select  # round 1: no ensemble yet
+    assert f"--file {tmp_path}/r/selection/candidates.jsonl" in imports
+    assert simulate.endswith("--until-rankings 50")
+    select, imports, simulate = labeling[2]
+    assert f"--candidates {tmp_path}/r/round2/candidates/candidates.jsonl --round 2" in select
+    assert f"--by disagreement --reward_models {tmp_path}/r/rm" in select  # round 1's ensemble
+    assert f"--file {tmp_path}/r/round2/selection/candidates.jsonl" in imports
+    assert simulate.endswith("--until-rankings 100")  # the budget adds up over the rounds
+    step = next(s for s in plan(config) if s.stage == "labeling" and s.round == 2)
+    assert upstream_of(config, step) == [("candidates", 2), ("rm", 1)]  # a retrained ensemble re-selects
+
+    by_default = plan(PipelineConfig(run="r", runs_dir=str(tmp_path), rounds=2))
+    first = next(s for s in by_default if s.stage == "labeling")
+    assert "import-candidates" in first.commands[0] and "--until-rankings" not in " ".join(first.commands[-1])
+
+
+def test_active_selection_without_a_previous_round_or_an_ensemble_is_refused():
+    with pytest.raises(ValueError, match="needs rounds: 2 or more .* rounds is 1"):
+        PipelineConfig(selection="active", stages={"rm": {"args": ["--ensemble", "3"]}})
+    with pytest.raises(ValueError, match=r"the rm stage trains 1 model .* Set `ensemble: 3` in configs/rm.yaml"):
+        PipelineConfig(selection="active", rounds=2, stages={"rm": {"config": "configs/rm.yaml"}})
+    with pytest.raises(ValueError, match="selection must be 'random' or 'active'"):
+        PipelineConfig(selection="smart")
+    with pytest.raises(ValueError, match="labels_per_round must be at least 1"):
+        PipelineConfig(labels_per_round=0)
+    with pytest.raises(ValueError, match="labels_per_round or min_rankings, not both"):
+        PipelineConfig(labels_per_round=10, min_rankings=10)
+    config = PipelineConfig(selection="active", rounds=2, stages={"rm": {"args": ["--ensemble=2"]}})
+    assert config.selection == "active"
 
 
 def test_training_stages_get_the_cores_shared_out(monkeypatch):
@@ -224,3 +273,35 @@ def test_a_failing_stage_keeps_earlier_outputs_and_says_how_to_go_on(tmp_path, m
     assert "candidates failed" in proc.stdout and "finished stages are skipped" in proc.stdout
     assert (tmp_path / "runs" / "t" / "sft" / "model").exists()
     assert (tmp_path / "runs" / "t" / "sft" / "pipeline.json").exists()
+
+
+@pytest.mark.slow
+def test_two_rounds_with_active_selection_label_the_disputed_items_within_the_budget(
+    tmp_path, micro_model, small_sft_data, demo_dir
+):
+    config = pipeline_config(tmp_path, micro_model, small_sft_data, demo_dir, rounds=2)
+    raw = yaml.safe_load(config.read_text())
+    del raw["stages"]["dpo"]
+    raw |= {"selection": "active", "labels_per_round": 10, "gold_share": 0.0}
+    config.write_text(yaml.safe_dump(raw))
+    first = run_pipeline(config)
+    assert set(statuses(first.stdout).values()) == {"ran"}, first.stdout[-3000:]
+
+    run_dir = tmp_path / "runs" / "t"
+    round1 = json.loads((run_dir / "selection" / "summary.json").read_text())["metrics"]
+    round2 = json.loads((run_dir / "round2" / "selection" / "summary.json").read_text())["metrics"]
+    assert (round1["by"], round1["members"]) == ("random", 0)
+    assert (round2["by"], round2["members"], round2["items"]) == ("disagreement", 2, 16)  # round 1's ensemble
+    store = LabelStore(f"sqlite:///{run_dir / 'labeling' / 'labels.db'}")
+    try:
+        assert store.labeling_progress().rankings == 20  # 10 per round, exactly
+        ranked = {r["item_id"] for r in store.all_current_rankings()}
+        with store.engine.connect() as connection:
+            items = connection.execute(sa.text("SELECT id, priority FROM items WHERE priority >= 1")).all()
+    finally:
+        store.close()
+    assert len(items) == 16  # round 2's new items
+    top = {item_id for item_id, _ in sorted(items, key=lambda i: -i[1])[:10]}
+    assert {item_id for item_id, _ in items} & ranked == top  # round 2's budget went to its most disputed items
+    report = (run_dir / "report.md").read_text()
+    assert "most disputed" in report and "round 2" in report

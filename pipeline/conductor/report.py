@@ -131,6 +131,28 @@ def _labels_section(export_dirs: list[tuple[int, Path]]) -> list[str]:
     ]
 
 
+def _selection_lines(config) -> list[str]:
+    """Which items each round's labels went to (``reward.select``), when a budget or active selection chose them."""
+    lines = []
+    for r in range(1, config.rounds + 1):
+        m = (runs.read_summary(stage_dir(config, "selection", r)) or {}).get("metrics")
+        if not m:
+            continue
+        if m["by"] == "random":
+            how = "in random order"
+        else:
+            measure = "disagreement" if m["by"] == "disagreement" else "uncertainty (mean preference nearest 0.5)"
+            how = (
+                f"most disputed first: by the {measure} of round {r - 1}'s ensemble of {m['members']} "
+                f"(from {_fmt(m['score_min'])} to {_fmt(m['score_max'])}, median {_fmt(m['score_median'])})"
+            )
+        lines.append(f"- round {r}: {m['items']} new items, handed out {how}.")
+    if not lines:
+        return []
+    budget = f"{config.labels_per_round} rankings per round" if config.labels_per_round else "every item"
+    return ["", f"Label budget: {budget} (`labels_per_round`), selection `{config.selection}`:", "", *lines, ""]
+
+
 def _rm_section(rm_dir: Path, out: Path, title: str) -> list[str]:
     summary = runs.read_summary(rm_dir)
     if summary is None:
@@ -345,8 +367,8 @@ def _wandb_section(run_dir: Path) -> list[str]:
 
 
 def _best_of_n_lines(eval_dir: Path, run_dir: Path) -> list[str]:
-    """The last round's PPO against best-of-n from the SFT policy: its table, the score-against-KL plot, and the
-    sentence that says which won."""
+    """The last round's PPO against best-of-n from the SFT policy: its table, the sentence that says which won, PPO's
+    snapshots over training (when it saved some), and the score-against-KL plot that draws them all."""
     m = (runs.read_summary(eval_dir) or {}).get("metrics") or {}
     rows = m.get("best_of_n") or []
     if not rows:
@@ -369,6 +391,7 @@ def _best_of_n_lines(eval_dir: Path, run_dir: Path) -> list[str]:
         *_table(["policy", "KL to SFT", "gold score" if gold else "reward", "length"], table),
         m["best_of_n_verdict"],
         "",
+        *([m["ppo_snapshots_summary"], ""] if m.get("ppo_snapshots_summary") else []),
     ]
     frontier = eval_dir / "kl_frontier.png"
     if frontier.exists():
@@ -391,9 +414,9 @@ def write_report(config) -> Path:
     stage_rows = []
     for r in range(1, config.rounds + 1):
         for stage in (
-            ("sft", "candidates", "export", "rm", "ppo", "dpo", "eval")
+            ("sft", "candidates", "selection", "export", "rm", "ppo", "dpo", "eval")
             if r == 1
-            else ("candidates", "export", "rm", "ppo", "dpo", "eval")
+            else ("candidates", "selection", "export", "rm", "ppo", "dpo", "eval")
         ):
             summary = runs.read_summary(stage_dir(config, stage, r))
             if summary:
@@ -441,6 +464,7 @@ def write_report(config) -> Path:
         lines += _best_of_n_lines(eval_dirs[-1][1], run_dir)
     lines += _sft_section(stage_dir(config, "sft", 1), run_dir)
     lines += _labels_section([(r, stage_dir(config, "export", r)) for r in range(1, config.rounds + 1)])
+    lines += _selection_lines(config)
     for r in range(1, config.rounds + 1):
         suffix = "" if config.rounds == 1 else f" (round {r})"
         lines += _rm_section(stage_dir(config, "rm", r), run_dir, f"Reward model{suffix}")
