@@ -439,5 +439,7 @@ def test_two_processes_under_deepspeed_zero2_train_an_ensemble(rm_run):
     assert [m["global_step"] for m in summary["metrics"]["members"]] == [4, 4]
     assert proc.stdout.count("[rm] done") == 1  # only the main process evaluates and writes
     assert json.loads((stage / "ensemble.json").read_text())["members"] == ["members/0/model", "members/1/model"]
-    weights = [AutoModelForSequenceClassification.from_pretrained(stage / "members" / str(i) / "model") for i in (0, 1)]
+    weights = [
+        AutoModelForSequenceClassification.from_pretrained(stage / "members" / str(i) / "model") for i in (0, 1)
+    ]
     assert not torch.equal(weights[0].score.weight, weights[1].score.weight)  # two models, not one saved twice
