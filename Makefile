@@ -57,6 +57,9 @@ $(VENV)/.installed: pyproject.toml
 	@# The browser tests drive a real Chromium (Debian's); without it they are skipped with a message.
 	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get install -y -q chromium >/dev/null; } \
 		|| echo "note: no /usr/bin/chromium (apt-get install chromium): the browser tests will be skipped"
+	@# The labeling page names these fonts first (labeling_ui/server.py): laid out alike on every machine set up here.
+	@dpkg -s fonts-liberation fonts-dejavu-core >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get install -y -q fonts-liberation fonts-dejavu-core >/dev/null; } \
+		|| echo "note: fonts-liberation and fonts-dejavu-core are not installed (apt-get install them): the labeling page uses the system's font"
 	touch $@
 
 demo: setup  ## the whole pipeline on the embedded model with simulated labelers (about 14 min on 2 CPU cores)

@@ -292,8 +292,9 @@ def _layout(guidelines_version: str, guidelines: str, slots: int, beat_seconds: 
             with gr.Row(equal_height=True):
                 none_ok = gr.Checkbox(label="None is acceptable (N)", elem_id="none-ok", scale=1, min_width=180)
                 comment = gr.Textbox(label="Comment, optional (M)", lines=1, max_lines=3, scale=4, elem_id="comment")
-            # Fixed to the bottom of the window (static/page.css): Submit and Skip never scroll away, and the
-            # status line has a reserved height, so no message moves anything.
+            # Fixed to the bottom of the window, at a fixed height (static/page.css): Submit and Skip never scroll
+            # away, and every part of the bar has a reserved height, so no message, clock tick or draft note moves
+            # anything. The skip reason stays one line (a long reason scrolls sideways).
             with gr.Row(equal_height=True, elem_id="action-bar"):
                 submit_btn = gr.Button(
                     "Submit ranking", variant="primary", elem_id="submit-btn", scale=0, min_width=150
@@ -302,15 +303,16 @@ def _layout(guidelines_version: str, guidelines: str, slots: int, beat_seconds: 
                     show_label=False,
                     placeholder="Skip reason (why you cannot judge it)",
                     container=False,
-                    scale=2,
+                    max_lines=1,
+                    scale=1,
                     min_width=160,
                     elem_id="skip-reason",
                 )
                 skip_btn = gr.Button("Skip item", elem_id="skip-btn", scale=0, min_width=100)
                 undo_btn = gr.Button("Undo submit", interactive=False, elem_id="undo-btn", scale=0, min_width=110)
                 status = gr.Markdown(elem_id="status", min_height=0, scale=3, min_width=200)
-                with gr.Column(min_width=160, scale=0, elem_id="clock-box"):
-                    gr.HTML('<span id="clock"></span>')
+                with gr.Column(min_width=140, scale=0, elem_id="clock-box"):
+                    gr.HTML('<span id="clock"></span>', elem_id="clock-line", padding=False)
                     draft_note = gr.Markdown(elem_id="draft-note", min_height=0)
             item_key = gr.Textbox("loading", visible="hidden", elem_id="item-key")
             fetch_btn = gr.Button("Get an item", visible="hidden", elem_id="fetch-btn")

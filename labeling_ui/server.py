@@ -55,6 +55,12 @@ MAX_LOGIN_FORM = 4096  # bytes: a user name (64 characters at most) and a passwo
 SECRET_FILE = "session_secret"  # in runs/<run>/labeling/, next to the run's database
 UPLOADS = "/gradio_api/upload"  # also /gradio_api/upload_progress: the page has no file input
 NO_UPLOADS = "This app takes no files: rankings, flags and comments are sent as text."
+# The page's fonts: installed fonts only (the default theme fetches Google fonts, which offline machines cannot reach).
+# First the fonts `make setup` installs (Debian's fonts-liberation and fonts-dejavu-core), so the page is laid out
+# alike on every machine set up that way, the browser tests included; then the system's own, for other systems.
+# Gradio writes the names as given: a family name with a space is quoted here, a generic family is not.
+PAGE_FONT = ["'Liberation Sans'", "'DejaVu Sans'", "system-ui", "sans-serif"]
+PAGE_FONT_MONO = ["'Liberation Mono'", "'DejaVu Sans Mono'", "ui-monospace", "monospace"]
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -394,8 +400,7 @@ def serve(config: LabelingConfig, db_url: str, export_config: ExportConfig, host
         app.add_middleware(Guard, gate=LoginGate(service.authenticate), sessions=sessions)
 
         blocks.queue(default_concurrency_limit=CONCURRENCY)
-        # Fonts from the system: the default theme fetches Google fonts, which offline machines cannot reach.
-        theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+        theme = gr.themes.Default(font=PAGE_FONT, font_mono=PAGE_FONT_MONO)
         try:
             _, local_url, _ = blocks.launch(
                 server_name=host,

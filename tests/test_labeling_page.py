@@ -167,6 +167,80 @@ def test_submit_and_skip_stay_in_view_and_nothing_moves(server, login, width):
     assert page.errors == []
 
 
+# The clock emptied and set again in one go (page.js sets it every second): the bar's boxes with both.
+CLOCK_TICK = """() => {
+    const clock = document.querySelector('#clock'), shown = clock.textContent;
+    const boxes = () => Object.fromEntries(['#action-bar', '#submit-btn', '#skip-btn', '#skip-reason'].map((s) => {
+        const r = document.querySelector(s).getBoundingClientRect();
+        return [s, {x: r.x, y: r.y, width: r.width, height: r.height}];
+    }));
+    clock.textContent = '';
+    const empty = boxes();
+    clock.textContent = '59:59 on this item';
+    const ticked = boxes();
+    clock.textContent = shown;
+    return [empty, ticked];
+}"""
+# Every 8 px along the bar, two rows of points, every 20 px of scrolling the page: what is drawn on top there.
+OVER_THE_BAR = """() => {
+    const bar = document.querySelector('#action-bar'), r = bar.getBoundingClientRect(), over = new Set();
+    const end = document.documentElement.scrollHeight - window.innerHeight;
+    for (let y = 0; y <= end + 20; y += 20) {
+        window.scrollTo(0, y);
+        for (let x = 4; x < r.width; x += 8) {
+            for (const top of [r.top + 3, r.top + r.height / 2]) {
+                const e = document.elementFromPoint(x, top);
+                if (!bar.contains(e)) over.add(`${e.tagName}.${e.className} at scroll ${y}`);
+            }
+        }
+    }
+    window.scrollTo(0, 0);
+    return [...over];
+}"""
+
+
+def test_the_action_bar_keeps_its_height_whatever_it_shows(server, login):
+    """At 1024 px, the narrowest width the page is made for: the clock's first tick, a draft note, a long skip reason
+    and a status message longer than the bar moved Submit and Skip by 7 px once (the bar grew). The bar has a fixed
+    height now; the long message is read whole by pointing at it, and nothing the form scrolls under the bar is drawn
+    over it."""
+    running, url = server
+    # A 6-response item, then one of 9 (more than the page's 8 slots): its status message takes 4 lines at 1024 px.
+    name = fresh(url, rows_of(6) + rows_of(9), store_kwargs={"max_candidates": 9})
+    page = login(running.url, name, width=1024)
+    parts = ("#action-bar", "#submit-btn", "#skip-btn", "#skip-reason")
+    empty, ticked = page.evaluate(CLOCK_TICK)
+    assert ticked == empty  # the clock's first tick moved nothing
+    before = {s: box(page, s) for s in parts}
+    assert before == empty
+    assert page.evaluate(OVER_THE_BAR) == []  # the cards and their labels (z-index 40) pass under the bar
+
+    away_from_text_fields(page)
+    page.keyboard.press("a")
+    page.keyboard.press("1")  # a draft is saved after a pause: its note in the bar
+    page.wait_for_function("document.querySelector('#draft-note').innerText.startsWith('Draft saved')")
+    page.keyboard.press("Control+Enter")
+    wait_status(page, "Rank every response")
+    assert {s: box(page, s) for s in parts} == before
+    reason = page.locator("#skip-reason textarea, #skip-reason input").first
+    reason.fill("The question is ambiguous, " * 12)  # one line: it scrolls sideways
+    assert {s: box(page, s) for s in parts} == before
+    page.keyboard.press("Alt+s")
+    text = wait_status(page, "this page shows at most 8")
+    assert "tell an admin" in text
+    assert {s: box(page, s) for s in parts} == before
+
+    message = "#status [data-testid=markdown-wrapper]"
+    lines = page.locator(message).evaluate("(e) => [e.scrollHeight, e.clientHeight]")
+    assert lines[0] > lines[1] + 10, lines  # longer than the three lines the bar shows: it scrolls ...
+    page.hover("#status")  # ... and pointing at it shows it whole, above the bar
+    page.wait_for_function(f"(e => e.clientHeight >= e.scrollHeight)(document.querySelector('{message}'))")
+    shown = box(page, message)
+    assert shown["y"] >= 0 and shown["height"] >= lines[0], shown
+    assert {s: box(page, s) for s in parts} == before
+    assert page.errors == []
+
+
 def test_the_keys_match_the_item_and_the_help_lists_them_all(server, login, tmp_path):
     running, url = server
     name = fresh(url, rows_of(3) + rows_of(5))
