@@ -190,6 +190,7 @@ class StageRun:
             "status": "completed",
             "started_at": self.started_at.isoformat(timespec="seconds"),
             "wall_time_s": round(self.wall_time_s, 2),
+            "peak_memory_mb": peak_memory_mb(),
             "git_commit": git_commit(),
             "metrics": metrics,
             "inputs": {name: describe_input(value) for name, value in inputs.items()},
@@ -199,6 +200,14 @@ class StageRun:
         }
         write_json(self.dir / SUMMARY, summary)
         return summary
+
+
+def peak_memory_mb() -> float:
+    """This process's peak resident memory so far, in MiB (one process of a multi-process stage)."""
+    import resource
+
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return round(kib / 1024, 1)
 
 
 def format_duration(seconds: float) -> str:

@@ -343,5 +343,6 @@ class Stage:
         self.tracker.finish()
         first = next((f"{name}: {path}" for name, path in outputs.items()), "")
         took = runs.format_duration(summary["wall_time_s"])
-        print(" | ".join(part for part in (f"[{self.name}] done in {took}", headline, first) if part))
+        peak = f"peak memory {summary['peak_memory_mb'] / 1024:.1f} GiB"
+        print(" | ".join(part for part in (f"[{self.name}] done in {took}", headline, peak, first) if part))
         return summary
