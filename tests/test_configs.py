@@ -22,7 +22,12 @@ STAGE_CONFIGS = {
     "dpo.yaml": "ppo.dpo:DPOStageConfig",
     "labeling.yaml": "labeling_ui.config:LabelingConfig",
 }
-OTHER_CONFIGS = {"pipeline.yaml"}  # not a TrlParser config: tested below
+# The real model's settings (make demo-real), for the same stages.
+STAGE_CONFIGS |= {
+    f"smollm2/{name}": STAGE_CONFIGS[name]
+    for name in ("sft.yaml", "candidates.yaml", "rm.yaml", "ppo.yaml", "dpo.yaml", "eval.yaml")
+}
+OTHER_CONFIGS = {"pipeline.yaml", "smollm2/pipeline.yaml"}  # not TrlParser configs: tested below
 
 
 def load_class(spec: str):
@@ -33,7 +38,8 @@ def load_class(spec: str):
 
 
 def test_every_stage_yaml_is_listed_here():
-    shipped = {p.name for p in (REPO / "configs").glob("*.yaml")}
+    shipped = {str(p.relative_to(REPO / "configs")) for p in (REPO / "configs").glob("**/*.yaml")}
+    shipped = {name for name in shipped if not name.startswith("accelerate/")}
     assert shipped == set(STAGE_CONFIGS) | OTHER_CONFIGS, "a new config in configs/ needs an entry in STAGE_CONFIGS"
 
 
@@ -49,8 +55,8 @@ def test_stage_yaml_parses(name, tmp_path, monkeypatch):
     args = ["--config", str(REPO / "configs" / name)]
     if any(f.name == "bf16" for f in dataclasses.fields(cls)):
         args += ["--bf16", "false"]
-    if name in TRAINING:  # the run and the start model are their own dataclasses, composed with the stage's
-        configs = parse(cls, TRAINING[name], args)
+    if Path(name).name in TRAINING:  # the run and the start model are their own dataclasses, composed with the stage's
+        configs = parse(cls, TRAINING[Path(name).name], args)
         assert [type(c) for c in configs] == [RunArguments, ModelArguments, cls]
     else:
         configs = TrlParser((cls,)).parse_args_and_config(args)
@@ -65,14 +71,15 @@ def test_stage_yaml_parses(name, tmp_path, monkeypatch):
         assert value in (actual, getattr(actual, "value", None)) or actual == [value], key
 
 
-def test_pipeline_yaml_parses():
+@pytest.mark.parametrize("name", sorted(OTHER_CONFIGS))
+def test_pipeline_yaml_parses(name):
     from pipeline.conductor.config import STAGES, PipelineConfig
 
-    config = PipelineConfig.from_yaml(REPO / "configs" / "pipeline.yaml")
+    config = PipelineConfig.from_yaml(REPO / "configs" / name)
     assert set(config.stages) == set(STAGES)
-    for name, stage in config.stages.items():
+    for stage_name, stage in config.stages.items():
         if stage.config:  # every stage config it names is one of the configs tested above
-            assert Path(stage.config).name in STAGE_CONFIGS, name
+            assert str(Path(stage.config).relative_to("configs")) in STAGE_CONFIGS, stage_name
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs" / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
