@@ -16,6 +16,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
 from pipeline.lib.models import tokenizer_differences
+from pipeline.lib.prompts import conversation_text
 from ppo.algorithm import aggregate_scores
 from ppo.models import disable_dropout, last_token_scores
 from ppo.shaping import first_true, normalise_scores
@@ -95,7 +96,7 @@ def render_for(rm: RewardModel, prompt: list[dict[str, str]], response: str) -> 
     """The conversation as the reward model reads it: its own chat template, or plain text without one."""
     messages = [*prompt, {"role": "assistant", "content": response}]
     if rm.tokenizer.chat_template:
-        return rm.tokenizer.apply_chat_template(messages, tokenize=False)
+        return conversation_text(rm.tokenizer, messages)
     return "\n\n".join(m["content"] for m in messages)
 
 

@@ -125,6 +125,24 @@ def test_a_gguf_file_transformers_cannot_read_is_named_with_the_reason(tmp_path)
     assert not (tmp_path / "out").exists()
 
 
+def test_the_reward_model_is_trained_on_the_tokens_ppo_scores(smollm2):
+    """ChatML writes a newline after the reply's <|im_end|>; a rollout ends at <|im_end|>. The reward model reads its
+    score at the last token, so its training conversations end where a rollout does."""
+    from ppo.rewards import RewardModel, render_for
+    from reward.data import Renderer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    prompt, reply = [{"role": "user", "content": "Where is my order?"}], "Hi Sam, it ships today."
+    ids = Renderer(tokenizer)(prompt, [{"role": "assistant", "content": reply}])
+    rollout = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)
+    generated = tokenizer(reply, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert ids == list(rollout["input_ids"]) + generated
+    whole = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": reply}], tokenize=False)
+    assert whole.endswith("<|im_end|>\n")  # what the template writes, and what the renderer leaves out
+    foreign = RewardModel(smollm2, None, tokenizer, 0.0, 1.0, False, ["a test"])
+    assert render_for(foreign, prompt, reply) == tokenizer.decode(ids)
+
+
 # --- every stage --------------------------------------------------------------------------------------------------
 
 

@@ -30,3 +30,16 @@ def load_prompts(path: str | Path, limit: int | None = None) -> list[dict[str, A
 
 def content_id(prompt: list[dict[str, str]]) -> str:
     return hashlib.sha256(json.dumps(prompt, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def conversation_text(tokenizer, messages: list[dict[str, str]]) -> str:
+    """A conversation that ends in a reply, in the tokenizer's chat template and ending at the reply's EOS token.
+
+    A reward model reads its score at the last token, and a policy's rollout ends at its EOS token; templates that
+    write more after it (ChatML's newline after ``<|im_end|>``) would have the reward model trained on one last token
+    and asked about another.
+    """
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    eos = tokenizer.eos_token
+    end = text.rfind(eos) if eos and messages and messages[-1].get("role") == "assistant" else -1
+    return text[: end + len(eos)] if end != -1 else text
