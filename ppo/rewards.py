@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
 from pipeline.lib.models import tokenizer_differences
-from pipeline.lib.prompts import conversation_text
+from pipeline.lib.prompts import reply_suffix
 from ppo.algorithm import aggregate_scores
 from ppo.models import disable_dropout, last_token_scores
 from ppo.shaping import first_true, normalise_scores
@@ -96,7 +96,7 @@ def render_for(rm: RewardModel, prompt: list[dict[str, str]], response: str) -> 
     """The conversation as the reward model reads it: its own chat template, or plain text without one."""
     messages = [*prompt, {"role": "assistant", "content": response}]
     if rm.tokenizer.chat_template:
-        return conversation_text(rm.tokenizer, messages)
+        return rm.tokenizer.apply_chat_template(messages, tokenize=False)
     return "\n\n".join(m["content"] for m in messages)
 
 
@@ -112,16 +112,33 @@ def score_with(
     """Raw scores ``[B]`` of one reward model on truncated rollouts."""
     device = query_responses.device
     if rm.shares_policy_tokenizer:
-        attention = query_responses != policy_pad
-        last = context_length + first_true(query_responses[:, context_length:] == policy_pad) - 1
-        ids = query_responses.masked_fill(~attention, 0)
-        return last_token_scores(rm.model, ids, attention.long(), last)
+        suffix = rm.tokenizer(reply_suffix(rm.tokenizer), add_special_tokens=False)["input_ids"]
+        ids, last = with_reply_suffix(query_responses, policy_pad, context_length, suffix, rm.tokenizer.eos_token_id)
+        attention = ids != policy_pad
+        return last_token_scores(rm.model, ids.masked_fill(~attention, 0), attention.long(), last)
     texts = [render_for(rm, p, r) for p, r in zip(prompts, responses_text, strict=True)]
     batch = rm.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False, padding_side="right").to(
         device
     )
     last = batch["attention_mask"].sum(1) - 1
     return last_token_scores(rm.model, batch["input_ids"], batch["attention_mask"], last)
+
+
+def with_reply_suffix(
+    query_responses: torch.Tensor, pad: int, context_length: int, suffix: list[int], eos: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rollouts as the chat template writes a finished conversation (each reply that ended with EOS followed by
+    ``suffix``, e.g. ChatML's newline), and the index of each one's last token, where the reward model reads."""
+    last = context_length + first_true(query_responses[:, context_length:] == pad) - 1
+    if not suffix:
+        return query_responses, last
+    ids = torch.cat([query_responses, query_responses.new_full((len(query_responses), len(suffix)), pad)], dim=1)
+    ended = ids[torch.arange(len(ids), device=ids.device), last] == eos
+    tail = torch.tensor(suffix, dtype=ids.dtype, device=ids.device)
+    for row in ended.nonzero().flatten().tolist():
+        start = int(last[row]) + 1
+        ids[row, start : start + len(suffix)] = tail
+    return ids, last + ended.long() * len(suffix)
 
 
 def combine(raw: torch.Tensor, models: list[RewardModel], how: str, k: float) -> tuple[torch.Tensor, torch.Tensor]:

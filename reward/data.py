@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.lib.pairs import ranking_to_pairs
-from pipeline.lib.prompts import conversation_text
 from pipeline.lib.tables import ROLES, DataError, columns_note, format_problems, kind_of, messages_problem, read_table
 
 ACCEPTED_FORMATS = (
@@ -362,8 +361,9 @@ class Renderer:
         messages = prompt + response
         key = json.dumps(messages, ensure_ascii=False)
         if key not in self._cache:
-            text = conversation_text(self.tokenizer, messages)
-            self._cache[key] = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            self._cache[key] = list(
+                self.tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+            )
         return self._cache[key]
 
 

@@ -125,22 +125,28 @@ def test_a_gguf_file_transformers_cannot_read_is_named_with_the_reason(tmp_path)
     assert not (tmp_path / "out").exists()
 
 
-def test_the_reward_model_is_trained_on_the_tokens_ppo_scores(smollm2):
-    """ChatML writes a newline after the reply's <|im_end|>; a rollout ends at <|im_end|>. The reward model reads its
-    score at the last token, so its training conversations end where a rollout does."""
-    from ppo.rewards import RewardModel, render_for
+def test_ppo_scores_a_finished_reply_as_the_reward_model_was_trained_on_it(smollm2):
+    """ChatML writes a newline after the reply's <|im_end|>, and the reward model is trained on conversations as the
+    template writes them, reading its score at the last token; a rollout ends at <|im_end|>. PPO appends the newline to
+    a finished rollout before scoring it, so the reward model reads the same position it was trained on."""
+    from pipeline.lib.prompts import reply_suffix
+    from ppo.rewards import with_reply_suffix
     from reward.data import Renderer
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    assert reply_suffix(tokenizer) == "\n"
     prompt, reply = [{"role": "user", "content": "Where is my order?"}], "Hi Sam, it ships today."
-    ids = Renderer(tokenizer)(prompt, [{"role": "assistant", "content": reply}])
-    rollout = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)
+    trained_on = Renderer(tokenizer)(prompt, [{"role": "assistant", "content": reply}])
+    context = list(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_dict=True)["input_ids"])
     generated = tokenizer(reply, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    assert ids == list(rollout["input_ids"]) + generated
-    whole = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": reply}], tokenize=False)
-    assert whole.endswith("<|im_end|>\n")  # what the template writes, and what the renderer leaves out
-    foreign = RewardModel(smollm2, None, tokenizer, 0.0, 1.0, False, ["a test"])
-    assert render_for(foreign, prompt, reply) == tokenizer.decode(ids)
+    pad, newline = tokenizer.pad_token_id, tokenizer("\n", add_special_tokens=False)["input_ids"]
+    assert trained_on == context + generated + newline
+
+    finished = torch.tensor([context + generated + [pad, pad]])
+    cut_short = torch.tensor([context + generated[:-1] + [generated[0]] * 3])  # no EOS: scored at its last token
+    ids, last = with_reply_suffix(torch.cat([finished, cut_short]), pad, len(context), newline, tokenizer.eos_token_id)
+    assert ids[0, : int(last[0]) + 1].tolist() == trained_on
+    assert int(last[1]) == cut_short.shape[1] - 1 and ids[1, : cut_short.shape[1]].tolist() == cut_short[0].tolist()
 
 
 # --- every stage --------------------------------------------------------------------------------------------------

@@ -32,14 +32,16 @@ def content_id(prompt: list[dict[str, str]]) -> str:
     return hashlib.sha256(json.dumps(prompt, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def conversation_text(tokenizer, messages: list[dict[str, str]]) -> str:
-    """A conversation that ends in a reply, in the tokenizer's chat template and ending at the reply's EOS token.
+def reply_suffix(tokenizer) -> str:
+    """What the chat template writes after a reply's EOS token: ChatML's newline after ``<|im_end|>``, often nothing.
 
-    A reward model reads its score at the last token, and a policy's rollout ends at its EOS token; templates that
-    write more after it (ChatML's newline after ``<|im_end|>``) would have the reward model trained on one last token
-    and asked about another.
+    A rollout ends at its EOS token, while the reward model was trained on conversations as the template writes them
+    and reads its score at their last token; PPO appends this to a finished rollout before scoring it.
     """
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
     eos = tokenizer.eos_token
-    end = text.rfind(eos) if eos and messages and messages[-1].get("role") == "assistant" else -1
-    return text[: end + len(eos)] if end != -1 else text
+    if not tokenizer.chat_template or not eos:
+        return ""
+    messages = [{"role": "user", "content": "?"}, {"role": "assistant", "content": "!"}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    end = text.rfind(eos)
+    return text[end + len(eos) :] if end != -1 else ""
