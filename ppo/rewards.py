@@ -31,6 +31,7 @@ class RewardModel:
     std: float
     shares_policy_tokenizer: bool
     differences: list[str] = field(default_factory=list)
+    reply_suffix_ids: list[int] = field(default_factory=list)  # what its chat template writes after a reply's EOS
 
     def note(self) -> str | None:
         if self.shares_policy_tokenizer:
@@ -88,7 +89,8 @@ def load_reward_models(
         model.eval().requires_grad_(False)
         disable_dropout(model)
         differences = tokenizer_differences(policy_tokenizer, tokenizer)
-        out.append(RewardModel(path, model, tokenizer, mean, std, not differences, differences))
+        suffix = tokenizer(reply_suffix(tokenizer), add_special_tokens=False)["input_ids"]
+        out.append(RewardModel(path, model, tokenizer, mean, std, not differences, differences, suffix))
     return out
 
 
@@ -112,8 +114,8 @@ def score_with(
     """Raw scores ``[B]`` of one reward model on truncated rollouts."""
     device = query_responses.device
     if rm.shares_policy_tokenizer:
-        suffix = rm.tokenizer(reply_suffix(rm.tokenizer), add_special_tokens=False)["input_ids"]
-        ids, last = with_reply_suffix(query_responses, policy_pad, context_length, suffix, rm.tokenizer.eos_token_id)
+        eos = rm.tokenizer.eos_token_id
+        ids, last = with_reply_suffix(query_responses, policy_pad, context_length, rm.reply_suffix_ids, eos)
         attention = ids != policy_pad
         return last_token_scores(rm.model, ids.masked_fill(~attention, 0), attention.long(), last)
     texts = [render_for(rm, p, r) for p, r in zip(prompts, responses_text, strict=True)]

@@ -25,19 +25,20 @@ from tests.wandb_records import find_run_file, history_keys
 RUBRIC = "pipeline.demo.rubric:house_style_score"
 
 
-def make_ppo_run(root: Path, micro_model: str) -> Path:
-    """A run folder with an 'SFT model' (the micro base), a 'reward model' (the same, with a scalar head) and the
-    demo's prompts (from the cached demo data beside the micro model)."""
+def make_ppo_run(root: Path, policy: str, reward: str | None = None, demo_dir: Path | None = None) -> Path:
+    """A run folder with ``policy`` as its 'SFT model', ``reward`` (default: the policy) with a fresh scalar head as
+    its 'reward model', and the demo's prompts (by default from the cached demo data beside the policy)."""
     from pipeline.demo.data import ensure_demo_data
 
-    demo = ensure_demo_data(Path(micro_model).parent.parent)
+    demo = demo_dir or ensure_demo_data(Path(policy).parent.parent)
+    reward = reward or policy
     root.mkdir(parents=True, exist_ok=True)
     for split in ("prompts", "eval_prompts"):
         shutil.copy(demo / f"{split}.jsonl", root / f"{split}.jsonl")
-    shutil.copytree(micro_model, root / "t" / "sft" / "model")
-    tokenizer = AutoTokenizer.from_pretrained(micro_model)
+    shutil.copytree(policy, root / "t" / "sft" / "model")
+    tokenizer = AutoTokenizer.from_pretrained(reward)
     torch.manual_seed(0)
-    rm = AutoModelForSequenceClassification.from_pretrained(micro_model, num_labels=1)
+    rm = AutoModelForSequenceClassification.from_pretrained(reward, num_labels=1)
     rm.config.pad_token_id = tokenizer.pad_token_id
     rm.save_pretrained(root / "t" / "rm" / "model")
     tokenizer.save_pretrained(root / "t" / "rm" / "model")

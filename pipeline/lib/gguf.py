@@ -36,6 +36,8 @@ def load_gguf(path: str | Path):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    # transformers has no error type of its own for an unreadable file: an unknown architecture is a ValueError, an
+    # unknown quantisation a KeyError or NotImplementedError, a file that is no GGUF an OSError or a struct error.
     except (ValueError, KeyError, NotImplementedError, TypeError, OSError, RuntimeError) as error:
         reason = " ".join(str(error).split()) or type(error).__name__
         raise DataError(
