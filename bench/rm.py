@@ -73,23 +73,44 @@ def stage_args(run_dir: Path, model: str, preferences: Path, flags: list[str]) -
 def run(ws: Workspace) -> CaseResult:
     result = CaseResult("rm", "Reward model: project stage (pairwise) vs plain TRL RewardTrainer")
     steps, skip = (6, 2) if ws.quick else (12, 3)
-    model, data = ws.model(), preference_file(ws)
-    flags = training_flags(steps)
-    result.settings = run_settings(
-        "embedded:tiny-llama + scalar head", steps, skip, flags, data="400 pairs from the demo SFT split"
-    )
+    return versus_plain_trl(ws, result, ws.model(), "embedded:tiny-llama + scalar head", steps, skip)
+
+
+def run_real(ws: Workspace) -> CaseResult:
+    """The same comparison on SmolLM2-135M-Instruct with a scalar head on its tied-embedding trunk, trained in full
+    (both sides: the plain script has no LoRA), at half the batch: 4 pairs, 8 sequences of up to 512 tokens."""
+    result = CaseResult("rm_real", "Reward model on SmolLM2-135M-Instruct: project stage (pairwise) vs plain TRL")
+    steps, skip = (4, 1) if ws.quick else (10, 2)
+    model = ws.real_model()
+    flags = trainer_flags(steps, 4, max_length=512, learning_rate=2e-5)
+    return versus_plain_trl(ws, result, model, "SmolLM2-135M-Instruct + scalar head", steps, skip, flags)
+
+
+def versus_plain_trl(
+    ws: Workspace,
+    result: CaseResult,
+    model: str,
+    model_name: str,
+    steps: int,
+    skip: int,
+    flags: list[str] | None = None,
+) -> CaseResult:
+    """``reward.train`` (pairwise) against ``bench/baselines/rm_plain.py`` on ``model``, the same pairs and flags."""
+    case, data = result.name, preference_file(ws)
+    flags = flags or training_flags(steps)
+    result.settings = run_settings(model_name, steps, skip, flags, data="400 pairs from the demo SFT split")
 
     def measured(cmd: list[str], run_dir: Path) -> dict[str, float]:
         metrics = ws.measure(cmd, run_dir, skip)
         return {**metrics, "pairs_per_s": metrics["samples_per_s"] / 2}
 
     def stage(round_: int) -> dict[str, float]:
-        run_dir = ws.run_dir("rm", "stage", round_)
+        run_dir = ws.run_dir(case, "stage", round_)
         args = stage_args(run_dir, model, data, flags)
         return measured(harness_cmd("reward.train", args, run_dir / "metrics"), run_dir)
 
     def plain(round_: int) -> dict[str, float]:
-        run_dir = ws.run_dir("rm", "plain_trl", round_)
+        run_dir = ws.run_dir(case, "plain_trl", round_)
         args = ["--model_name_or_path", model, "--train_file", str(data), "--output_dir", str(run_dir / "out"), *flags]
         return measured(harness_cmd("bench.baselines.rm_plain", args, run_dir / "metrics"), run_dir)
 

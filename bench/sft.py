@@ -69,19 +69,43 @@ def run(ws: Workspace) -> CaseResult:
     # 35 measured steps (about 9 s at 2 cores): shorter windows let a second of noise decide a 5% ratio.
     steps, skip = (6, 2) if ws.quick else (40, 5)
     result = CaseResult("sft", "SFT: project stage vs plain TRL SFTTrainer")
-    model, demo = ws.model(), ws.demo_dir()
-    flags = training_flags(steps)
+    return versus_plain_trl(ws, result, ws.model(), "embedded:tiny-llama", training_flags(steps), steps, skip)
+
+
+def run_real(ws: Workspace) -> CaseResult:
+    """The same comparison on SmolLM2-135M-Instruct (configs/smollm2/sft.yaml's learning rate and batch): a 49k
+    vocabulary, 30 layers, tied embeddings. A step takes seconds, not tens of milliseconds, so fewer steps measure
+    as long a window."""
+    steps, skip = (4, 1) if ws.quick else (12, 2)
+    result = CaseResult("sft_real", "SFT on SmolLM2-135M-Instruct: project stage vs plain TRL SFTTrainer")
+    flags = trainer_flags(steps, 8, 384, 5e-5, completion_only_loss="true")
+    return versus_plain_trl(ws, result, ws.real_model(), "SmolLM2-135M-Instruct", flags, steps, skip, launch=False)
+
+
+def versus_plain_trl(
+    ws: Workspace,
+    result: CaseResult,
+    model: str,
+    model_name: str,
+    flags: list[str],
+    steps: int,
+    skip: int,
+    launch: bool = True,
+) -> CaseResult:
+    """``pipeline.sft`` against ``bench/baselines/sft_plain.py`` on ``model`` with the same ``flags``; with
+    ``launch``, also the stage as ``make sft`` launches it."""
+    case, demo = result.name, ws.demo_dir()
     result.settings = run_settings(
-        "embedded:tiny-llama", steps, skip, flags, data="demo sft_train", threads="torch default (all cores)"
+        model_name, steps, skip, flags, data="demo sft_train", threads="torch default (all cores)"
     )
 
     def stage(round_: int, launch: list[str] | None = None, name: str = "stage") -> dict[str, float]:
-        run_dir = ws.run_dir("sft", name, round_)
-        cmd = harness_cmd("pipeline.sft", stage_args(ws, run_dir, flags), run_dir / "metrics", launch=launch)
+        run_dir = ws.run_dir(case, name, round_)
+        cmd = harness_cmd("pipeline.sft", stage_args(ws, run_dir, flags, model), run_dir / "metrics", launch=launch)
         return ws.measure(cmd, run_dir, skip)
 
     def plain(round_: int) -> dict[str, float]:
-        run_dir = ws.run_dir("sft", "plain", round_)
+        run_dir = ws.run_dir(case, "plain", round_)
         args = [
             "--model_name_or_path",
             model,
@@ -96,11 +120,11 @@ def run(ws: Workspace) -> CaseResult:
     variants = {"stage": stage, "plain_trl": plain}
     if ws.threads:
         result.notes.append("`make sft` launch not compared: --threads fixes the threads of every program.")
-    elif not ws.quick:
+    elif launch and not ws.quick:
         # What `make sft` runs: accelerate launch by the project's launch rules, configs/accelerate/single.yaml and
         # the machine's cores as threads (accelerate alone would give the process one thread).
-        launch = accelerate_arguments(1)
-        variants["stage_make_launch"] = lambda r: stage(r, launch, "stage_make_launch")
+        arguments = accelerate_arguments(1)
+        variants["stage_make_launch"] = lambda r: stage(r, arguments, "stage_make_launch")
     run_rounds(result, variants, **ws.rounds())
     compare(result, Comparison("stage / plain TRL samples/s", "samples_per_s", "stage", "plain_trl", TARGET_VS_TRL))
     compare(result, Comparison("stage / plain TRL tokens/s", "tokens_per_s", "stage", "plain_trl", TARGET_VS_TRL))
