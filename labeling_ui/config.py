@@ -7,6 +7,7 @@ gets the same values and the same defaults. What each setting does for labelers 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,14 @@ class LabelingConfig:
     seed: int = field(default=0, metadata={"help": "Fixes display orders and the simulated labelers' noise."})
     host: str = "127.0.0.1"
     port: int = 7860
+    trusted_proxies: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Addresses or networks (CIDR) of the reverse proxies in front of the app: only a request from "
+            "one of them may name its client in X-Forwarded-For. Empty: every request is counted as from the "
+            "address it connects from (the login throttle counts failures per address)."
+        },
+    )
     rubric: str | None = field(
         default=None,
         metadata={
@@ -77,6 +86,13 @@ class LabelingConfig:
             )
         if not 0 <= self.port < 65536:
             raise ValueError(f"port must be in 0..65535, got {self.port}.")
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"trusted_proxies: {proxy!r} is not an IP address or network; write e.g. 127.0.0.1 or 10.0.0.0/8."
+                ) from None
         if self.rubric is not None and self.rubric.count(":") != 1:
             raise ValueError(f"rubric must read module:function, got {self.rubric!r}.")
         if not self.noise or any(sigma < 0 for sigma in self.noise):

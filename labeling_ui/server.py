@@ -376,6 +376,9 @@ def serve(config: LabelingConfig, db_url: str, export_config: ExportConfig, host
     # turns off: at a few events per submit that was a sixth of the server's CPU. Keep it from running.
     os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", str(2**62))
     os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "1000")
+    # Uvicorn believes X-Forwarded-For from the addresses in FORWARDED_ALLOW_IPS (its default: loopback, so any local
+    # client could pick the address the login throttle counts). Only the configured proxies may; none by default.
+    os.environ["FORWARDED_ALLOW_IPS"] = ",".join(config.trusted_proxies)
     # Gradio (and the page built on it) load here, not at the top: the CLI's other commands never need them.
     import gradio as gr
 

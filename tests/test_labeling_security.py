@@ -24,11 +24,12 @@ import httpx
 import pytest
 
 from labeling_ui import users
+from labeling_ui.config import LabelingConfig
 from labeling_ui.rules import MAX_SECONDS, RankingError, check_seconds, show_bidi_controls
 from labeling_ui.server import LOGIN_NICE, LOGIN_SLOTS, LoginGate
 from labeling_ui.storage import LabelStore
 from labeling_ui.users import LoginThrottle, load_secret, session_token, session_user
-from tests.labeling_server import ApiClient, LabelingServer, chromium, needs_chromium, question_rows
+from tests.labeling_server import REPO, ApiClient, LabelingServer, chromium, needs_chromium, question_rows
 
 ALICE = ("alice", "alice-password")
 
@@ -133,6 +134,46 @@ def test_a_burst_of_bad_logins_is_refused_with_when_to_try_again(app):
     sprayer.close()
     with http(server.url) as other:  # other addresses are not affected
         assert login(other, "carol", "carol-password").status_code == 200
+
+
+def spray(client: httpx.Client, failures: int, forwarded_for: str | None = None) -> list[int]:
+    """``failures`` wrong passwords for new names, each naming ``forwarded_for`` (or another address each time) as
+    the client in X-Forwarded-For: the statuses."""
+    statuses = []
+    for i in range(failures):
+        headers = {"X-Forwarded-For": forwarded_for or f"198.51.100.{i + 1}"}
+        form = {"username": f"sprayed-{uuid.uuid4().hex[:8]}", "password": "guess"}
+        statuses.append(client.post("/login", data=form, headers=headers).status_code)
+    return statuses
+
+
+def test_only_a_configured_proxy_may_name_the_client_the_throttle_counts(app, tmp_path):
+    _, url = app
+    config = tmp_path / "labeling.yaml"
+    yaml_text = (REPO / "configs" / "labeling.yaml").read_text()
+    config.write_text(yaml_text.replace("trusted_proxies: []", "trusted_proxies: [127.0.0.70]", 1))
+    # Its own app: the spray from 127.0.0.1 below must not throttle the address the other tests log in from.
+    with LabelingServer(url, tmp_path / "runs", config=config) as server:
+        # A client that is not the proxy (here on loopback, which uvicorn trusts by default) names someone else in
+        # X-Forwarded-For: it is counted as itself, so the other address is not put over the limit.
+        with http(server.url) as liar:
+            assert spray(liar, 21, forwarded_for="127.0.0.62") == [400] * 20 + [429]
+        with http(server.url, address="127.0.0.62") as framed:
+            assert login(framed, "carol", "carol-password").status_code == 200
+        # Behind the proxy, the address it forwards is the one counted: one client over the limit, not the others.
+        with http(server.url, address="127.0.0.70") as proxy:
+            assert spray(proxy, 21, forwarded_for="203.0.113.5") == [400] * 20 + [429]
+            dave = {"username": "dave", "password": "dave-password"}
+            refused = proxy.post("/login", data=dave, headers={"X-Forwarded-For": "203.0.113.5"})
+            assert refused.status_code == 429 and "from this address" in refused.json()["detail"]
+            assert proxy.post("/login", data=dave, headers={"X-Forwarded-For": "203.0.113.6"}).status_code == 200
+
+
+def test_a_trusted_proxy_that_is_not_an_address_is_refused_with_an_example():
+    with pytest.raises(
+        ValueError, match=r"trusted_proxies: 'proxy.local' is not an IP address or network; write e\.g\."
+    ):
+        LabelingConfig(trusted_proxies=["127.0.0.1", "proxy.local"])
 
 
 def flood_logins(url: str, flooders: int, stop: threading.Event, answers: Counter) -> None:
