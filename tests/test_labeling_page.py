@@ -249,7 +249,9 @@ def test_the_keys_match_the_item_and_the_help_lists_them_all(server, login, tmp_
     assert "A-C select" in hint and "1-3 rank" in hint
     assert page.locator("#rank-0 input[type=radio]").count() == 3
 
+    assert not page.locator("#help").is_visible()
     page.keyboard.press("?")
+    assert page.locator("#help").is_visible()  # shown over the page, not only in the DOM
     help_text = page.inner_text("#help")
     for words in ("unsafe", "private data", "factually wrong", "off-topic", "none is acceptable", "write a comment"):
         assert words in help_text
@@ -257,6 +259,10 @@ def test_the_keys_match_the_item_and_the_help_lists_them_all(server, login, tmp_
     expected = ["A-H", "1-8", "U", "P", "W", "O", "X", "N", "M", "Esc", "Ctrl+Enter", "Alt+S", "Alt+Z", "?"]
     assert keys == expected
     page.keyboard.press("Escape")
+    assert not page.locator("#help").is_visible()
+    page.click("#help-btn")  # the ? button opens it too, and a click elsewhere closes it
+    assert page.locator("#help").is_visible()
+    page.mouse.click(5, 300)
     assert not page.locator("#help").is_visible()
 
     away_from_text_fields(page)

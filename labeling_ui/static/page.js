@@ -109,7 +109,12 @@ if (!window.__labelingKeys) {
     const button = card.querySelector('.expand-btn');
     if (button) button.textContent = open ? 'Collapse' : 'Expand';
   };
-  window.__labelingHelp = (open) => document.body.classList.toggle('help-open', open);
+  // The class goes on the box itself: Gradio scopes the page's CSS to its container, so a class on <body> never
+  // matches a scoped rule.
+  window.__labelingHelp = (open) => {
+    const box = document.getElementById('help-box');
+    if (box) box.classList.toggle('open', open);
+  };
   const click = (id) => { const b = document.getElementById(id); if (b && !b.disabled) b.click(); };
   document.addEventListener('mousedown', (e) => {
     const card = e.target.closest && e.target.closest('.candidate');
