@@ -78,14 +78,19 @@ CSP = (
 SECURITY_HEADERS = [(b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff")]
 SCRIPT_TAG = re.compile(rb"<script(?=[\s>])")
 # Gradio's login page says nothing when a login is refused with 429 (throttled): show the server's message, which
-# says when to try again, under the Login button.
+# says when to try again, under the Login button. Gradio shows its "Incorrect Credentials" (p.creds) for any refusal:
+# hidden while the throttle's message stands, so the labeler reads one reason, the right one.
 LOGIN_REFUSED_JS = b"""(() => {
+  const style = document.createElement('style');
+  style.textContent = 'html.login-throttled p.creds { display: none; }';
+  document.head.append(style);
   const fetchPage = window.fetch.bind(window);
   window.fetch = async (resource, options) => {
     const response = await fetchPage(resource, options);
     const url = new URL(resource instanceof Request ? resource.url : String(resource), location.href);
     if (options?.method === 'POST' && url.pathname.replace(/\\/$/, '').endsWith('/login')) {
       let note = document.getElementById('login-refused');
+      document.documentElement.classList.toggle('login-throttled', response.status === 429);
       if (response.status === 429) {
         const { detail } = await response.clone().json();
         if (!note) {

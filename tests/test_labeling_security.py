@@ -297,6 +297,7 @@ def test_the_login_page_says_when_to_try_again(app):
         note = page.get_by_role("alert")
         note.wait_for(timeout=10_000)
         assert re.fullmatch(r"Too many failed logins for this user name\. Try again in [1-4] s\.", note.inner_text())
+        assert not page.get_by_text("Incorrect Credentials").is_visible()  # one reason shown, the right one
 
 
 # --- B3: sessions survive a restart --------------------------------------------------------------------------------
