@@ -35,6 +35,8 @@ FLAG_LABELS = {
 }
 FLAG_KEYS = {"unsafe": "U", "private_data": "P", "factually_wrong": "W", "off_topic": "O"}  # as in static/page.js
 UNDO_SECONDS = 10  # the Undo button stays for this long after a submit; the server allows 5 s more (a slow click)
+UNDO_HINT = " Undo (Alt+Z) reopens it to edit, for a few seconds."
+DRAFT_RESTORED = "Your unsaved ranks of this item are back (a draft)."
 EXPORTED = ("preferences.jsonl", "preferences.parquet", "rankings.jsonl")  # what the admin's download offers
 PRIVATE = {"api_visibility": "private"}  # the page's own events: not API routes
 
@@ -114,7 +116,7 @@ class RankForm:
         """Every component ``Events.render`` sets when it shows an item."""
         head = [self.state, self.status, self.progress, self.hint, self.prompt, self.item_key, self.submit_btn]
         slots = [part for s in self.slots for part in (s.column, s.text, s.rank, s.flags)]
-        return [*head, *slots, self.none_ok, self.comment, self.skip_reason, self.wait_timer]
+        return [*head, *slots, self.none_ok, self.comment, self.skip_reason, self.draft_note, self.wait_timer]
 
     def answers(self) -> set:
         """What a submit or a draft reads: the handler gets them as one {component: value} dict."""
@@ -202,7 +204,7 @@ def _admin_tab(tab: gr.Tab) -> AdminTab:
         interactive=False,
         elem_id="flagged",
         wrap=True,
-        max_height=320,
+        max_height=640,  # the open items come first: the ones to act on are at the top
         column_widths=["10%", "20%", "10%", "10%", "12%", "38%"],
     )
     with gr.Row(equal_height=True):
@@ -382,9 +384,10 @@ class Events:
         edits: int | None = None,
         held_by_others: int = 0,
         progress: tuple[int, int] | None = None,
+        restored: bool = False,
     ) -> dict:
-        """The form showing ``view``, prefilled with ``ranking`` (the version being edited, or the labeler's draft),
-        or saying why there is nothing to rank."""
+        """The form showing ``view``, prefilled with ``ranking`` (the version being edited, or the labeler's draft:
+        ``restored``), or saying why there is nothing to rank. The draft note is the shown item's own."""
         form, ranking = self.form, ranking or {}
         candidates = view.candidates if view is not None else []
         k = len(candidates)
@@ -397,6 +400,7 @@ class Events:
             form.none_ok: bool(ranking.get("none_acceptable")),
             form.comment: ranking.get("comment", ""),
             form.skip_reason: "",
+            form.draft_note: DRAFT_RESTORED if restored else "",
             form.submit_btn: gr.Button(interactive=view is not None and not too_many),
             form.wait_timer: gr.Timer(active=view is None and held_by_others > 0),
         }
@@ -444,8 +448,10 @@ class Events:
         """The labeler's item in hand (with its draft), or why there is none."""
         got = self.service.assign(username)
         draft = self.service.draft(username, got.view.item_id) if got.view is not None else None
+        progress = (got.done, got.total)
+        restored = bool(draft and (draft["ranks"] or draft["flags"] or draft["comment"] or draft["none_acceptable"]))
         return self.render(
-            username, got.view, message, draft, held_by_others=got.held_by_others, progress=(got.done, got.total)
+            username, got.view, message, draft, held_by_others=got.held_by_others, progress=progress, restored=restored
         )
 
     def recent_choices(self, username: str) -> dict:
@@ -524,7 +530,7 @@ class Events:
         message = result["message"]
         undo = {}
         if result["created"] and not edits:
-            message += " Undo (Alt+Z) reopens it to edit, for a few seconds."
+            message += UNDO_HINT
             last = {"item_id": state["item_id"], "version": result["version"], "at": time.time()}
             undo = {
                 form.last: last,
@@ -553,9 +559,11 @@ class Events:
         )
         return {**closed, **self.render(username, view, message, ranking, edits=ranking["version"])}
 
-    def on_undo_expired(self) -> dict:
+    def on_undo_expired(self, status: str | None) -> dict:
+        """The Undo window closed: the button goes, and so does the hint, if the status line still shows it."""
         form = self.form
-        return {form.undo_btn: gr.Button(interactive=False), form.undo_timer: gr.Timer(active=False)}
+        hint = {form.status: status.replace(UNDO_HINT, "")} if status and UNDO_HINT in status else {}
+        return {form.undo_btn: gr.Button(interactive=False), form.undo_timer: gr.Timer(active=False), **hint}
 
     def on_skip(self, state: dict | None, reason: str | None, request: gr.Request) -> dict:
         username = self.user(request)
@@ -788,7 +796,9 @@ def build_page(service: LabelingService) -> gr.Blocks:
         form.submit_btn.click(events.on_submit, form.answers(), submitted, **once)
         form.skip_btn.click(events.on_skip, [form.state, form.skip_reason], form.shown(), **once)
         form.undo_btn.click(events.on_undo, form.last, submitted, **once)
-        form.undo_timer.tick(events.on_undo_expired, None, [form.undo_btn, form.undo_timer], **PRIVATE)
+        form.undo_timer.tick(
+            events.on_undo_expired, form.status, [form.undo_btn, form.undo_timer, form.status], **PRIVATE
+        )
         form.wait_timer.tick(events.on_wait, form.state, form.shown(), **PRIVATE)
         form.draft_btn.click(events.on_draft, form.answers(), form.draft_note, trigger_mode="always_last", **PRIVATE)
         mine.edit_btn.click(events.on_edit, mine.recent, [*form.shown(), page.tabs], **once)

@@ -73,7 +73,8 @@ def agreement_note(summary: dict, rankings: Sequence[dict], overlap: int) -> str
 
 def flagged_items(rankings: Sequence[dict]) -> list[dict]:
     """Items where a labeler flagged a response or found none acceptable, with who said what and what admins
-    decided (``excluded`` from the export, ``reviewed``)."""
+    decided (``excluded`` from the export, ``reviewed``). The queue an admin works through: the open items first,
+    then the reviewed, then the excluded; within each, the most recently flagged first."""
     flagged: dict[str, dict[str, Any]] = {}
     for r in rankings:
         if not (r["flags"] or r["none_acceptable"]):
@@ -89,8 +90,10 @@ def flagged_items(rankings: Sequence[dict]) -> list[dict]:
                 "none_acceptable_by": [],
                 "flags": [],
                 "comments": [],
+                "last_flagged_at": r["created_at"],
             },
         )
+        entry["last_flagged_at"] = max(entry["last_flagged_at"], r["created_at"])
         texts = {c["id"]: c["text"] for c in r["candidates"]}
         if r["none_acceptable"]:
             entry["none_acceptable_by"].append(r["username"])
@@ -100,4 +103,5 @@ def flagged_items(rankings: Sequence[dict]) -> list[dict]:
             )
         if r["comment"]:
             entry["comments"].append({"username": r["username"], "comment": r["comment"]})
-    return list(flagged.values())
+    newest_first = sorted(flagged.values(), key=lambda item: item["last_flagged_at"], reverse=True)
+    return sorted(newest_first, key=lambda item: (item["excluded"], item["reviewed"]))

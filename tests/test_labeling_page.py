@@ -320,14 +320,20 @@ def test_the_clock_counts_and_undo_reopens_the_last_submit_as_an_edit(server, lo
     wait_status(page, "Saved your edit (version 2)")
     assert page.locator("#prompt textarea").input_value() != first_prompt  # back to the next item
     assert page.inner_text("#progress") == "1 done of 2"
+    rank_all(page, 4)
+    page.keyboard.press("Control+Enter")
+    wait_status(page, "Undo (Alt+Z)")
     page.wait_for_function("document.querySelector('#undo-btn').disabled", timeout=20_000)  # gone after 10 s
+    page.wait_for_function("!document.querySelector('#status').innerText.includes('Undo')")  # and so is its hint
+    assert "Saved" in page.inner_text("#status")
 
     store = LabelStore(url)
     try:
         mine = [r for r in store.all_current_rankings() if r["username"] == name]
     finally:
         store.close()
-    assert [(r["version"], [r["ranks"][c] for c in r["display_order"]]) for r in mine] == [(2, [4, 2, 3, 1])]
+    ranks = sorted((r["version"], [r["ranks"][c] for c in r["display_order"]]) for r in mine)
+    assert ranks == [(1, [1, 2, 3, 4]), (2, [4, 2, 3, 1])]
 
 
 def test_a_long_reply_expands_to_be_read_whole(server, login):
@@ -471,6 +477,13 @@ def test_a_draft_survives_a_sigkill_of_the_server(server, login):
     assert page.locator("#flags-1").get_by_role("checkbox", name="factually wrong").is_checked()
     assert page.locator("#comment textarea").input_value() == "half done"
     assert page.locator("#rank-1 input:checked").count() == 0
+    assert page.inner_text("#draft-note") == "Your unsaved ranks of this item are back (a draft)."
+
+    rank_all(page, 4)
+    page.keyboard.press("Control+Enter")
+    wait_status(page, "Undo (Alt+Z)")
+    assert page.locator("#prompt textarea").input_value() != prompt
+    assert page.inner_text("#draft-note").strip() == ""  # the last item's note does not follow to the next
 
 
 # --- the admin tab ------------------------------------------------------------------------------------------------

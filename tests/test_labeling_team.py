@@ -514,3 +514,31 @@ def test_the_api_refuses_items_not_in_hand_and_keeps_leases_by_heartbeat(app_ser
         assert store.count_rankings() == 2 and store.count_rankings(current_only=True) == 1
     finally:
         store.close()
+
+
+def test_the_flagged_queue_puts_open_items_first_and_the_newest_flags_first_within():
+    def ranking(item: str, at: str, excluded: bool = False, reviewed: bool = False, user: str = "ana") -> dict:
+        return {
+            "item_id": item,
+            "prompt_id": item,
+            "prompt": f"prompt {item}",
+            "candidates": [{"id": "c0", "text": "a reply"}],
+            "flags": {"c0": ["unsafe"]},
+            "none_acceptable": False,
+            "comment": "",
+            "username": user,
+            "excluded": excluded,
+            "reviewed": reviewed,
+            "created_at": at,
+        }
+
+    rankings = [
+        ranking("excluded", "2026-12-07T10:05:00", excluded=True, reviewed=True),
+        ranking("reviewed", "2026-12-07T10:04:00", reviewed=True),
+        ranking("old", "2026-12-07T10:01:00"),
+        ranking("new", "2026-12-07T10:02:00"),
+        ranking("old", "2026-12-07T10:03:00", user="ben"),  # flagged again since: the newest open one
+    ]
+    queue = stats.flagged_items(rankings)
+    assert [item["item_id"] for item in queue] == ["old", "new", "reviewed", "excluded"]
+    assert [f["username"] for f in queue[0]["flags"]] == ["ana", "ben"]
