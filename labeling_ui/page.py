@@ -120,7 +120,8 @@ class RankForm:
 
     def answers(self) -> set:
         """What a submit or a draft reads: the handler gets them as one {component: value} dict."""
-        return {self.state, self.none_ok, self.comment, *(s.rank for s in self.slots), *(s.flags for s in self.slots)}
+        ranks_and_flags = [part for s in self.slots for part in (s.rank, s.flags)]
+        return {self.state, self.item_key, self.none_ok, self.comment, *ranks_and_flags}
 
 
 @dataclass
@@ -173,14 +174,16 @@ class Page:
 # --- the layout ---------------------------------------------------------------------------------------------------
 
 
-def _slot(i: int, letter: str) -> Slot:
+def _slot(i: int, letter: str, slots: int) -> Slot:
     with gr.Column(scale=1, min_width=300, elem_id=f"cand-{i}", elem_classes="candidate") as column:
         # Read-only text boxes show the response literally (never as HTML or markdown): 7 lines, then it scrolls,
         # or X / the Expand button shows it whole, across the page.
         text = gr.Textbox(label=f"Response {letter}", interactive=False, lines=7, max_lines=7, elem_id=f"text-{i}")
         expand = gr.Button("Expand", size="sm", elem_classes="expand-btn", elem_id=f"expand-{i}")
         expand.click(None, js=f"() => window.__labelingExpand && window.__labelingExpand({i})")
-        rank = gr.Radio([], label=f"Rank of {letter}", elem_id=f"rank-{i}")
+        # Each item sets its own ranks 1..K; every rank a page can show is a choice from the start, so a page that
+        # outlived a restart of the server (which forgot the session's choices) still submits what it shows.
+        rank = gr.Radio(list(range(1, slots + 1)), label=f"Rank of {letter}", elem_id=f"rank-{i}")
         # Checkboxes, not a multiselect: ticking one changes no size, so nothing on the page moves.
         flags = gr.CheckboxGroup(
             [(FLAG_LABELS[f], f) for f in FLAGS], value=[], label=f"Flags of {letter}", elem_id=f"flags-{i}"
@@ -290,7 +293,7 @@ def _layout(guidelines_version: str, guidelines: str, slots: int, beat_seconds: 
                 ):
                     gr.Markdown(guidelines, elem_id="guidelines")
             with gr.Row(elem_id="responses"):
-                slot_list = [_slot(i, LETTERS[i]) for i in range(slots)]
+                slot_list = [_slot(i, LETTERS[i], slots) for i in range(slots)]
             with gr.Row(equal_height=True):
                 none_ok = gr.Checkbox(label="None is acceptable (N)", elem_id="none-ok", scale=1, min_width=180)
                 comment = gr.Textbox(label="Comment, optional (M)", lines=1, max_lines=3, scale=4, elem_id="comment")
@@ -502,6 +505,28 @@ class Events:
 
     # --- what the labeler does ---
 
+    def in_hand(self, username: str, state: dict | None, item_key: str | None) -> dict | None:
+        """The page's state of the item it shows. A restart of the server forgets it (Gradio keeps a session's state
+        in memory) while the page still shows the item, whose id the page holds (``item_key``): then the state is
+        rebuilt from the store, if the item is still the labeler's: in hand, or their ranking being edited. The
+        time spent counts from here, and the page's submission id is new (the store knows whether it was saved)."""
+        if state or not item_key or item_key in ("none", "loading"):
+            return state
+        if item_key.startswith("edit:"):
+            found = self.service.for_edit(username, item_key.removeprefix("edit:"))
+            view, edits = (found[0], found[1]["version"]) if found else (None, None)
+        else:
+            view, edits = self.service.view_in_hand(username, item_key), None
+        if view is None or view.item_id != item_key.removeprefix("edit:"):
+            return None
+        order = [cid for cid, _ in view.candidates]
+        return {
+            "item_id": view.item_id,
+            "order": order,
+            "submission_id": uuid.uuid4().hex,
+            "shown_at": time.time(),
+        } | ({"edits": edits} if edits else {})
+
     def _submission(self, values: dict) -> Submission:
         form, state = self.form, values[self.form.state]
         slots = dict(zip(state["order"], form.slots, strict=False))  # the item's K candidates fill the first slots
@@ -518,7 +543,7 @@ class Events:
 
     def on_submit(self, values: dict, request: gr.Request) -> dict:
         username, form = self.user(request), self.form
-        state = values[form.state]
+        state = values[form.state] = self.in_hand(username, values[form.state], values[form.item_key])
         if not state:
             return {**self.show_next(username, "Nothing to submit."), **self.recent_choices(username)}
         edits = state.get("edits")
@@ -565,8 +590,9 @@ class Events:
         hint = {form.status: status.replace(UNDO_HINT, "")} if status and UNDO_HINT in status else {}
         return {form.undo_btn: gr.Button(interactive=False), form.undo_timer: gr.Timer(active=False), **hint}
 
-    def on_skip(self, state: dict | None, reason: str | None, request: gr.Request) -> dict:
+    def on_skip(self, state: dict | None, reason: str | None, item_key: str | None, request: gr.Request) -> dict:
         username = self.user(request)
+        state = self.in_hand(username, state, item_key)
         if not state:
             return {self.form.status: gr.skip()}
         if state.get("edits"):
@@ -580,7 +606,7 @@ class Events:
     def on_draft(self, values: dict, request: gr.Request) -> dict:
         """Keep the labeler's unfinished ranks, flags and comment (static/page.js sends them after a pause)."""
         username, form = self.user(request), self.form
-        state = values[form.state]
+        state = values[form.state] = self.in_hand(username, values[form.state], values[form.item_key])
         if not state or state.get("edits"):
             return {form.draft_note: gr.skip()}
         submission = self._submission(values)
@@ -594,6 +620,31 @@ class Events:
         if not result["ok"]:
             return {form.draft_note: gr.skip()}
         return {form.draft_note: f"Draft saved {time.strftime('%H:%M:%S')}"}
+
+    def page_draft(
+        self, username: str, item_id: str, ranks: str, flags: str, none_acceptable: bool, comment: str
+    ) -> dict:
+        """The draft static/page.js sends as the page goes away: ``ranks`` and ``flags`` as JSON lists, one entry per
+        response in the order shown (a rank or null; the indices of the ticked flags). {ok}"""
+        view = self.service.view_in_hand(username, item_id or "")
+        try:
+            shown_ranks, shown_flags = json.loads(ranks), json.loads(flags)
+        except ValueError:
+            return {"ok": False}
+        if view is None or not isinstance(shown_ranks, list) or not isinstance(shown_flags, list):
+            return {"ok": False}
+        order = [cid for cid, _ in view.candidates]
+        draft = {
+            "ranks": {cid: r for cid, r in zip(order, shown_ranks, strict=False) if isinstance(r, int)},
+            "flags": {
+                cid: [FLAGS[j] for j in ticked if isinstance(j, int) and 0 <= j < len(FLAGS)]
+                for cid, ticked in zip(order, shown_flags, strict=False)
+                if isinstance(ticked, list) and ticked
+            },
+            "none_acceptable": bool(none_acceptable),
+            "comment": str(comment or ""),
+        }
+        return {"ok": self.service.save_draft(username, view.item_id, draft)["ok"]}
 
     def on_edit(self, item_id: str | None, request: gr.Request) -> dict:
         username = self.user(request)
@@ -772,7 +823,20 @@ def _api_routes(service: LabelingService, events: Events) -> None:
         """The page with the item closed: others may be given it now. Returns {ok}."""
         return service.release(events.user(request), item_id)
 
-    for route in (next_item, submit, edit, skip, heartbeat, release):
+    def draft(
+        item_id: str,
+        ranks: str,
+        flags: str,
+        none_acceptable: bool = False,
+        comment: str = "",
+        request: gr.Request = None,
+    ) -> dict:
+        """Keep what the page shows of the item in hand as the labeler's draft (the page sends it as it closes).
+        ranks: JSON list, one per response as shown, a rank or null; flags: JSON list of the indices of each
+        response's ticked flags. Returns {ok}."""
+        return events.page_draft(events.user(request), item_id, ranks, flags, none_acceptable, comment)
+
+    for route in (next_item, submit, edit, skip, heartbeat, release, draft):
         gr.api(route, api_name=route.__name__)
 
 
@@ -794,7 +858,7 @@ def build_page(service: LabelingService) -> gr.Blocks:
         # Not the Rank tab's select event: Gradio fires it as the page starts, before `on_load` has answered.
         form.fetch_btn.click(events.on_fetch, form.state, form.shown(), **once)
         form.submit_btn.click(events.on_submit, form.answers(), submitted, **once)
-        form.skip_btn.click(events.on_skip, [form.state, form.skip_reason], form.shown(), **once)
+        form.skip_btn.click(events.on_skip, [form.state, form.skip_reason, form.item_key], form.shown(), **once)
         form.undo_btn.click(events.on_undo, form.last, submitted, **once)
         form.undo_timer.tick(
             events.on_undo_expired, form.status, [form.undo_btn, form.undo_timer, form.status], **PRIVATE
@@ -803,7 +867,8 @@ def build_page(service: LabelingService) -> gr.Blocks:
         form.draft_btn.click(events.on_draft, form.answers(), form.draft_note, trigger_mode="always_last", **PRIVATE)
         mine.edit_btn.click(events.on_edit, mine.recent, [*form.shown(), page.tabs], **once)
         page.logout_btn.click(events.on_logout, form.state, None, **PRIVATE).then(
-            None, js="() => { window.location.href = window.__labelingRoot() + '/logout'; }"
+            None,
+            js="() => { window.__labelingLastDraft(); window.location.href = window.__labelingRoot() + '/logout'; }",
         )
         tables = [
             admin.overview,

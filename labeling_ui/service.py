@@ -64,6 +64,9 @@ class LabelingService:
         got = self.store.assign(username)
         return None if got.view is None else item_dict(got.view, got.done, got.total)
 
+    def view_in_hand(self, username: str, item_id: str) -> ItemView | None:
+        return self.store.view_in_hand(username, item_id)
+
     def progress(self, username: str) -> tuple[int, int]:
         return self.store.progress(username)
 

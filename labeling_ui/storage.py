@@ -478,6 +478,15 @@ class LabelStore:
         done, total, held = self._progress(username)
         return Assigned(view, done, total, held)
 
+    def view_in_hand(self, username: str, item_id: str) -> ItemView | None:
+        """The item as the labeler's page shows it, if it is still their item in hand (its lease is not touched)."""
+        with self._read() as session:
+            user = self._labeler(session, username)
+            own = self._in_hand(session, user)
+            if own is None or own.item_id != item_id:
+                return None
+            return self._view(session.get(Item, item_id), username)
+
     def renew_lease(self, username: str, item_id: str) -> bool:
         """The page still shows the item: hold it ``lease_seconds`` longer. False when it is not in hand (any more)."""
         with self._begin() as session:

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 
 from labeling_ui.db import Assignment, Ranking, User
 from labeling_ui.rules import Submission
+from labeling_ui.server import KEY_SECONDS
 from labeling_ui.storage import LabelStore
 from tests.conftest import REPO
 from tests.labeling_server import ApiClient, LabelingServer, needs_chromium, question_rows
@@ -487,6 +488,77 @@ def test_a_draft_survives_a_sigkill_of_the_server(server, login):
 
 
 # --- the admin tab ------------------------------------------------------------------------------------------------
+
+
+def test_a_page_left_open_across_a_restart_of_the_server_still_submits(server, login):
+    running, url = server
+    name = fresh(url, rows_of(4, n=2))
+    page = login(running.url, name)
+    prompt = page.locator("#prompt textarea").input_value()
+
+    running.kill()  # the server forgets the page's session state (its item, the ranks each radio offers)
+    running.start()
+    away_from_text_fields(page)
+    for key in "a4b3c2d1":  # A: 4, B: 3, C: 2, D: 1, typed after the restart, with no reload
+        page.keyboard.press(key)
+    page.keyboard.press("Control+Enter")
+    wait_status(page, "Saved")
+    assert page.locator("#prompt textarea").input_value() != prompt  # on to the next item
+    assert page.locator("text=Error").count() == 0
+
+    store = LabelStore(url)
+    try:
+        (ranking,) = [r for r in store.all_current_rankings() if r["username"] == name]
+    finally:
+        store.close()
+    assert ranking["prompt"] == prompt
+    assert [ranking["ranks"][c] for c in ranking["display_order"]] == [4, 3, 2, 1]
+
+
+def test_what_was_typed_just_before_a_reload_or_log_out_comes_back(server, login):
+    running, url = server
+    name = fresh(url, rows_of(4))
+    page = login(running.url, name)
+    prompt = page.locator("#prompt textarea").input_value()
+    away_from_text_fields(page)
+    page.keyboard.press("a")
+    page.keyboard.press("2")  # A: 2, then a reload before the pause that saves a draft
+    page.keyboard.press("w")  # B: factually wrong
+    page.reload()
+    page.wait_for_function("document.querySelector('#item-key textarea, #item-key input')?.value.length > 8")
+    assert page.locator("#prompt textarea").input_value() == prompt
+    assert page.locator("#rank-0 input[value='2']").is_checked()
+    assert page.locator("#flags-1").get_by_role("checkbox", name="factually wrong").is_checked()
+    assert page.inner_text("#draft-note") == "Your unsaved ranks of this item are back (a draft)."
+
+    page.locator("#comment textarea").fill("typed just before logging out")
+    page.locator("#logout-btn").click()
+    page.get_by_label("username").wait_for(timeout=30_000)
+    page = log_in(page, running.url, name, PASSWORD)
+    assert page.locator("#prompt textarea").input_value() == prompt
+    assert page.locator("#comment textarea").input_value() == "typed just before logging out"
+    assert page.locator("#rank-0 input[value='2']").is_checked()
+
+
+def test_a_labeler_whose_session_ended_is_told_to_log_in_again_and_keeps_the_page(server, login):
+    running, url = server
+    name = fresh(url, rows_of(4))
+    page = login(running.url, name)
+    prompt = page.locator("#prompt textarea").input_value()
+    store = LabelStore(url)
+    try:
+        store.reset_password(name, "a-new-password")  # by an admin: the labeler's sessions end
+    finally:
+        store.close()
+    time.sleep(KEY_SECONDS + 1)
+    rank_all(page, 4)
+    page.keyboard.press("Control+Enter")
+    banner = page.locator("#session-banner")
+    banner.wait_for(timeout=30_000)
+    assert banner.inner_text().startswith("Your session has ended")
+    assert banner.get_by_role("link", name="Log in again").is_visible()
+    assert page.locator("#prompt textarea").input_value() == prompt  # what the labeler sees stays
+    assert page.locator("#rank-3 input[value='4']").is_checked()
 
 
 def test_the_admin_downloads_the_export_reviews_flags_and_manages_users(server, login, tmp_path):

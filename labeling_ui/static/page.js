@@ -43,6 +43,28 @@ if (!window.__labelingKeys) {
     }
     if (banner) banner.hidden = !show;
   };
+  // A request refused for want of a session (the password was reset, the account disabled, the session's day is
+  // over): one banner that says so and leads back to the login, instead of Gradio's "Error" on every field.
+  const sessionEnded = () => {
+    if (document.getElementById('session-banner')) return;
+    const banner = document.createElement('div');
+    banner.id = 'session-banner';
+    banner.setAttribute('role', 'alert');
+    banner.append('Your session has ended (your password was changed, your account was disabled, or the day is over), ' +
+      'so this was not saved. ');
+    const link = document.createElement('a');
+    link.href = `${window.__labelingRoot()}/logout`;
+    link.textContent = 'Log in again';
+    banner.append(link, ': the draft saved before this comes back with the item.');
+    document.body.appendChild(banner);
+  };
+  const fetchPage = window.fetch.bind(window);
+  window.fetch = async (resource, options) => {
+    const response = await fetchPage(resource, options);
+    const url = String(resource instanceof Request ? resource.url : resource);
+    if (response.status === 401 && url.includes('/gradio_api/')) sessionEnded();
+    return response;
+  };
   // Renewals and releases go one after the other: a renewal still on its way when the page is left would otherwise
   // reach the server after the release and hold the item again for a whole lease.
   let calls = Promise.resolve();
@@ -77,15 +99,37 @@ if (!window.__labelingKeys) {
       clock.textContent = shown ? `${Math.floor(s / 60)}:${String(s % 60).padStart(2, '0')} on this item` : '';
     }
   }, 1000);
-  // The page is going away: no time to wait for a renewal in flight; a keepalive request outlives the page.
-  window.addEventListener('pagehide', () => { if (held) call('release', [held], true).catch(() => {}); });
+  // The page is going away (a reload, Log out, the tab closed): what was typed since the last draft is sent as one,
+  // and the item released. No time to wait for a renewal in flight; a keepalive request outlives the page.
+  // Log out sends it before it leaves: by the time the page goes, the session is gone.
+  window.__labelingLastDraft = () => {
+    const key = itemKey();
+    if (unsaved && key && !['none', 'loading'].includes(key) && !key.startsWith('edit:')) {
+      unsaved = false;
+      call('draft', [key, ...shownDraft()], true).catch(() => {});
+    }
+  };
+  window.addEventListener('pagehide', () => {
+    window.__labelingLastDraft();
+    if (held) call('release', [held], true).catch(() => {});
+  });
 
   // --- drafts: the hidden "Save draft" button sends the form after a pause in the labeler's input ---
-  let draftTimer = null;
+  // `unsaved`: input since the last draft was sent, for the page's last draft (above).
+  let draftTimer = null, unsaved = false;
   const scheduleDraft = (e) => {
     if (!(e.target.closest && e.target.closest('.candidate, #none-ok, #comment'))) return;
+    unsaved = true;
     clearTimeout(draftTimer);
-    draftTimer = setTimeout(() => click('draft-btn'), DRAFT_DELAY_MS);
+    draftTimer = setTimeout(() => { unsaved = false; click('draft-btn'); }, DRAFT_DELAY_MS);
+  };
+  // The form as shown: each response's rank and the indices of its ticked flags, in the order shown (A, B, ...).
+  const shownDraft = () => {
+    const shown = [...document.querySelectorAll('.candidate')].filter((c) => c.offsetParent !== null);
+    const ranks = shown.map((c) => { const r = c.querySelector('input[type=radio]:checked'); return r ? Number(r.value) : null; });
+    const flags = shown.map((c) => [...c.querySelectorAll('input[type=checkbox]')].flatMap((b, j) => (b.checked ? [j] : [])));
+    const none = $('#none-ok input'), comment = $('#comment textarea');
+    return [JSON.stringify(ranks), JSON.stringify(flags), Boolean(none && none.checked), comment ? comment.value : ''];
   };
   document.addEventListener('input', scheduleDraft, true);
   document.addEventListener('change', scheduleDraft, true);
@@ -128,13 +172,13 @@ if (!window.__labelingKeys) {
       (t.tagName === 'INPUT' && !['radio', 'checkbox'].includes(t.type)));
     if (e.key === 'Escape') { window.__labelingHelp(false); if (typing) t.blur(); return; }
     if ((e.ctrlKey || e.metaKey) && e.key === 'Enter') {
-      e.preventDefault(); clearTimeout(draftTimer); click('submit-btn'); return;
+      e.preventDefault(); clearTimeout(draftTimer); unsaved = false; click('submit-btn'); return;
     }
     if (e.altKey && e.code === 'KeyS') {
       e.preventDefault();
       const reason = $('#skip-reason textarea, #skip-reason input');
       if (reason && !reason.value.trim()) reason.focus();
-      clearTimeout(draftTimer); click('skip-btn'); return;
+      clearTimeout(draftTimer); unsaved = false; click('skip-btn'); return;
     }
     if (e.altKey && e.code === 'KeyZ') { e.preventDefault(); click('undo-btn'); return; }
     if (typing || e.ctrlKey || e.metaKey || e.altKey || e.key.length !== 1) return;
