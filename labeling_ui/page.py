@@ -52,6 +52,7 @@ def help_html() -> str:
 <tr><td><kbd>A</kbd>-<kbd>{LETTERS[-1]}</kbd></td><td>select a response (as many letters as the item has)</td></tr>
 <tr><td><kbd>1</kbd>-<kbd>{PAGE_SLOTS}</kbd></td><td>rank the selected response and select the next; ties share a
 rank (1, 1, 2 or 1, 1, 3)</td></tr>
+<tr><td><kbd>0</kbd></td><td>clear the rank of the selected response</td></tr>
 {flags}
 <tr><td><kbd>X</kbd></td><td>expand or collapse the selected response</td></tr>
 <tr><td><kbd>N</kbd></td><td>none is acceptable (on / off)</td></tr>
@@ -179,7 +180,9 @@ def _slot(i: int, letter: str, slots: int) -> Slot:
         # Read-only text boxes show the response literally (never as HTML or markdown): 7 lines, then it scrolls,
         # or X / the Expand button shows it whole, across the page.
         text = gr.Textbox(label=f"Response {letter}", interactive=False, lines=7, max_lines=7, elem_id=f"text-{i}")
-        expand = gr.Button("Expand", size="sm", elem_classes="expand-btn", elem_id=f"expand-{i}")
+        with gr.Row(elem_classes="card-tools"):
+            clear = gr.Button("Clear rank", size="sm", elem_classes="clear-btn", elem_id=f"clear-{i}")
+            expand = gr.Button("Expand", size="sm", elem_classes="expand-btn", elem_id=f"expand-{i}")
         expand.click(None, js=f"() => window.__labelingExpand && window.__labelingExpand({i})")
         # Each item sets its own ranks 1..K; every rank a page can show is a choice from the start, so a page that
         # outlived a restart of the server (which forgot the session's choices) still submits what it shows.
@@ -188,6 +191,10 @@ def _slot(i: int, letter: str, slots: int) -> Slot:
         flags = gr.CheckboxGroup(
             [(FLAG_LABELS[f], f) for f in FLAGS], value=[], label=f"Flags of {letter}", elem_id=f"flags-{i}"
         )
+    # In the browser alone: the rank is emptied (a radio cannot be unticked) and a draft follows, as after a click.
+    clear.click(
+        None, None, rank, js="() => { window.__labelingDraftSoon && window.__labelingDraftSoon(); return null; }"
+    )
     return Slot(column, text, rank, flags)
 
 

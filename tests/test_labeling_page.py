@@ -168,6 +168,42 @@ def test_submit_and_skip_stay_in_view_and_nothing_moves(server, login, width):
     assert page.errors == []
 
 
+def test_a_rank_can_be_cleared_by_its_key_and_its_button(server, login):
+    running, url = server
+    name = fresh(url, rows_of(4))
+    page = login(running.url, name)
+    rank_all(page, 4)
+    page.keyboard.press("a")
+    page.keyboard.press("0")  # A's rank cleared
+    page.locator("#clear-1").click()  # and B's
+    page.wait_for_function(
+        "!document.querySelector('#rank-0 input:checked') && !document.querySelector('#rank-1 input:checked')"
+    )
+    assert page.locator("#rank-2 input[value='3']").is_checked()  # the others keep theirs
+    page.wait_for_function("document.querySelector('#draft-note').innerText.startsWith('Draft saved')")
+    page.reload()  # the draft has them cleared too
+    page.wait_for_function("document.querySelector('#item-key textarea, #item-key input')?.value.length > 8")
+    assert page.locator("#rank-0 input:checked").count() == 0 and page.locator("#rank-1 input:checked").count() == 0
+    assert page.locator("#rank-3 input[value='4']").is_checked()
+    page.keyboard.press("Control+Enter")
+    wait_status(page, "Rank every response")  # not submittable until they are ranked again
+
+
+def test_the_next_item_starts_at_the_top_of_the_page(server, login):
+    running, url = server
+    name = fresh(url, rows_of(4, n=2))
+    page = login(running.url, name)
+    prompt = page.locator("#prompt textarea").input_value()
+    page.mouse.wheel(0, 2000)  # down to the last response, where its rank is
+    page.wait_for_function("window.scrollY > 0")
+    rank_all(page, 4)
+    page.keyboard.press("Control+Enter")
+    wait_status(page, "Saved")
+    assert page.locator("#prompt textarea").input_value() != prompt
+    page.wait_for_function("window.scrollY === 0", timeout=5_000)
+    assert box(page, "#prompt")["y"] < 768 / 2
+
+
 # The clock emptied and set again in one go (page.js sets it every second): the bar's boxes with both.
 CLOCK_TICK = """() => {
     const clock = document.querySelector('#clock'), shown = clock.textContent;
@@ -257,7 +293,7 @@ def test_the_keys_match_the_item_and_the_help_lists_them_all(server, login, tmp_
     for words in ("unsafe", "private data", "factually wrong", "off-topic", "none is acceptable", "write a comment"):
         assert words in help_text
     keys = [" ".join(k.split()) for k in page.locator("#help td:first-child").all_inner_texts()]
-    expected = ["A-H", "1-8", "U", "P", "W", "O", "X", "N", "M", "Esc", "Ctrl+Enter", "Alt+S", "Alt+Z", "?"]
+    expected = ["A-H", "1-8", "0", "U", "P", "W", "O", "X", "N", "M", "Esc", "Ctrl+Enter", "Alt+S", "Alt+Z", "?"]
     assert keys == expected
     page.keyboard.press("Escape")
     assert not page.locator("#help").is_visible()

@@ -99,6 +99,12 @@ if (!window.__labelingKeys) {
       clock.textContent = shown ? `${Math.floor(s / 60)}:${String(s % 60).padStart(2, '0')} on this item` : '';
     }
   }, 1000);
+  // A new item starts at the top of the page, its prompt in view, wherever the last one was scrolled to.
+  let keyScrolled = itemKey();
+  setInterval(() => {
+    const key = itemKey();
+    if (key !== keyScrolled) { keyScrolled = key; if (key && key !== 'loading') window.scrollTo({ top: 0 }); }
+  }, 100);
   // The page is going away (a reload, Log out, the tab closed): what was typed since the last draft is sent as one,
   // and the item released. No time to wait for a renewal in flight; a keepalive request outlives the page.
   // Log out sends it before it leaves: by the time the page goes, the session is gone.
@@ -119,6 +125,11 @@ if (!window.__labelingKeys) {
   let draftTimer = null, unsaved = false;
   const scheduleDraft = (e) => {
     if (!(e.target.closest && e.target.closest('.candidate, #none-ok, #comment'))) return;
+    unsaved = true;
+    clearTimeout(draftTimer);
+    draftTimer = setTimeout(() => { unsaved = false; click('draft-btn'); }, DRAFT_DELAY_MS);
+  };
+  window.__labelingDraftSoon = () => {
     unsaved = true;
     clearTimeout(draftTimer);
     draftTimer = setTimeout(() => { unsaved = false; click('draft-btn'); }, DRAFT_DELAY_MS);
@@ -199,6 +210,7 @@ if (!window.__labelingKeys) {
       if (box) { e.preventDefault(); box.click(); }
       return;
     }
+    if (key === '0' && card) { const clear = card.querySelector('.clear-btn'); if (clear) { e.preventDefault(); clear.click(); } return; }
     if (key === 'x' && card) { e.preventDefault(); window.__labelingExpand(Number(card.id.split('-')[1])); return; }
     if (key === 'n') { const box = $('#none-ok input'); if (box) { e.preventDefault(); box.click(); } return; }
     if (key === 'm') { const box = $('#comment textarea'); if (box) { e.preventDefault(); box.focus(); } }
