@@ -67,8 +67,11 @@ def per_item_table(per_item: dict[int, int], overlap: int) -> pd.DataFrame:
 
 
 def batches_table(batches: list[dict]) -> pd.DataFrame:
-    rows = [[i, b["imported_at"], b["items"], b["rankings"], b["complete"]] for i, b in enumerate(batches, start=1)]
-    return pd.DataFrame(rows, columns=["import", "imported at", "items", "rankings", "items complete"])
+    rows = [
+        [i, b["imported_at"][:16].replace("T", " "), b["items"], b["rankings"], b["complete"]]  # to the minute, UTC
+        for i, b in enumerate(batches, start=1)
+    ]
+    return pd.DataFrame(rows, columns=["import", "imported at (UTC)", "items", "rankings", "items complete"])
 
 
 def overview_text(report: dict) -> str:

@@ -201,9 +201,12 @@ def _slot(i: int, letter: str, slots: int) -> Slot:
 def _admin_tab(tab: gr.Tab) -> AdminTab:
     refresh_btn = gr.Button("Refresh", size="sm")
     overview = gr.Markdown(elem_id="overview")
+    # Side by side where both fit whole; on a narrower screen (1024 px) one above the other, no column cut off.
     with gr.Row():
-        per_item = gr.Dataframe(label="Regular items by number of rankings", interactive=False, elem_id="per-item")
-        batches = gr.Dataframe(label="Per import (round)", interactive=False, elem_id="batches")
+        per_item = gr.Dataframe(
+            label="Regular items by number of rankings", interactive=False, elem_id="per-item", min_width=520
+        )
+        batches = gr.Dataframe(label="Per import (round)", interactive=False, elem_id="batches", min_width=560)
     labelers = gr.Dataframe(label="Labelers", interactive=False, elem_id="labelers")
     agreement = gr.Dataframe(
         label="Agreement on items ranked by two labelers or more", interactive=False, elem_id="agreement"

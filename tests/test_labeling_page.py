@@ -168,6 +168,15 @@ def test_submit_and_skip_stay_in_view_and_nothing_moves(server, login, width):
     assert page.errors == []
 
 
+def test_at_1366_by_768_an_item_of_four_shows_its_prompt_replies_and_ranks_on_one_screen(server, login):
+    running, url = server
+    page = login(running.url, fresh(url, rows_of(4)))
+    bar = box(page, "#action-bar")["y"]
+    for selector in ("#prompt", *(f"#text-{i}" for i in range(4)), *(f"#rank-{i}" for i in range(4))):
+        b = box(page, selector)
+        assert b["y"] >= 0 and b["y"] + b["height"] <= bar, (selector, b, bar)  # above the bar, no scrolling
+
+
 def test_a_rank_can_be_cleared_by_its_key_and_its_button(server, login):
     running, url = server
     name = fresh(url, rows_of(4))
@@ -609,9 +618,15 @@ def test_the_admin_downloads_the_export_reviews_flags_and_manages_users(server, 
         labeler.keyboard.press("Control+Enter")
         wait_status(labeler, "Saved")
 
-    admin = login(running.url, "admin", running.admin_password)
+    admin = login(running.url, "admin", running.admin_password, width=1024)
     admin.get_by_text("median s/item").wait_for()
     assert "items complete" in admin.inner_text("#overview")
+    for table in ("#per-item", "#batches", "#labelers", "#agreement", "#flagged"):  # whole at 1024 px: nothing cut off
+        cut = admin.evaluate(
+            f"() => {{ const t = document.querySelector('{table} table'); const c = document.querySelector('{table}');"
+            "return t.getBoundingClientRect().right - c.getBoundingClientRect().right; }"
+        )
+        assert cut <= 1, (table, cut)
     assert "rankings" in admin.inner_text("#per-item")
     admin.get_by_text("overlap is 1", exact=False).wait_for()  # why the agreement table is empty
 
