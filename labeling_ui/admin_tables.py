@@ -34,6 +34,20 @@ def agreement_table(a: dict) -> pd.DataFrame:
     return pd.DataFrame([[a["n_items"], a["n_labeler_pairs"], *rounded]], columns=columns)
 
 
+def disagreements_table(items: list[dict]) -> pd.DataFrame:
+    """Each labeler's ranks in the item's stored order of responses (A, B, ... as imported, not as shown)."""
+    rows = [
+        [
+            item["prompt_id"],
+            show_bidi_controls(" ".join(item["prompt"].split())[:100]),
+            round(item["agreement"], 2),
+            "; ".join(f"{name}: {' '.join(map(str, ranks))}" for name, ranks in sorted(item["ranks"].items())),
+        ]
+        for item in items
+    ]
+    return pd.DataFrame(rows, columns=["prompt id", "prompt", "pairwise agreement", "ranks by labeler"])
+
+
 def _status(item: dict) -> str:
     return "excluded" if item["excluded"] else "reviewed" if item["reviewed"] else "open"
 

@@ -141,6 +141,7 @@ class AdminTab:
     labelers: gr.Dataframe
     agreement: gr.Dataframe
     agreement_note: gr.Markdown
+    disagreements: gr.Dataframe
     flagged: gr.Dataframe
     flagged_pick: gr.Dropdown
     exclude_btn: gr.Button
@@ -212,6 +213,14 @@ def _admin_tab(tab: gr.Tab) -> AdminTab:
         label="Agreement on items ranked by two labelers or more", interactive=False, elem_id="agreement"
     )
     agreement_note = gr.Markdown(elem_id="agreement-note")
+    disagreements = gr.Dataframe(
+        label="Items the labelers disagree on most (the 20 lowest; ranks in the items' stored order of responses)",
+        interactive=False,
+        elem_id="disagreements",
+        wrap=True,
+        max_height=400,
+        column_widths=["12%", "48%", "12%", "28%"],
+    )
     flagged = gr.Dataframe(
         label="Flagged items",
         interactive=False,
@@ -252,6 +261,7 @@ def _admin_tab(tab: gr.Tab) -> AdminTab:
         labelers,
         agreement,
         agreement_note,
+        disagreements,
         flagged,
         flagged_pick,
         exclude_btn,
@@ -688,6 +698,7 @@ class Events:
             admin.labelers: tables.labelers_table(report["labelers"]),
             admin.agreement: tables.agreement_table(report["agreement"]),
             admin.agreement_note: report["agreement_note"] or "",
+            admin.disagreements: tables.disagreements_table(report["disagreements"]),
             admin.flagged: tables.flagged_table(report["flagged"]),
             admin.flagged_pick: gr.Dropdown(choices=tables.flagged_choices(report["flagged"]), value=None),
             admin.users: tables.users_table(users),
@@ -887,6 +898,7 @@ def build_page(service: LabelingService) -> gr.Blocks:
             admin.labelers,
             admin.agreement,
             admin.agreement_note,
+            admin.disagreements,
             admin.flagged,
             admin.flagged_pick,
             admin.users,

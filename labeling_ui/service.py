@@ -140,6 +140,7 @@ class LabelingService:
             "labelers": stats.labeler_stats(self.store.list_users(), rankings),
             "agreement": agreement,
             "agreement_note": stats.agreement_note(agreement, rankings, self.config.overlap),
+            "disagreements": stats.disagreements(rankings),
             "flagged": stats.flagged_items(rankings),
             "per_item": self.store.rankings_per_item(),
             "batches": self.store.import_batches(),

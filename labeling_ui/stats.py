@@ -7,6 +7,7 @@ Named ``stats`` so that it does not read as the standard library's ``statistics`
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
@@ -58,6 +59,30 @@ def agreement(rankings: Sequence[dict]) -> dict:
         if not r["is_gold"]:
             by_item[r["item_id"]][r["username"]] = r["ranks_list"]
     return agreement_summary(by_item)
+
+
+def disagreements(rankings: Sequence[dict], limit: int = 20) -> list[dict]:
+    """The regular items the labelers disagree on most: each ranked by two labelers or more, with the mean share of
+    candidate pairs two of its labelers order alike (``pairwise_agreement``), lowest first, at most ``limit``."""
+    by_item: dict[str, list[dict]] = defaultdict(list)
+    for r in rankings:
+        if not r["is_gold"]:
+            by_item[r["item_id"]].append(r)
+    items = []
+    for item_id, rows in by_item.items():
+        if len(rows) < 2:
+            continue
+        pairs = [pairwise_agreement(a["ranks_list"], b["ranks_list"]) for a, b in itertools.combinations(rows, 2)]
+        items.append(
+            {
+                "item_id": item_id,
+                "prompt_id": rows[0]["prompt_id"],
+                "prompt": rows[0]["prompt"],
+                "agreement": statistics.mean(pairs),
+                "ranks": {r["username"]: r["ranks_list"] for r in rows},
+            }
+        )
+    return sorted(items, key=lambda item: (item["agreement"], item["prompt_id"]))[:limit]
 
 
 def agreement_note(summary: dict, rankings: Sequence[dict], overlap: int) -> str | None:

@@ -147,7 +147,16 @@ def test_only_admins_get_the_admin_report_and_the_export(service, tmp_path):
     with pytest.raises(PermissionError):
         service.admin_report(None)
     report = service.admin_report("boss")
-    assert set(report) == {"labelers", "agreement", "agreement_note", "flagged", "per_item", "batches", "overlap"}
+    assert set(report) == {
+        "labelers",
+        "agreement",
+        "agreement_note",
+        "disagreements",
+        "flagged",
+        "per_item",
+        "batches",
+        "overlap",
+    }
     assert report["per_item"] == {0: 3} and "no item has two current rankings" in report["agreement_note"]
 
 

@@ -542,3 +542,28 @@ def test_the_flagged_queue_puts_open_items_first_and_the_newest_flags_first_with
     queue = stats.flagged_items(rankings)
     assert [item["item_id"] for item in queue] == ["old", "new", "reviewed", "excluded"]
     assert [f["username"] for f in queue[0]["flags"]] == ["ana", "ben"]
+
+
+def test_the_items_labelers_disagree_on_most_come_first_with_their_mean_pairwise_agreement():
+    def ranking(item: str, user: str, ranks: list[int], gold: bool = False) -> dict:
+        return {"item_id": item, "prompt_id": item, "prompt": f"prompt {item}", "username": user}, {
+            "ranks_list": ranks,
+            "is_gold": gold,
+        }
+
+    rows = [
+        ranking("y", "ana", [1, 2, 3]),
+        ranking("y", "ben", [1, 2, 3]),
+        ranking("y", "cat", [1, 3, 2]),  # agrees with each of them on 2 of the 3 pairs
+        ranking("x", "ana", [1, 2, 3]),
+        ranking("x", "ben", [3, 2, 1]),  # every pair reversed
+        ranking("z", "ana", [1, 2, 3]),  # one labeler: nothing to disagree on
+        ranking("g", "ana", [1, 2, 3], gold=True),
+        ranking("g", "ben", [3, 2, 1], gold=True),  # gold items are checked against their answer instead
+    ]
+    found = stats.disagreements([{**head, **tail} for head, tail in rows])
+    assert [item["item_id"] for item in found] == ["x", "y"]
+    assert found[0]["agreement"] == 0.0
+    assert found[1]["agreement"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)  # 7/9
+    assert found[1]["ranks"] == {"ana": [1, 2, 3], "ben": [1, 2, 3], "cat": [1, 3, 2]}
+    assert stats.disagreements([{**head, **tail} for head, tail in rows], limit=1) == found[:1]
