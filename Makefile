@@ -13,6 +13,8 @@ RUN    ?= default   # outputs go to runs/$(RUN)/<stage>/
 NPROC  ?= 1         # processes (GPUs) on this machine
 ZERO   ?= 0         # DeepSpeed ZeRO stage: 0 (off), 2 or 3
 RESUME ?= 0         # 1: continue from the latest checkpoint of this run
+WORKERS ?= 1        # make label: app processes (N > 1: behind nginx, sticky sessions; needs DB=postgresql://...)
+DB     ?=           # make label: the labels' database URL (default: the run's SQLite file)
 ARGS   ?=           # extra config overrides, e.g. ARGS="--num_train_epochs 1 --report_to none"
 RUBRIC ?=           # a gold rubric module:function for the stage targets, e.g. pipeline.demo.rubric:house_style_score
 IMPORT_ARGS ?=      # candidates -> labeling items, e.g. IMPORT_ARGS="--rubric-gold-share 0.05" (gold items, with RUBRIC)
@@ -31,6 +33,8 @@ RUN    := $(strip $(RUN))
 NPROC  := $(strip $(NPROC))
 ZERO   := $(strip $(ZERO))
 RESUME := $(strip $(RESUME))
+WORKERS := $(strip $(WORKERS))
+DB     := $(strip $(DB))
 
 # The launch rules (accelerate config, ZeRO, threads per process) live in pipeline/lib/launch.py, which the
 # conductor and the bench use too. ACCEL_CONFIG=file replaces the accelerate config it picks (e.g. multi_node.yaml).
@@ -58,6 +62,9 @@ $(VENV)/.installed: pyproject.toml
 	@# The browser tests drive a real Chromium (Debian's); without it they are skipped with a message.
 	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get install -y -q chromium >/dev/null; } \
 		|| echo "note: no /usr/bin/chromium (apt-get install chromium): the browser tests will be skipped"
+	@# make label WORKERS=N serves through nginx (configs/nginx/labeling.conf); its tests need it too.
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get install -y -q nginx >/dev/null; } \
+		|| echo "note: no nginx (apt-get install nginx): make label WORKERS=N and its tests need it"
 	@# The labeling page names these fonts first (labeling_ui/server.py): laid out alike on every machine set up here.
 	@dpkg -s fonts-liberation fonts-dejavu-core >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get install -y -q fonts-liberation fonts-dejavu-core >/dev/null; } \
 		|| echo "note: fonts-liberation and fonts-dejavu-core are not installed (apt-get install them): the labeling page uses the system's font"
@@ -88,8 +95,8 @@ candidates: setup $(DEMO)  ## stage 2a: the SFT model samples k candidates per p
 	$(LAUNCH) -m pipeline.candidates --config $(CANDIDATES_CONFIG) --run $(RUN) $(ARGS)
 	$(PY) -m labeling_ui import-candidates --run $(RUN) --config $(LABELING_CONFIG) $(RUBRIC_ARG) $(IMPORT_ARGS)
 
-label: setup  ## stage 2b: the ranking app for people (prints the URL, and the admin login on first run)
-	$(PY) -m labeling_ui serve --run $(RUN) --config $(LABELING_CONFIG) $(ARGS)
+label: setup  ## stage 2b: the ranking app for people (prints the URL, and the admin login on first run); WORKERS=N DB=postgresql://...: N processes behind nginx
+	$(PY) -m labeling_ui serve --run $(RUN) --config $(LABELING_CONFIG) --workers $(WORKERS) $(if $(DB),--db $(DB)) $(ARGS)
 
 users: setup  ## the app's users on runs/$(RUN): ARGS="add NAME" (or list, disable NAME, enable NAME, reset-password NAME)
 	$(PY) -m labeling_ui users --run $(RUN) $(ARGS)

@@ -1,6 +1,6 @@
 """The labeling stage's command line: ``python -m labeling_ui COMMAND`` (``--help`` on any command).
 
-    serve [--config C] [--host H] [--port N]
+    serve [--config C] [--host H] [--port N] [--workers N] [--trusted_proxies A,B]
     simulate [--config C] [--rubric module:function] [--labelers N] [--noise S,S] [--url URL] [--limit N]
     import-candidates [--file PATH] [--config FILE] [--rubric-gold-share F --rubric module:function]
     export [--aggregation all|majority|drop_contested] [--include-gold]
@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from labeling_ui import server, simulate
+from labeling_ui import server, simulate, workers
 from labeling_ui.assignment import split_gold_by_rubric
 from labeling_ui.config import DEFAULT_CONFIG, load_config
 from labeling_ui.db import default_db_url, shown_url, sqlite_file
@@ -45,10 +45,17 @@ def db_url(args: argparse.Namespace) -> str:
 
 def serve_command(args: argparse.Namespace) -> None:
     config = load_config(args.config)
+    if args.trusted_proxies is not None:
+        proxies = [p.strip() for p in args.trusted_proxies.split(",") if p.strip()]
+        config = dataclasses.replace(config, trusted_proxies=proxies)  # checked as the file's are
     url = db_url(args)
     host = args.host or config.host
     port = config.port if args.port is None else args.port
-    server.serve(config, url, ExportConfig(run=args.run, runs_dir=args.runs_dir, db=url), host, port)
+    export_config = ExportConfig(run=args.run, runs_dir=args.runs_dir, db=url)
+    if args.workers == 1:
+        server.serve(config, url, export_config, host, port)
+    else:
+        workers.serve_workers(config, args.config, url, export_config, host, port, args.workers)
 
 
 def simulate_command(args: argparse.Namespace) -> None:
@@ -241,6 +248,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", default=str(DEFAULT_CONFIG), help="Default: configs/labeling.yaml.")
     serve.add_argument("--host", default=None, help="Address to listen on (default: the config's, 127.0.0.1).")
     serve.add_argument("--port", type=int, default=None, help="Port (default: the config's).")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="App processes (default 1). N > 1: N processes behind nginx with sticky sessions, on PostgreSQL.",
+    )
+    serve.add_argument(
+        "--trusted_proxies",
+        default=None,
+        help="Comma-separated proxy addresses or networks whose X-Forwarded-For is believed (default: the config's).",
+    )
 
     sim = commands.add_parser(
         "simulate",
