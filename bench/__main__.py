@@ -37,6 +37,7 @@ CASES = {
     "ppo_zero": ppo.run_zero,
     "labeling": labeling.run,
     "labeling_scale": labeling.run_scale,
+    "labeling_workers": labeling.run_workers,
     "login_flood": login_flood.run,
     "gpu": gpu.run,
 }

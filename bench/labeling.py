@@ -25,7 +25,17 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.core import PYTHON, REPO, CaseResult, Workspace, check_target, child_env, run_rounds
+from bench.core import (
+    PYTHON,
+    REPO,
+    CaseResult,
+    Comparison,
+    Workspace,
+    check_target,
+    child_env,
+    compare,
+    run_rounds,
+)
 
 LEVELS = (8, 32, 64)
 PASSWORD = "bench-password-1"
@@ -101,7 +111,7 @@ def prepare(url: str, prefix: str, labelers: int, items: int) -> list[str]:
 class Server:
     """``python -m labeling_ui serve`` on a free port, until ``stop()``."""
 
-    def __init__(self, url: str, work: Path, log: Path):
+    def __init__(self, url: str, work: Path, log: Path, workers: int = 1):
         self.port = free_port()
         self.log = log
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -118,6 +128,8 @@ class Server:
             url,
             "--port",
             str(self.port),
+            "--workers",
+            str(workers),
         ]
         with open(log, "wb") as out:
             self.process = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=out, stderr=subprocess.STDOUT)
@@ -361,10 +373,10 @@ def level_runner(url: str, server: Server, kind: str, labelers: int, total: int,
         prefix = f"{kind}{labelers}r{round_}-{uuid.uuid4().hex[:4]}"
         # Enough items that nobody runs out: each item takes `overlap` (2) labelers.
         names = prepare(url, prefix, labelers, items=labelers * submits_each // 2 + labelers + 8)
-        server_cpu, client_cpu = _cpu(psutil.Process(server.process.pid)), _cpu(psutil.Process())
+        server_cpu, client_cpu = _tree_cpu(psutil.Process(server.process.pid)), _cpu(psutil.Process())
         out = load(server.url, names, submits_each, seed=round_, think=think)
         server_cpu, client_cpu = (
-            _cpu(psutil.Process(server.process.pid)) - server_cpu,
+            _tree_cpu(psutil.Process(server.process.pid)) - server_cpu,
             _cpu(psutil.Process()) - client_cpu,
         )
         requests = max(len(out["latencies"]) + len(out["next_latencies"]), 1)
@@ -400,6 +412,50 @@ def _cpu(process) -> float:
     """CPU seconds (user + system) of a process, all its threads."""
     times = process.cpu_times()
     return times.user + times.system
+
+
+def _tree_cpu(process) -> float:
+    """CPU seconds of a process and its children (the app processes and nginx under ``--workers``)."""
+    return _cpu(process) + sum(_cpu(child) for child in process.children(recursive=True))
+
+
+# --- several app processes (case `labeling_workers`) ---------------------------------------------------------------
+
+TARGET_WORKERS_SPEEDUP = (">=", 1.6)
+
+
+def run_workers(ws: Workspace) -> CaseResult:
+    """``serve --workers 2`` (two app processes behind nginx) against one process, on PostgreSQL, flat out: 32
+    labelers submitting as soon as their item arrives. Rounds alternate the two; each round's ratio is compared."""
+    result = CaseResult("labeling_workers", "Labeling: 2 app processes behind nginx vs 1, PostgreSQL, flat out")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    why = postgres_available()
+    if why:
+        result.skipped = why
+        return result
+    labelers, total = (16, 64) if ws.quick else (32, 192)
+    result.settings = {"labelers": labelers, "submits_per_round": total, "think_s": [0, 0], "database": "postgresql"}
+    with database("postgresql", ws.work) as url:
+        servers = {n: Server(url, ws.work / f"w{n}", ws.work / "labeling" / f"workers-{n}.log", n) for n in (1, 2)}
+        try:
+            variants = {
+                f"{n}_process{'es' if n > 1 else ''}": level_runner(url, s, f"w{n}", labelers, total)
+                for n, s in servers.items()
+            }
+            run_rounds(result, variants, **ws.rounds())
+        finally:
+            for server in servers.values():
+                server.stop()
+    compare(
+        result,
+        Comparison("2 processes / 1 submits/s", "submits_per_s", "2_processes", "1_process", TARGET_WORKERS_SPEEDUP),
+    )
+    compare(result, Comparison("2 processes / 1 submit p99", "p99_ms", "2_processes", "1_process"))
+    result.notes.append(
+        "Both servers run at once (idle between their rounds) on the same cores as the load generator; the machine "
+        "has 2 cores, which the 2 app processes, nginx, PostgreSQL and the load generator share."
+    )
+    return result
 
 
 # --- at scale: 100k items, 200 labelers (case `labeling_scale`) ----------------------------------------------------
