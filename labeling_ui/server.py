@@ -29,7 +29,7 @@ from typing import Any
 from labeling_ui.config import LabelingConfig
 from labeling_ui.db import default_db_path, shown_url, sqlite_file
 from labeling_ui.export import ExportConfig
-from labeling_ui.service import LabelingService
+from labeling_ui.service import DATABASE_DOWN, LabelingService
 from labeling_ui.storage import LabelStore
 from labeling_ui.users import (
     SESSION_SECONDS,
@@ -109,6 +109,18 @@ LOGIN_REFUSED_JS = b"""(() => {
 })();"""
 
 
+def open_store(db_url: str, config: LabelingConfig) -> LabelStore:
+    """The store, its schema brought up to date; a database that does not answer is named, with what to do."""
+    try:
+        return LabelStore.for_config(db_url, config)
+    except DATABASE_DOWN as error:
+        reason = " ".join(str(error.orig or error).split())[:300]
+        raise ValueError(
+            f"Cannot reach the labels' database at {shown_url(db_url)}: {reason}. Start it (or correct --db) and "
+            "run this again."
+        ) from error
+
+
 def ensure_admin(store: LabelStore) -> str | None:
     """Create the user 'admin' with a generated password when the database has no admin; return that password."""
     if any(u["role"] == "admin" for u in store.list_users()):
@@ -159,7 +171,12 @@ class Sessions:
         if now - fetched >= KEY_SECONDS:
             if len(self._keys) > 10_000:  # forged tokens naming random users must not grow it without end
                 self._keys.clear()
-            key = self.session_key(username)
+            try:
+                key = self.session_key(username)
+            except DATABASE_DOWN:  # a database that does not answer ends nobody's session: the last key stands
+                if username not in self._keys:
+                    raise
+                return key
             self._keys[username] = (key, now)
         return key
 
@@ -389,7 +406,7 @@ def serve(config: LabelingConfig, db_url: str, export_config: ExportConfig, host
 
     from labeling_ui.page import CSS, build_page
 
-    store = LabelStore.for_config(db_url, config)
+    store = open_store(db_url, config)
     try:
         admin_password = ensure_admin(store)
         if admin_password is not None:  # printed at once: a failed start below must not lose it

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import sqlalchemy as sa
+
 from labeling_ui import stats
 from labeling_ui.config import LabelingConfig
 from labeling_ui.export import ExportConfig
@@ -37,6 +39,14 @@ def item_dict(view: ItemView, done: int, total: int) -> dict[str, Any]:
     }
 
 
+# The database does not answer (refused, dropped, timed out): what the labeler is told, with their work kept.
+DATABASE_DOWN = (sa.exc.OperationalError, sa.exc.InterfaceError)
+UNAVAILABLE = (
+    "The server cannot save right now: its database does not answer. Nothing is lost: your ranks stay on this page "
+    "(and in its draft); submit again in a moment."
+)
+
+
 class LabelingService:
     """What a logged-in user can do; every method takes the user name that the login established.
 
@@ -45,12 +55,21 @@ class LabelingService:
 
     def __init__(self, store: LabelStore, config: LabelingConfig, export_config: ExportConfig | None = None):
         self.store, self.config, self.export_config = store, config, export_config
+        self._roles: dict[str, str | None] = {}  # the last role read of each user, for while the database is down
 
     def authenticate(self, username: str, password: str) -> bool:
         return self.store.verify_user(username, password)
 
     def role(self, username: str | None) -> str | None:
-        return self.store.role(username) if username else None
+        """The user's role; while the database does not answer, the last one read (their session was checked)."""
+        if not username:
+            return None
+        try:
+            self._roles[username] = self.store.role(username)
+        except DATABASE_DOWN:
+            if username not in self._roles:
+                raise
+        return self._roles[username]
 
     # --- the labeler's work -----------------------------------------------------------------------------------
 
@@ -85,6 +104,8 @@ class LabelingService:
             saved = self.store.save_draft(username, item_id, draft)
         except RankingError as error:
             return {"ok": False, "message": str(error)}
+        except DATABASE_DOWN:
+            return {"ok": False, "message": UNAVAILABLE}
         return {"ok": saved, "message": "Draft saved." if saved else "Not your item in hand: draft not kept."}
 
     def draft(self, username: str, item_id: str) -> dict[str, Any] | None:
@@ -101,6 +122,8 @@ class LabelingService:
         except RankingError as error:
             stale = isinstance(error, StaleForm)
             return {"ok": False, "created": False, "version": None, "message": str(error), "stale": stale}
+        except DATABASE_DOWN:
+            return {"ok": False, "created": False, "version": None, "message": UNAVAILABLE, "stale": False}
         if not result.created:
             message = "Already saved: this submission was stored before."
         elif result.version > 1:
@@ -118,6 +141,8 @@ class LabelingService:
             self.store.skip(username, submission_id, item_id or "", reason.strip())
         except RankingError as error:
             return {"ok": False, "message": str(error), "stale": isinstance(error, StaleForm)}
+        except DATABASE_DOWN:
+            return {"ok": False, "message": UNAVAILABLE, "stale": False}
         return {"ok": True, "message": "Skipped: the item goes to another labeler.", "stale": False}
 
     def recent(self, username: str) -> list[dict]:

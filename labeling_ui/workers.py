@@ -161,13 +161,12 @@ def serve_workers(
     config: LabelingConfig, config_path: str, db_url: str, export_config: ExportConfig, host: str, port: int, n: int
 ) -> None:
     """Serve the app from ``n`` processes behind nginx on ``host:port`` until stopped."""
-    from labeling_ui.server import ensure_admin, users_command
-    from labeling_ui.storage import LabelStore
+    from labeling_ui.server import ensure_admin, open_store, users_command
 
     check_workers(n, db_url)
     nginx = find_nginx()
     check_free(host, port)
-    store = LabelStore.for_config(db_url, config)  # creates or migrates the database once, before the processes
+    store = open_store(db_url, config)  # creates or migrates the database once, before the processes
     try:
         admin_password = ensure_admin(store)
     finally:

@@ -8,18 +8,25 @@ stored before the crash or not, but never twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections import Counter
 
 import httpx
+import pytest
 import sqlalchemy as sa
 
 from labeling_ui.db import Ranking, User
+from labeling_ui.server import KEY_SECONDS
 from labeling_ui.storage import LabelStore
-from tests.labeling_server import ApiClient, LabelingServer, question_rows
+from tests.labeling_server import REPO, ApiClient, LabelingServer, chromium, free_port, needs_chromium, question_rows
+from tests.test_labeling_page import log_in, rank_all, wait_status
 
 CLIENTS = 16
 ACKS_PER_PHASE = 48  # acknowledged submissions before the kill, and again after the restart
@@ -133,3 +140,98 @@ def test_acknowledged_submissions_survive_sigkill_exactly_once(db_url, tmp_path)
     assert {row.version for row in rows} == {1}
     # Beyond the acknowledged ones, only submissions still unanswered when the clients stopped may be stored.
     assert len(rows) - len(acknowledged) <= CLIENTS
+
+
+# --- a database that stops answering ------------------------------------------------------------------------------
+
+
+class Switch:
+    """A TCP forwarder to PostgreSQL that can be cut (every connection dropped, new ones refused) and put back: the
+    app reaches its database through it, as through a network that fails."""
+
+    def __init__(self, target: tuple[str, int] = ("127.0.0.1", 5432)):
+        self.target, self.port, self.open = target, free_port(), []
+        self.lock = threading.Lock()
+        self.listener: socket.socket | None = None
+        self.up()
+
+    def up(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def down(self) -> None:
+        with contextlib.suppress(OSError):  # wakes the accept() blocked in its thread: close() alone would not
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        with self.lock:
+            for s in self.open:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            self.open.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:  # closed: down()
+                return
+            upstream = socket.create_connection(self.target)
+            with self.lock:
+                self.open += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := a.recv(65536):
+                b.sendall(data)
+        for s in (a, b):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+
+def test_an_app_whose_database_does_not_answer_says_so_and_will_not_start(tmp_path):
+    closed = free_port()
+    command = [sys.executable, "-m", "labeling_ui", "serve", "--runs_dir", str(tmp_path), "--port", str(free_port())]
+    command += ["--db", f"postgresql://postgres@127.0.0.1:{closed}/labels"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"Cannot reach the labels' database at postgresql://postgres@127.0.0.1:{closed}/labels" in done.stderr
+    assert "Start it (or correct --db) and run this again." in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@needs_chromium
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_submit_while_the_database_is_away_keeps_the_ranks_and_the_next_one_saves(db_url, tmp_path):
+    store = LabelStore(db_url)
+    store.import_candidates(question_rows(2))
+    store.add_user("ana", "ana-password")
+    store.close()
+    switch = Switch()
+    through = db_url.replace("127.0.0.1:5432", f"127.0.0.1:{switch.port}")
+    with LabelingServer(through, tmp_path / "runs") as server, chromium() as browser:
+        page = log_in(browser.new_page(), server.url, "ana", "ana-password")
+        prompt = page.locator("#prompt textarea").input_value()
+        rank_all(page, 4)
+        time.sleep(KEY_SECONDS + 1)  # the login's key was read before: a database away must not end the session
+        switch.down()
+        page.keyboard.press("Control+Enter")
+        wait_status(page, "The server cannot save right now")
+        assert page.locator("#prompt textarea").input_value() == prompt
+        assert page.locator("#rank-3 input[value='4']").is_checked()  # the ranks stay on the page
+        assert page.locator("#session-banner").count() == 0
+
+        switch.up()
+        page.keyboard.press("Control+Enter")  # the same ranks, once the database is back
+        wait_status(page, "Saved")
+        assert page.locator("#prompt textarea").input_value() != prompt
+    switch.down()
+    store = LabelStore(db_url)
+    try:
+        (ranking,) = store.all_current_rankings()
+    finally:
+        store.close()
+    assert ranking["prompt"] == prompt and ranking["username"] == "ana"
