@@ -54,14 +54,8 @@ def test_a_missing_proxy_and_a_port_in_use_are_named():
             check_free("127.0.0.1", port)
 
 
-@pytest.fixture
-def pg_url(db_url):
-    if not db_url.startswith("postgresql"):
-        pytest.skip("several app processes serve PostgreSQL only")
-    return db_url
-
-
-db_url_params = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+# Several app processes serve PostgreSQL only: conftest's db_url, its PostgreSQL variant (skipped when unreachable).
+on_postgresql = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 
 
 class Served:
@@ -110,13 +104,13 @@ def on_port(client: ApiClient, port: int) -> ApiClient:
 
 
 @needs_nginx
-@db_url_params
-def test_a_session_its_lease_and_its_draft_are_the_same_in_every_process(pg_url, tmp_path):
-    store = LabelStore(pg_url)
+@on_postgresql
+def test_a_session_its_lease_and_its_draft_are_the_same_in_every_process(db_url, tmp_path):
+    store = LabelStore(db_url)
     store.import_candidates(question_rows(4))
     store.add_user("ana", "ana-password")
     store.close()
-    served = Served(pg_url, tmp_path)
+    served = Served(db_url, tmp_path)
     try:
         ana = ApiClient(served.url, "ana", "ana-password")  # logged in through nginx, by one of the processes
         one, two = (on_port(ana, port) for port in served.app_ports)
@@ -125,7 +119,7 @@ def test_a_session_its_lease_and_its_draft_are_the_same_in_every_process(pg_url,
         assert two.call("heartbeat", item["item_id"]) == {"ok": True}
         ranks = [1, 2, None, None]
         assert one.call("draft", item["item_id"], json.dumps(ranks), json.dumps([[0], [], [], []]), False, "half")
-        store = LabelStore(pg_url)
+        store = LabelStore(db_url)
         try:
             draft = store.draft("ana", item["item_id"])
         finally:
@@ -142,15 +136,15 @@ def test_a_session_its_lease_and_its_draft_are_the_same_in_every_process(pg_url,
 
 
 @needs_nginx
-@db_url_params
-def test_no_acknowledged_submission_is_lost_or_doubled_when_a_process_is_killed(pg_url, tmp_path):
-    store = LabelStore(pg_url, overlap=1)
+@on_postgresql
+def test_no_acknowledged_submission_is_lost_or_doubled_when_a_process_is_killed(db_url, tmp_path):
+    store = LabelStore(db_url, overlap=1)
     store.import_candidates(question_rows(60))
     names = [f"lab{i}" for i in range(4)]
     for name in names:
         store.add_user(name, f"{name}-password")
     store.close()
-    served = Served(pg_url, tmp_path)
+    served = Served(db_url, tmp_path)
     acknowledged: dict[str, list[str]] = {name: [] for name in names}
     errors: list[str] = []
 
@@ -190,7 +184,7 @@ def test_no_acknowledged_submission_is_lost_or_doubled_when_a_process_is_killed(
     finally:
         served.stop()
     assert errors == []
-    engine = make_engine(pg_url)
+    engine = make_engine(db_url)
     try:
         with engine.connect() as connection:  # every stored row, not only the current ones
             query = sa.select(User.username, Ranking.item_id).join(User, User.id == Ranking.user_id)
