@@ -148,8 +148,18 @@ def test_no_acknowledged_submission_is_lost_or_doubled_when_a_process_is_killed(
     acknowledged: dict[str, list[str]] = {name: [] for name in names}
     errors: list[str] = []
 
-    def label(name: str, submits: int = 8) -> None:
-        client = ApiClient(served.url, name, f"{name}-password", timeout=60)
+    def label(name: str, submits: int = 12) -> None:
+        client = ApiClient(served.url, name, f"{name}-password", timeout=60, login=False)
+        deadline = time.monotonic() + 120
+        while True:  # a login that meets the killed process (before it, requests go by address) is tried again
+            try:
+                client.login()
+                break
+            except (httpx.HTTPError, PermissionError) as error:
+                if time.monotonic() > deadline:
+                    errors.append(f"{name}: {error}")
+                    return
+                time.sleep(0.5)
         for _ in range(submits):
             submission_id = uuid.uuid4().hex
             deadline = time.monotonic() + 120
@@ -176,11 +186,15 @@ def test_no_acknowledged_submission_is_lost_or_doubled_when_a_process_is_killed(
         threads = [threading.Thread(target=label, args=(name,)) for name in names]
         for thread in threads:
             thread.start()
-        time.sleep(3)
-        os.kill(served.app_pid(served.app_ports[0]), signal.SIGKILL)  # mid-session, whoever it serves
+        while sum(map(len, acknowledged.values())) < 4:  # the labelers are at work ...
+            time.sleep(0.05)
+        os.kill(served.app_pid(served.app_ports[0]), signal.SIGKILL)  # ... when one process dies, whoever it serves
         for thread in threads:
             thread.join(timeout=400)
-        assert "exited with code -9; starting it again" in served.log.read_text()
+        deadline = time.monotonic() + 60
+        while "exited with code -9; starting it again" not in served.log.read_text():
+            assert time.monotonic() < deadline, served.log.read_text()
+            time.sleep(0.2)
     finally:
         served.stop()
     assert errors == []
@@ -193,4 +207,4 @@ def test_no_acknowledged_submission_is_lost_or_doubled_when_a_process_is_killed(
         engine.dispose()
     assert len(stored) == len(set(stored))  # nothing stored twice
     assert sorted(stored) == sorted((name, item) for name, items in acknowledged.items() for item in items)
-    assert sum(map(len, acknowledged.values())) >= 4 * 6  # most submits went through, around the kill
+    assert sum(map(len, acknowledged.values())) >= 4 * 10  # most submits went through, around the kill
