@@ -22,6 +22,7 @@ from pathlib import Path
 
 from labeling_ui.config import LabelingConfig
 from labeling_ui.export import ExportConfig
+from labeling_ui.server import ensure_admin, open_store, users_command
 from pipeline.lib import runs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -161,8 +162,6 @@ def serve_workers(
     config: LabelingConfig, config_path: str, db_url: str, export_config: ExportConfig, host: str, port: int, n: int
 ) -> None:
     """Serve the app from ``n`` processes behind nginx on ``host:port`` until stopped."""
-    from labeling_ui.server import ensure_admin, open_store, users_command
-
     check_workers(n, db_url)
     nginx = find_nginx()
     check_free(host, port)

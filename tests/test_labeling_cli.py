@@ -231,6 +231,7 @@ LAYERS = [
     {"export", "api"},  # preferences out of the store; the API other packages use
     {"service"},  # what a labeler or admin can do
     {"simulate", "page", "server"},  # the users of the service: simulated labelers, the web page, its server
+    {"workers"},  # several servers behind nginx
     {"cli"},
     {"__main__"},
 ]
