@@ -8,8 +8,8 @@ trainer (``transformers.Trainer`` and TRL's PPO loop both build a ``CallbackHand
 step, and wraps a few library functions that both programs call:
 
 - ``Trainer.training_step``: the real (non-padding) tokens and the examples of each batch (SFT, reward model);
-- TRL PPO's ``batch_generation``, ``forward`` (reference log-probs) and ``get_reward`` (value and reward model):
-  the time of each PPO phase, identical for the project's stage and the plain script.
+- TRL PPO's ``batch_generation``, ``forward`` (on the reference model: reference log-probs) and ``get_reward`` (value
+  and reward model): the time of each PPO phase, identical for the project's stage and the plain script.
 
 At exit each process writes ``FILE.rank<R>.json``: per-step timestamps and counts, phase times, peak RSS, the number
 of parameters, and the peak GPU memory when there is a GPU. Nothing here changes what the program computes.
@@ -164,7 +164,18 @@ def install_ppo() -> None:
         return wrapper
 
     ppo_trainer.batch_generation = timed("generation", ppo_trainer.batch_generation)
-    ppo_trainer.forward = timed("reference", ppo_trainer.forward)
+    forward = ppo_trainer.forward
+
+    def phase_forward(model, *args, **kwargs):
+        # The loop calls this one function for the reference log-probs in the rollout and for the policy-and-value
+        # forward of every micro-batch it optimises: only the first is the reference phase (the second was once
+        # counted there too, which moved 11 s a step of TRL's optimisation on SmolLM2 into its reference phase).
+        if hasattr(getattr(model, "module", model), "critic_backbone"):
+            return forward(model, *args, **kwargs)
+        with RECORDER.phase("reference"):
+            return forward(model, *args, **kwargs)
+
+    ppo_trainer.forward = phase_forward
     get_reward = ppo_trainer.get_reward
 
     def phase_get_reward(model, *args, **kwargs):
