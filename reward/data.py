@@ -22,7 +22,6 @@ dropped and counted by reason.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections import Counter
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.lib.pairs import ranking_to_pairs
+from pipeline.lib.prompts import prompt_id
 from pipeline.lib.tables import ROLES, DataError, columns_note, format_problems, kind_of, messages_problem, read_table
 
 ACCEPTED_FORMATS = (
@@ -68,11 +68,6 @@ class PreferenceStats:
             "dropped": dict(sorted(self.dropped.items())),
             **({} if self.tied_pairs is None else {"tied_pairs": self.tied_pairs}),
         }
-
-
-def prompt_group_id(prompt: list[dict[str, str]]) -> str:
-    """A stable id for a prompt without one: the pairs of one prompt must stay on one side of the eval split."""
-    return hashlib.sha256(json.dumps(prompt, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -309,8 +304,9 @@ def _messages(row: dict, key: str) -> list[dict[str, str]]:
 
 
 def _group_id(row: dict, prompt: list[dict[str, str]]) -> str:
+    """The row's prompt id, else the prompt's hash: the pairs of one prompt must stay on one side of the eval split."""
     value = row.get("group_id", row.get("prompt_id"))
-    return str(value) if value not in (None, "") else prompt_group_id(prompt)
+    return str(value) if value not in (None, "") else prompt_id(prompt)
 
 
 def _rank_gap(row: dict) -> int | None:

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.lib.prompts import prompt_id
 from pipeline.lib.tables import DataError
 from reward.data import (
     load_preferences,
     load_rankings,
     parse_hh_transcript,
-    prompt_group_id,
     ranking_pairs,
     tokenize_pairs,
     tokenize_rankings,
@@ -40,7 +40,7 @@ def test_explicit_conversational_keeps_group_and_rank_gap(tmp_path):
     assert stats.fmt == "explicit" and stats.rows_in == 2 and stats.rows_out == 2
     assert pairs[0] == {"prompt": USER, "chosen": GOOD, "rejected": BAD, "group_id": "p1", "rank_gap": 2}
     # No group_id: the hash of the prompt, so both rows of one prompt share it.
-    assert pairs[1]["group_id"] == prompt_group_id(USER) and pairs[1]["rank_gap"] is None
+    assert pairs[1]["group_id"] == prompt_id(USER) and pairs[1]["rank_gap"] is None
 
 
 def test_explicit_text_becomes_conversational(tmp_path):

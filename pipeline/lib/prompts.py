@@ -23,12 +23,15 @@ def load_prompts(path: str | Path, limit: int | None = None) -> list[dict[str, A
             prompt = [{"role": "user", "content": prompt}]
         if not isinstance(prompt, list) or not prompt or not all(isinstance(m, dict) for m in prompt):
             raise DataError(f"{path} row {i}: 'prompt' must be a non-empty string or a list of messages.")
-        prompt_id = str(row.get("id") or row.get("prompt_id") or content_id(prompt))
-        rows.append({"prompt_id": prompt_id, "prompt": prompt})
+        rows.append({"prompt_id": str(row.get("id") or row.get("prompt_id") or prompt_id(prompt)), "prompt": prompt})
     return rows[:limit]
 
 
-def content_id(prompt: list[dict[str, str]]) -> str:
+def prompt_id(prompt: list[dict[str, str]]) -> str:
+    """The id of a prompt that has none: a hash of its messages, the same in every stage, file and run.
+
+    Non-ASCII text is hashed as JSON escapes (``json.dumps``'s default), as the prompt ids already written were.
+    """
     return hashlib.sha256(json.dumps(prompt, sort_keys=True).encode()).hexdigest()[:16]
 
 
