@@ -21,7 +21,8 @@ import math
 import random
 from collections.abc import Callable, Sequence
 
-from labeling_ui.rules import ranks_from_scores, user_message
+from labeling_ui.rules import ranks_from_scores
+from pipeline.lib.prompts import user_message
 
 
 def stable_hash(*parts: object) -> int:

@@ -185,12 +185,6 @@ def item_id(prompt_messages: list[dict], texts: Sequence[str], is_gold: bool) ->
     return _hash("gold" if is_gold else "item", prompt_messages, sorted(texts), length=32)
 
 
-def user_message(messages: Sequence[Mapping[str, str]]) -> str:
-    """The text labelers read as the prompt: the last user message (the last message if none is a user's)."""
-    users = [m for m in messages if m.get("role") == "user"]
-    return str((users or list(messages))[-1]["content"])
-
-
 def prompt_messages(prompt: object, where: str) -> list[dict[str, str]]:
     """An imported row's prompt as chat messages (a plain text is one user message)."""
     if isinstance(prompt, str):

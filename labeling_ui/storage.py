@@ -59,9 +59,9 @@ from labeling_ui.rules import (
     normalize_flags,
     normalize_ranks,
     prompt_messages,
-    user_message,
 )
 from labeling_ui.users import check_username, dummy_hash, hash_password, verify_password
+from pipeline.lib.prompts import user_message
 
 
 class StaleForm(RankingError):

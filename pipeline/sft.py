@@ -23,7 +23,7 @@ from pipeline.lib import runs
 from pipeline.lib.errors import exit_with
 from pipeline.lib.launch import release_zero3_init
 from pipeline.lib.models import check_model_source
-from pipeline.lib.prompts import load_prompts
+from pipeline.lib.prompts import load_prompts, user_message
 from pipeline.lib.stage import ModelArguments, RunArguments, Stage, TrainerDefaults, parse, trainer_figures
 from pipeline.lib.tables import load_sft_dataset
 
@@ -118,7 +118,7 @@ def generate_samples(model_dir: Path, prompts: list, max_new_tokens: int) -> lis
             prompt = prompts[start + i]
             samples.append(
                 {
-                    "prompt": prompt[-1]["content"] if isinstance(prompt, list) else prompt,
+                    "prompt": user_message(prompt) if isinstance(prompt, list) else prompt,
                     "completion": tokenizer.decode(ids, skip_special_tokens=True),
                     "ended_with_eos": bool((ids == tokenizer.eos_token_id).any()),
                 }

@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipeline.lib import runs
 from pipeline.lib.errors import exit_with
-from pipeline.lib.prompts import load_prompts
+from pipeline.lib.prompts import load_prompts, user_message
 from pipeline.lib.rubric import load_rubric
 from pipeline.lib.stage import Stage, parse_configs
 from ppo import best_of_n as bon
@@ -168,7 +168,7 @@ def evaluate_policy(name: str, model, ref, reward_models, tokenizer, prompt_rows
     for row, prompt in zip(rows, prompt_rows, strict=True):
         row["prompt_id"] = prompt["prompt_id"]
         if rubric is not None:
-            row["gold"] = rubric(prompt["prompt"][-1]["content"], row["response"])
+            row["gold"] = rubric(user_message(prompt["prompt"]), row["response"])
     return {"name": name, "summary": policy_summary(rows), "rows": rows}
 
 
@@ -230,7 +230,7 @@ def best_of_n_samples(ref, reward_models, tokenizer, prompt_rows, config: EvalCo
     if rubric is not None:
         for row, per_prompt in zip(rows, samples, strict=True):
             for sample in per_prompt:
-                sample["gold"] = rubric(row["prompt"][-1]["content"], sample["response"])
+                sample["gold"] = rubric(user_message(row["prompt"]), sample["response"])
     return samples
 
 

@@ -31,7 +31,7 @@ from pipeline.lib import runs
 from pipeline.lib.errors import OutOfMemory, exit_with
 from pipeline.lib.launch import configure_cpu_deepspeed, release_zero3_init
 from pipeline.lib.models import save_here
-from pipeline.lib.prompts import load_prompts
+from pipeline.lib.prompts import load_prompts, user_message
 from pipeline.lib.rubric import load_rubric
 from pipeline.lib.stage import ModelArguments, RunArguments, Stage, finish_model, parse, weights_dir
 from pipeline.lib.tracking import Tracker
@@ -739,7 +739,7 @@ def step_metrics(
         metrics["reward/std"] = mean(batch.member_scores.std(dim=0))
     if rubric is not None:
         gold = torch.tensor(
-            [rubric(r["prompt"][-1]["content"], t) for r, t in zip(batch.rows, batch.texts, strict=True)]
+            [rubric(user_message(r["prompt"]), t) for r, t in zip(batch.rows, batch.texts, strict=True)]
         )
         metrics["rollout/gold_score"] = mean(gold.to(accelerator.device))
     for name, seconds in timer.spent.items():
@@ -792,7 +792,7 @@ def log_samples(
     tracker.log_table(
         "samples",
         ["step", "prompt", "response", "score"],
-        [[step, r["prompt"][-1]["content"], t, float(s)] for r, t, s in zip(rows[:n], texts, scores, strict=True)],
+        [[step, user_message(r["prompt"]), t, float(s)] for r, t, s in zip(rows[:n], texts, scores, strict=True)],
         step=step,
     )
 

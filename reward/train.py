@@ -40,6 +40,7 @@ from pipeline.lib import runs
 from pipeline.lib.errors import exit_with
 from pipeline.lib.launch import release_zero3_init
 from pipeline.lib.models import check_model_source
+from pipeline.lib.prompts import user_message
 from pipeline.lib.rubric import load_rubric
 from pipeline.lib.runs import ENSEMBLE
 from pipeline.lib.stage import (
@@ -349,7 +350,7 @@ def evaluate_pairs(
     if rubric is not None:
 
         def score(pair, key):
-            return rubric(pair["prompt"][-1]["content"], " ".join(m["content"] for m in pair[key]))
+            return rubric(user_message(pair["prompt"]), " ".join(m["content"] for m in pair[key]))
 
         gold_chosen = [score(p, "chosen") for p in pairs]
         gold_rejected = [score(p, "rejected") for p in pairs]

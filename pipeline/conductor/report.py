@@ -17,7 +17,7 @@ from typing import Any
 
 from pipeline.conductor.config import round_run, stage_dir
 from pipeline.lib import runs
-from pipeline.lib.prompts import load_prompts
+from pipeline.lib.prompts import load_prompts, user_message
 
 SAMPLES_SHOWN = 3
 
@@ -326,7 +326,7 @@ def _samples(eval_dir: Path) -> list[str]:
     recorded = ((runs.read_summary(eval_dir) or {}).get("inputs") or {}).get("prompts") or {}
     prompts = {}
     if recorded.get("path") and Path(recorded["path"]).is_file():
-        prompts = {r["prompt_id"]: r["prompt"][-1]["content"] for r in load_prompts(recorded["path"])}
+        prompts = {r["prompt_id"]: user_message(r["prompt"]) for r in load_prompts(recorded["path"])}
     # The largest gold improvements first: what PPO changed, at a glance.
     rows.sort(key=lambda r: r["ppo"].get("gold", 0) - r["sft"].get("gold", 0), reverse=True)
     lines = ["## Sample responses before and after PPO", ""]

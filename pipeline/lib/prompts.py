@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,13 @@ def prompt_id(prompt: list[dict[str, str]]) -> str:
     Non-ASCII text is hashed as JSON escapes (``json.dumps``'s default), as the prompt ids already written were.
     """
     return hashlib.sha256(json.dumps(prompt, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def user_message(messages: Sequence[Mapping[str, str]]) -> str:
+    """The text a gold rubric scores and a reader is shown as the prompt: the last user message (the last message if
+    none is a user's), so an earlier reply or a reply's opening words in the prompt are never taken for the request."""
+    users = [m for m in messages if m.get("role") == "user"]
+    return str((users or list(messages))[-1]["content"])
 
 
 def reply_suffix(tokenizer) -> str:
