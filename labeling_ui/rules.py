@@ -185,15 +185,6 @@ def item_id(prompt_messages: list[dict], texts: Sequence[str], is_gold: bool) ->
     return _hash("gold" if is_gold else "item", prompt_messages, sorted(texts), length=32)
 
 
-def prompt_messages(prompt: object, where: str) -> list[dict[str, str]]:
-    """An imported row's prompt as chat messages (a plain text is one user message)."""
-    if isinstance(prompt, str):
-        prompt = [{"role": "user", "content": prompt}]
-    if not isinstance(prompt, list) or not prompt or not all(isinstance(m, dict) and "content" in m for m in prompt):
-        raise ValueError(f"{where}: 'prompt' must be a non-empty text or list of messages with 'role' and 'content'.")
-    return [{"role": str(m.get("role", "user")), "content": str(m["content"])} for m in prompt]
-
-
 def candidate_list(texts: object, where: str) -> list[dict[str, str]]:
     """An imported row's candidates as [{"id", "text"}]: two or more, none empty, no two the same."""
     if not isinstance(texts, list) or len(texts) < 2 or not all(isinstance(t, str) and t.strip() for t in texts):

@@ -58,10 +58,9 @@ from labeling_ui.rules import (
     item_id,
     normalize_flags,
     normalize_ranks,
-    prompt_messages,
 )
 from labeling_ui.users import check_username, dummy_hash, hash_password, verify_password
-from pipeline.lib.prompts import user_message
+from pipeline.lib.prompts import prompt_messages, user_message
 
 
 class StaleForm(RankingError):

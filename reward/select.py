@@ -31,6 +31,7 @@ import numpy as np
 
 from pipeline.lib import runs
 from pipeline.lib.errors import exit_with
+from pipeline.lib.prompts import prompt_messages
 from pipeline.lib.stage import Stage, parse_configs
 from pipeline.lib.tables import DataError, read_table
 
@@ -106,15 +107,6 @@ def round_priorities(values: list[float], round_: int) -> list[float]:
 # --- scoring the candidates -------------------------------------------------------------------------------------
 
 
-def prompt_of(row: dict[str, Any], where: str) -> list[dict[str, str]]:
-    prompt = row.get("prompt")
-    if isinstance(prompt, str):
-        return [{"role": "user", "content": prompt}]
-    if isinstance(prompt, list) and prompt and all(isinstance(m, dict) and "content" in m for m in prompt):
-        return [{"role": str(m.get("role", "user")), "content": str(m["content"])} for m in prompt]
-    raise DataError(f"{where}: 'prompt' must be a text or a list of chat messages with 'role' and 'content'.")
-
-
 def replies_of(row: dict[str, Any], where: str) -> list[str]:
     replies = row.get("candidates")
     if not isinstance(replies, list) or len(replies) < 2 or not all(isinstance(t, str) for t in replies):
@@ -146,7 +138,7 @@ def member_scores(members: list[Path], rows: list[dict[str, Any]], batch_size: i
     render = Renderer(AutoTokenizer.from_pretrained(members[0]))
     sequences = []
     for n, row in enumerate(rows, start=1):
-        prompt = prompt_of(row, f"row {n}")
+        prompt = prompt_messages(row.get("prompt"), f"row {n}")
         sequences.append([render(prompt, [{"role": "assistant", "content": t}]) for t in replies_of(row, f"row {n}")])
     flat = [ids for item in sequences for ids in item]
     tables = [score_sequences(member, flat, batch_size) for member in members]
@@ -170,7 +162,7 @@ def main(config: SelectionConfig) -> dict[str, Any]:
     if not rows:
         raise DataError(f"{source} holds no candidates to prioritise.")
     for n, row in enumerate(rows, start=1):  # a bad row is named before any model loads
-        prompt_of(row, f"{source}, row {n}")
+        prompt_messages(row.get("prompt"), f"{source}, row {n}")
         replies_of(row, f"{source}, row {n}")
 
     # step 2. each item's priority.

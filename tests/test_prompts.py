@@ -1,10 +1,13 @@
-"""Prompts as every stage reads them: one id per prompt, and one text that the gold rubric scores against."""
+"""Prompts as every stage reads them: one form as chat messages, one id, and one text the gold rubric scores against."""
 
 from __future__ import annotations
 
 import json
 
-from pipeline.lib.prompts import load_prompts, user_message
+import pytest
+
+from pipeline.lib.prompts import load_prompts, prompt_messages, user_message
+from pipeline.lib.tables import DataError
 from reward.data import load_preferences
 from reward.train import evaluate_pairs
 
@@ -51,3 +54,13 @@ def test_the_rubric_scores_against_the_last_user_message():
     assert metrics["eval_gold_accuracy"] == 1.0
     assert user_message(prompt) == "Where is my order?"
     assert user_message([{"role": "system", "content": "Be brief."}]) == "Be brief."  # no user message: the last one
+
+
+def test_a_prompt_becomes_chat_messages_one_way(tmp_path):
+    assert prompt_messages("Hi?", "row 1") == [{"role": "user", "content": "Hi?"}]
+    # A message without a role is the user's, in the prompt file PPO reads as in candidates and labeling's imports.
+    (tmp_path / "prompts.jsonl").write_text(json.dumps({"id": "p1", "prompt": [{"content": "Hi?"}]}) + "\n")
+    assert load_prompts(tmp_path / "prompts.jsonl") == [{"prompt_id": "p1", "prompt": prompt_messages("Hi?", "")}]
+    for bad in (None, 7, [], ["Hi?"], [{"role": "user"}]):
+        with pytest.raises(DataError, match=r"^f\.jsonl row 3: 'prompt' must be a text or a non-empty list of"):
+            prompt_messages(bad, "f.jsonl row 3")

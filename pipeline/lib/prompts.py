@@ -19,13 +19,19 @@ def load_prompts(path: str | Path, limit: int | None = None) -> list[dict[str, A
     """
     rows = []
     for i, row in enumerate(read_table(path), start=1):
-        prompt = row.get("prompt")
-        if isinstance(prompt, str):
-            prompt = [{"role": "user", "content": prompt}]
-        if not isinstance(prompt, list) or not prompt or not all(isinstance(m, dict) for m in prompt):
-            raise DataError(f"{path} row {i}: 'prompt' must be a non-empty string or a list of messages.")
+        prompt = prompt_messages(row.get("prompt"), f"{path} row {i}")
         rows.append({"prompt_id": str(row.get("id") or row.get("prompt_id") or prompt_id(prompt)), "prompt": prompt})
     return rows[:limit]
+
+
+def prompt_messages(prompt: object, where: str) -> list[dict[str, str]]:
+    """A row's prompt as chat messages ``{"role", "content"}``: a text is one user message, a message without a role
+    is the user's; ``where`` (the file and row) starts the ``DataError`` for anything else."""
+    if isinstance(prompt, str):
+        prompt = [{"role": "user", "content": prompt}]
+    if not isinstance(prompt, list) or not prompt or not all(isinstance(m, dict) and "content" in m for m in prompt):
+        raise DataError(f"{where}: 'prompt' must be a text or a non-empty list of messages with 'role' and 'content'.")
+    return [{"role": str(m.get("role", "user")), "content": str(m["content"])} for m in prompt]
 
 
 def prompt_id(prompt: list[dict[str, str]]) -> str:
