@@ -22,11 +22,11 @@ from transformers import AutoTokenizer
 from trl import DPOConfig, DPOTrainer
 
 from pipeline.lib import runs
-from pipeline.lib.errors import exit_with
+from pipeline.lib.errors import DataError, exit_with
 from pipeline.lib.launch import release_zero3_init
 from pipeline.lib.models import check_model_source
 from pipeline.lib.stage import ModelArguments, RunArguments, Stage, TrainerDefaults, parse, trainer_figures
-from pipeline.lib.tables import DataError, read_table
+from pipeline.lib.tables import read_table
 
 COLUMNS = ("prompt", "chosen", "rejected")
 

@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.lib.errors import DataError
 from pipeline.lib.pairs import ranking_to_pairs
 from pipeline.lib.prompts import prompt_id
-from pipeline.lib.tables import ROLES, DataError, columns_note, format_problems, kind_of, messages_problem, read_table
+from pipeline.lib.tables import ROLES, columns_note, format_problems, kind_of, messages_problem, read_table
 
 ACCEPTED_FORMATS = (
     "'prompt' + 'chosen' + 'rejected' (TRL explicit prompt; strings or lists of messages), 'chosen' + 'rejected' "

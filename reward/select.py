@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 
 from pipeline.lib import runs
-from pipeline.lib.errors import exit_with
+from pipeline.lib.errors import DataError, exit_with
 from pipeline.lib.prompts import prompt_messages
 from pipeline.lib.stage import Stage, parse_configs
-from pipeline.lib.tables import DataError, read_table
+from pipeline.lib.tables import read_table
 
 BY = ("disagreement", "uncertainty", "random")
 CANDIDATES = "candidates.jsonl"

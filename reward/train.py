@@ -37,7 +37,7 @@ from trl import RewardConfig, RewardTrainer
 from trl.trainer.utils import pad
 
 from pipeline.lib import runs
-from pipeline.lib.errors import exit_with
+from pipeline.lib.errors import DataError, exit_with
 from pipeline.lib.launch import release_zero3_init
 from pipeline.lib.models import check_model_source
 from pipeline.lib.prompts import user_message
@@ -54,7 +54,7 @@ from pipeline.lib.stage import (
     trainer_figures,
     weights_dir,
 )
-from pipeline.lib.tables import DataError, read_table
+from pipeline.lib.tables import read_table
 from reward import data as rm_data
 from reward import ensemble
 from reward import evaluate as rm_eval

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.lib.tables import DataError, detect_format, load_sft_dataset, read_table, scrub_pii, validate_sft_rows
+from pipeline.lib.errors import DataError
+from pipeline.lib.tables import detect_format, load_sft_dataset, read_table, scrub_pii, validate_sft_rows
 
 USER = {"role": "user", "content": "What is 2 + 2?"}
 ASSISTANT = {"role": "assistant", "content": "4."}

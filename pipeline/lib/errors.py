@@ -15,11 +15,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.lib.runs import MissingInputError
-from pipeline.lib.tables import DataError
 
 # Exit statuses, in the README. 3 is the conductor's "waiting for labels".
 BAD_SETTING, MISSING_INPUT, BAD_DATA, CANNOT_RESUME, OUT_OF_MEMORY = 2, 4, 5, 6, 7
 ERROR_FILE = "RLHF_ERROR_FILE"  # set by the launcher: where the main process leaves its message for it to repeat
+
+
+class DataError(ValueError):
+    """A data file cannot be used as it is; the message names the file, the row(s) and what to change."""
 
 
 class ResumeError(RuntimeError):

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from pipeline.lib.tables import DataError
+from pipeline.lib.errors import DataError
 
 
 def load_gguf(path: str | Path):

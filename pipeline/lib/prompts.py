@@ -8,7 +8,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.lib.tables import DataError, read_table
+from pipeline.lib.errors import DataError
+from pipeline.lib.tables import read_table
 
 
 def load_prompts(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:

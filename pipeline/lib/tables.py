@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.lib.errors import DataError
+
 if TYPE_CHECKING:
     import datasets
 
@@ -46,10 +48,6 @@ ACCEPTED_FORMATS = (
     "'prompt' + 'completion' (strings, or lists of messages), "
     "'messages' (a list of {'role', 'content'} messages), or 'text' (a string)"
 )
-
-
-class DataError(ValueError):
-    """A data file cannot be used as it is; the message names the file, the row(s) and what to change."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
