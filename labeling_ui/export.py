@@ -37,7 +37,6 @@ from pipeline.lib.pairs import ranking_to_pairs
 
 AGGREGATIONS = ("all", "majority", "drop_contested")
 AGGREGATED_LABELER = {"majority": "majority", "drop_contested": "consensus"}
-PREFERENCE_KEYS = ("prompt", "chosen", "rejected", "group_id", "item_id", "rank_gap", "labeler")
 
 
 def aggregate_pairs(

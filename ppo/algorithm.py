@@ -14,10 +14,6 @@ def masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum()
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (values * mask).sum() / mask.sum().clamp(min=1)
-
-
 def whiten(
     values: torch.Tensor, mask: torch.Tensor, total: tuple[float, float, float] | None = None, shift_mean: bool = True
 ) -> torch.Tensor:

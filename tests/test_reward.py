@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from pipeline.lib import launch
+from pipeline.lib.models import tokenizer_differences
 from reward import evaluate as rm_eval
 from tests.conftest import REPO, read_jsonl
 from tests.wandb_records import find_run_file, history_keys
@@ -185,8 +186,6 @@ def changed(model_dir: Path, sft_dir: Path, name: str = "model.layers.0.self_att
 
 
 def assert_loads_as_reward_model(rm_run: Path) -> None:
-    from reward.compat import check_tokenizers_match
-
     model_dir, sft_dir = rm_run / "t" / "rm" / "model", rm_run / "t" / "sft" / "model"
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
     assert model.config.num_labels == 1 and model.score.weight.shape[0] == 1
@@ -195,7 +194,7 @@ def assert_loads_as_reward_model(rm_run: Path) -> None:
     # The policy's tokenizer, unchanged: the same files, byte for byte.
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         assert (model_dir / name).read_bytes() == (sft_dir / name).read_bytes(), name
-    check_tokenizers_match(sft_dir, model_dir)
+    assert not tokenizer_differences(AutoTokenizer.from_pretrained(sft_dir), AutoTokenizer.from_pretrained(model_dir))
 
 
 # ---------------------------------------------------------------------------------------------------------------
