@@ -288,7 +288,12 @@ def write_report(out_dir: Path, sft: dict, ppo: dict, metrics: dict, config: Eva
     lines = [
         f"# Evaluation of run `{config.run}`",
         "",
-        f"{metrics['num_prompts']} held-out prompts, one sample each at temperature {config.temperature}.",
+        f"{metrics['num_prompts']} held-out prompts, one sample each at temperature {config.temperature}. "
+        + (
+            f"Gold scores by the rubric `{metrics['gold_rubric']}`."
+            if metrics["gold_rubric"]
+            else "No gold rubric: the scores are the reward model's alone."
+        ),
         "",
         "| | SFT | PPO |",
         "| --- | --- | --- |",
@@ -371,6 +376,7 @@ def main(config: EvalConfig) -> dict[str, Any]:
         del dpo_policy
     metrics = {
         "num_prompts": len(prompt_rows),
+        "gold_rubric": config.rubric,
         "sft": sft["summary"],
         "ppo": ppo["summary"],
         "win_rate_ppo_vs_sft": win_rate([r["score"] for r in ppo["rows"]], [r["score"] for r in sft["rows"]]),

@@ -207,6 +207,10 @@ def test_ppo_trains_logs_and_saves_a_plain_model(ppo_run):
     assert m["best_of_n_verdict"].split()[0] in ("PPO", "Best-of-1", "Best-of-2", "Best-of-4")
     assert 0.0 <= m["gold_win_rate_ppo_vs_sft"] <= 1.0
     assert m["num_prompts"] == 4 and 0.0 <= m["win_rate_ppo_vs_sft"] <= 1.0
+    assert (
+        m["gold_rubric"] == RUBRIC
+        and json.loads((ppo_run / "t" / "eval" / "summary.json").read_text())["metrics"]["gold_rubric"] == RUBRIC
+    )
     assert m["sft"]["kl_to_reference"] == pytest.approx(0.0, abs=1e-5)  # the reference is the SFT model itself
     assert {"reward_mean", "gold_score", "eos_rate", "response_length"} <= set(m["ppo"])
     # Each snapshot evaluated on the prompts (4 here, fewer than snapshot_prompts), then the final policy on them: its
@@ -227,6 +231,7 @@ def test_ppo_trains_logs_and_saves_a_plain_model(ppo_run):
     eval_dir = ppo_run / "t" / "eval"
     assert m["ppo_snapshots_summary"] in (eval_dir / "report.md").read_text()
     assert "PPO wins against SFT" in (eval_dir / "report.md").read_text()
+    assert f"Gold scores by the rubric `{RUBRIC}`." in (eval_dir / "report.md").read_text()
     assert "## Best-of-n from the SFT policy" in (eval_dir / "report.md").read_text()
     for png in ("reward_scores.png", "sft_vs_ppo.png", "kl_frontier.png"):
         assert (eval_dir / png).read_bytes()[:4] == b"\x89PNG"
