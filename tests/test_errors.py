@@ -105,6 +105,29 @@ def test_a_negative_learning_rate_is_refused_before_loading(tmp_path, micro_mode
     assert "Loading weights" not in output(proc)
 
 
+def test_a_bad_flag_value_is_one_block_without_the_usage(tmp_path):
+    proc = run_stage(*sft(tmp_path, "--learning_rate", "abc"))
+    assert_one_clear_message(proc, errors.BAD_SETTING, "--learning_rate: 'abc' is not a number", "--help lists")
+    assert "usage:" not in output(proc) and len(output(proc).strip().splitlines()) < 10, output(proc)[-3000:]
+
+
+@pytest.mark.parametrize(
+    "flag, said",
+    [
+        (["--max_steps", "1.5"], "--max_steps: '1.5' is not a whole number. --help lists every setting"),
+        (["--lr_scheduler_type", "sideways"], "--lr_scheduler_type: invalid choice: 'sideways' (choose from 'linear'"),
+        (["--learning_rate"], "--learning_rate: expected one argument. --help lists every setting"),
+    ],
+)
+def test_a_bad_flag_value_names_the_flag_and_what_it_takes(flag, said):
+    from pipeline.lib.stage import parse
+    from pipeline.sft import SFTStageConfig
+
+    with pytest.raises(ValueError) as caught:
+        parse(SFTStageConfig, "sft", flag)
+    assert str(caught.value).startswith(said), str(caught.value)
+
+
 def test_pairs_under_the_kway_loss_name_the_setting(tmp_path, micro_model):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(json.dumps({"prompt": "Hi?", "chosen": "Hello!", "rejected": "Go away."}) + "\n")

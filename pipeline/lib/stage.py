@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 import shutil
 import sys
 import time
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import yaml
 
@@ -134,14 +135,37 @@ def parse(config_class: type[T], stage: str, argv: list[str] | None = None) -> t
 
 def parse_configs(classes: tuple[type, ...], argv: list[str] | None = None) -> tuple:
     """``TrlParser(classes)``, after checking that every key of the ``--config`` YAML is a setting of one of them:
-    a typo is named with its file (and the nearest setting), not as an unknown command-line flag."""
+    a typo is named with its file (and the nearest setting), not as an unknown command-line flag. A flag's bad value
+    is a ``ValueError`` too, said in one line."""
     from trl import TrlParser
+
+    class Parser(TrlParser):
+        def error(self, message: str) -> NoReturn:
+            # argparse prints the whole usage (137 lines for SFT) above its one line, and exits.
+            raise ValueError(flag_problem(message))
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--config" in argv[:-1]:
         path = Path(argv[argv.index("--config") + 1])
         check_yaml_keys(path, {f.name for cls in classes for f in dataclasses.fields(cls)} | {"env"})
-    return TrlParser(classes).parse_args_and_config(argv)
+    return Parser(classes).parse_args_and_config(argv)
+
+
+def flag_problem(message: str) -> str:
+    """argparse's complaint about a flag as one line: the flag, its bad value, what it takes, and where to look.
+
+    ``argument --learning_rate/--learning-rate: invalid float value: 'abc'`` becomes
+    ``--learning_rate: 'abc' is not a number (e.g. 1e-05). --help lists every setting and what it takes.``
+    """
+    found = re.fullmatch(r"argument (-[^/:\s]+)\S*: (.*)", message, re.S)
+    if found:
+        flag, problem = found.groups()
+        bad_type = re.fullmatch(r"invalid (\w+) value: (.*)", problem, re.S)
+        if bad_type:
+            expected = {"float": "a number (e.g. 1e-05)", "int": "a whole number"}.get(bad_type[1], "a valid value")
+            problem = f"{bad_type[2]} is not {expected}"
+        message = f"{flag}: {problem}"
+    return f"{message.rstrip('.')}. --help lists every setting and what it takes."
 
 
 def check_yaml_keys(path: Path, known: set[str]) -> None:
