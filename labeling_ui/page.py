@@ -19,6 +19,7 @@ from pathlib import Path
 import gradio as gr
 
 from labeling_ui import admin_tables as tables
+from labeling_ui import timing
 from labeling_ui.config import PAGE_SLOTS
 from labeling_ui.rules import FLAGS, Submission, show_bidi_controls
 from labeling_ui.service import LabelingService
@@ -858,7 +859,7 @@ def _api_routes(service: LabelingService, events: Events) -> None:
         return events.page_draft(events.user(request), item_id, ranks, flags, none_acceptable, comment)
 
     for route in (next_item, submit, edit, skip, heartbeat, release, draft):
-        gr.api(route, api_name=route.__name__)
+        gr.api(timing.timed(route.__name__, route), api_name=route.__name__)
 
 
 # --- the whole page -----------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ Running the app for labelers: see the README.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import email.policy
 import hashlib
@@ -405,6 +406,11 @@ def serve(config: LabelingConfig, db_url: str, export_config: ExportConfig, host
     import gradio as gr
 
     from labeling_ui.page import CSS, build_page
+
+    with contextlib.suppress(ImportError):
+        # Gradio sets matplotlib's backend around every event, and imports it for the first: 0.3 s that the first
+        # labeler would wait for, now spent here.
+        import matplotlib.pyplot  # noqa: F401
 
     store = open_store(db_url, config)
     try:

@@ -8,6 +8,7 @@ a refused action comes back as ``ok=False`` with a message that says what to fix
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,6 +22,10 @@ from labeling_ui.storage import Assigned, ItemView, LabelStore, StaleForm
 from labeling_ui.users import generate_password
 
 RECENT = 20  # own rankings listed for editing
+# A user's role is read again after this. Every event checks it, and reading it was a transaction of its own per
+# event; a disabled account's session ends within the same 5 s (the server's session keys), and at once for an
+# admin's change made in this process.
+ROLE_SECONDS = 5.0
 REVIEW_ACTIONS = {  # Admin tab, flagged items: action -> (excluded, reviewed) as LabelStore.set_review takes them
     "exclude": (True, True),
     "include": (False, None),
@@ -55,21 +60,25 @@ class LabelingService:
 
     def __init__(self, store: LabelStore, config: LabelingConfig, export_config: ExportConfig | None = None):
         self.store, self.config, self.export_config = store, config, export_config
-        self._roles: dict[str, str | None] = {}  # the last role read of each user, for while the database is down
+        # The last role read of each user and when: reused for ROLE_SECONDS, and while the database is down.
+        self._roles: dict[str, tuple[str | None, float]] = {}
 
     def authenticate(self, username: str, password: str) -> bool:
         return self.store.verify_user(username, password)
 
     def role(self, username: str | None) -> str | None:
-        """The user's role; while the database does not answer, the last one read (their session was checked)."""
+        """The user's role, read at most every ``ROLE_SECONDS``; while the database does not answer, the last one
+        read (their session was checked)."""
         if not username:
             return None
-        try:
-            self._roles[username] = self.store.role(username)
-        except DATABASE_DOWN:
-            if username not in self._roles:
-                raise
-        return self._roles[username]
+        now = time.monotonic()
+        if now - self._roles.get(username, (None, -ROLE_SECONDS))[1] >= ROLE_SECONDS:
+            try:
+                self._roles[username] = (self.store.role(username), now)
+            except DATABASE_DOWN:
+                if username not in self._roles:
+                    raise
+        return self._roles[username][0]
 
     # --- the labeler's work -----------------------------------------------------------------------------------
 
@@ -196,12 +205,14 @@ class LabelingService:
         if name == username and not active:
             raise ValueError("You cannot disable yourself: ask another admin.")
         self.store.set_active(name, active)
+        self._roles.pop(name, None)
 
     def reset_password(self, username: str | None, name: str) -> str:
         """A new generated password for ``name`` (their old one stops working); shown to the admin once."""
         self.require_admin(username)
         password = generate_password()
         self.store.reset_password(name, password)
+        self._roles.pop(name, None)
         return password
 
     def users(self, username: str | None) -> list[dict]:

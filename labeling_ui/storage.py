@@ -24,7 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from labeling_ui import assignment
+from labeling_ui import assignment, timing
 from labeling_ui.config import LEASE_SECONDS, PAGE_SLOTS, LabelingConfig
 from labeling_ui.db import (
     READ_ONLY,
@@ -112,6 +112,12 @@ class Progress:
     rankings: int  # current rankings of them (an edit replaces a ranking, it does not add one)
 
 
+# Built once: every request looks its user up (the role check, then the action, then the progress), and SQLAlchemy
+# spends longer building a statement and its cache key than SQLite spends running it.
+_USER = sa.select(User).where(User.username == sa.bindparam("username"))
+_USER_LOCKED = _USER.with_for_update()
+
+
 def _iso(value: dt.datetime) -> str:
     # SQLite hands back naive datetimes; everything is stored in UTC.
     return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).isoformat(timespec="seconds")
@@ -173,13 +179,13 @@ class LabelStore:
     def _begin(self) -> Iterator[Session]:
         """One write transaction: committed when the block ends (before the caller's method returns), else rolled
         back."""
-        with self._writer, self._sessions.begin() as session:
+        with timing.store_time(), self._writer, self._sessions.begin() as session:
             yield session
 
     @contextmanager
     def _read(self) -> Iterator[Session]:
         """One transaction that only reads: a consistent snapshot that neither waits for writers nor blocks them."""
-        with self._read_sessions.begin() as session:
+        with timing.store_time(), self._read_sessions.begin() as session:
             yield session
 
     @staticmethod
@@ -199,8 +205,7 @@ class LabelStore:
 
     @staticmethod
     def _find_user(session: Session, username: str, lock: bool = False) -> User | None:
-        query = sa.select(User).where(User.username == username)
-        return session.scalars(query.with_for_update() if lock else query).one_or_none()
+        return session.scalars(_USER_LOCKED if lock else _USER, {"username": username}).one_or_none()
 
     def _labeler(self, session: Session, username: str, lock: bool = False) -> User:
         user = self._find_user(session, username, lock)

@@ -470,6 +470,26 @@ def test_admins_manage_users_through_the_service(store):
     assert new != password and store.verify_user("cem", new) and not store.verify_user("cem", password)
 
 
+def test_a_role_is_read_at_most_every_few_seconds_and_at_once_after_an_admins_change(store, monkeypatch):
+    import labeling_ui.service as service_module
+
+    users(store, "ana")
+    store.add_user("boss", "password1", role="admin")
+    service = LabelingService(store, LabelingConfig())
+    clock = [1000.0]
+    monkeypatch.setattr(service_module.time, "monotonic", lambda: clock[0])
+    assert service.role("ana") == "labeler"
+    store.set_active("ana", False)  # by another process (the CLI, another app process)
+    assert service.role("ana") == "labeler"  # read 0 s ago
+    clock[0] += service_module.ROLE_SECONDS
+    assert service.role("ana") is None
+    store.set_active("ana", True)
+    clock[0] += service_module.ROLE_SECONDS
+    assert service.role("ana") == "labeler"
+    service.set_active("boss", "ana", False)  # by an admin of this process: at once
+    assert service.role("ana") is None
+
+
 # --- the API over HTTP --------------------------------------------------------------------------------------------
 
 
