@@ -600,6 +600,14 @@ def where_time_goes(timings: Path, http: dict[str, float]) -> dict[str, float]:
             f"{api}_store_cpu_ms": statistics.mean(ms["store_cpu_s"]),
             f"{api}_gradio_p50_ms": client_p50 - percentile(ms["wall_s"], 50),
         }
+    page = [r for r in rows if r["api"] == "on_submit"]  # the Chromium labeler's Submit: the page's own event
+    if page:
+        out |= {
+            "browser_on_submit_handler_p50_ms": percentile([1000 * r["wall_s"] for r in page], 50),
+            "browser_on_submit_store_p50_ms": percentile([1000 * r["store_wall_s"] for r in page], 50),
+            "browser_on_submit_handler_cpu_ms": 1000 * statistics.mean(r["cpu_s"] for r in page),
+        }
+    rows = [r for r in rows if not r["api"].startswith("on_")]  # the load's API calls, for the CPU per request
     if rows:
         handler_cpu = 1000 * sum(r["cpu_s"] for r in rows) / len(rows)
         out["handler_cpu_ms_per_request"] = handler_cpu

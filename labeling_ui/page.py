@@ -471,7 +471,7 @@ class Events:
     def show_next(self, username: str, message: str) -> dict:
         """The labeler's item in hand (with its draft), or why there is none."""
         got = self.service.assign(username)
-        draft = self.service.draft(username, got.view.item_id) if got.view is not None else None
+        draft = got.draft
         progress = (got.done, got.total)
         restored = bool(draft and (draft["ranks"] or draft["flags"] or draft["comment"] or draft["none_acceptable"]))
         return self.render(
@@ -876,10 +876,12 @@ def build_page(service: LabelingService) -> gr.Blocks:
         once = {"trigger_mode": "once", **PRIVATE}
         shown_and_recent = [*form.shown(), mine.recent]
         submitted = [*shown_and_recent, form.last, form.undo_btn, form.undo_timer]
-        blocks.load(events.on_load, None, [*shown_and_recent, admin.tab, page.tabs], **PRIVATE)
+        blocks.load(
+            timing.timed("on_load", events.on_load), None, [*shown_and_recent, admin.tab, page.tabs], **PRIVATE
+        )
         # Not the Rank tab's select event: Gradio fires it as the page starts, before `on_load` has answered.
         form.fetch_btn.click(events.on_fetch, form.state, form.shown(), **once)
-        form.submit_btn.click(events.on_submit, form.answers(), submitted, **once)
+        form.submit_btn.click(timing.timed("on_submit", events.on_submit), form.answers(), submitted, **once)
         form.skip_btn.click(events.on_skip, [form.state, form.skip_reason, form.item_key], form.shown(), **once)
         form.undo_btn.click(events.on_undo, form.last, submitted, **once)
         form.undo_timer.tick(

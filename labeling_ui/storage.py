@@ -102,6 +102,7 @@ class Assigned:
     done: int  # items they ranked
     total: int  # items they ranked plus those they will still be given
     held_by_others: int  # items they could still do that other labelers hold now (None view: the last ones)
+    draft: dict[str, Any] | None = None  # their saved draft of the item (``LabelStore.draft``), read with it
 
 
 @dataclass
@@ -116,6 +117,24 @@ class Progress:
 # spends longer building a statement and its cache key than SQLite spends running it.
 _USER = sa.select(User).where(User.username == sa.bindparam("username"))
 _USER_LOCKED = _USER.with_for_update()
+
+
+def _checked_draft(raw: dict[str, Any], item: Item) -> dict[str, Any]:
+    """A stored draft of ``item`` as the page may show it: ranks 1..K of its replies, known flags, texts."""
+    ids = [c["id"] for c in item.candidates]
+    ranks = {cid: r for cid, r in dict(raw.get("ranks") or {}).items() if cid in ids and r in range(1, len(ids) + 1)}
+    flags = {
+        cid: [f for f in names if f in FLAGS]
+        for cid, names in dict(raw.get("flags") or {}).items()
+        if cid in ids and isinstance(names, list)
+    }
+    comment = raw.get("comment")
+    return {
+        "ranks": ranks,
+        "flags": {cid: names for cid, names in flags.items() if names},
+        "none_acceptable": bool(raw.get("none_acceptable")),
+        "comment": comment if isinstance(comment, str) else "",
+    }
 
 
 def _iso(value: dt.datetime) -> str:
@@ -459,7 +478,8 @@ class LabelStore:
         return self.assign(username).view
 
     def assign(self, username: str) -> Assigned:
-        """Hand the labeler their item in hand, or the next one, with a fresh lease; and their progress.
+        """Hand the labeler their item in hand (with its draft), or the next one, with a fresh lease; and their
+        progress.
 
         The item stays theirs (a reload or a new login gets it again, with its draft) until they rank or skip it, or
         until its lease ran out and other labelers filled its slots. Progress is read just after, in its own
@@ -478,9 +498,14 @@ class LabelStore:
                 session.execute(sa.delete(Draft).where(Draft.user_id == user.id))
                 if chosen is not None:
                     session.add(Assignment(item_id=chosen, user_id=user.id, assigned_at=now))
-            view = None if chosen is None else self._view(session.get(Item, chosen), username)
+            item = None if chosen is None else session.get(Item, chosen)
+            view = None if item is None else self._view(item, username)
+            draft = None
+            if own is not None and own.item_id == chosen:  # a new item's drafts were deleted above
+                row = session.get(Draft, user.id)
+                draft = _checked_draft(row.draft, item) if row is not None and row.item_id == chosen else None
         done, total, held = self._progress(username)
-        return Assigned(view, done, total, held)
+        return Assigned(view, done, total, held, draft)
 
     def view_in_hand(self, username: str, item_id: str) -> ItemView | None:
         """The item as the labeler's page shows it, if it is still their item in hand (its lease is not touched)."""
@@ -537,22 +562,7 @@ class LabelStore:
             item = session.get(Item, item_id) if row is not None and row.item_id == item_id else None
             if item is None:
                 return None
-            raw, ids = row.draft, [c["id"] for c in item.candidates]
-        ranks = {
-            cid: r for cid, r in dict(raw.get("ranks") or {}).items() if cid in ids and r in range(1, len(ids) + 1)
-        }
-        flags = {
-            cid: [f for f in names if f in FLAGS]
-            for cid, names in dict(raw.get("flags") or {}).items()
-            if cid in ids and isinstance(names, list)
-        }
-        comment = raw.get("comment")
-        return {
-            "ranks": ranks,
-            "flags": {cid: names for cid, names in flags.items() if names},
-            "none_acceptable": bool(raw.get("none_acceptable")),
-            "comment": comment if isinstance(comment, str) else "",
-        }
+            return _checked_draft(row.draft, item)
 
     def submit_ranking(
         self, username: str, submission: Submission, guidelines_version: str = "", edits: int | None = None

@@ -1,7 +1,7 @@
 """Where a request's time goes on the server: each API call's handler and, within it, the store's transactions.
 
 Off unless the environment names a file, ``LABELING_TIMINGS=PATH``: the server then writes one JSON line per API
-call, ``{"api", "wall_s", "cpu_s", "store_wall_s", "store_cpu_s"}``, to ``PATH.<pid>`` (one file per app process).
+call (and per load and Submit of the page, as ``on_load`` and ``on_submit``), ``{"api", "wall_s", "cpu_s", "store_wall_s", "store_cpu_s"}``, to ``PATH.<pid>`` (one file per app process).
 CPU is the handler thread's own (``time.thread_time``): what a request costs the process, apart from the time it
 waits for the GIL or a lock. What a client waits beyond ``wall_s``, and what the process spends beyond ``cpu_s``, is
 Gradio's: the HTTP requests, its queue, the event stream. ``python -m bench --cases labeling_scale`` reads it.
@@ -47,7 +47,8 @@ LOG = _open_log()
 
 
 def timed(api: str, fn: Callable) -> Callable:
-    """``fn`` as an API route, timed when the log is on (the same function when it is off)."""
+    """``fn`` as an API route or a page's event handler, timed when the log is on (the same function when it is
+    off)."""
     if LOG is None:
         return fn
 

@@ -218,6 +218,7 @@ def test_a_draft_survives_a_restart_and_goes_with_the_submit(db_url):
     try:
         again = store.next_item("ana")
         assert again.item_id == item.item_id and store.draft("ana", item.item_id) == draft
+        assert store.assign("ana").draft == draft  # handed out with the item, as the page shows it
         # What comes back is checked: unknown candidates, ranks out of 1..K and unknown flags are left out.
         assert store.save_draft(
             "ana", item.item_id, {"ranks": {ids[0]: 9, "x": 1}, "flags": {ids[1]: ["nope", "off_topic"]}}
@@ -232,6 +233,7 @@ def test_a_draft_survives_a_restart_and_goes_with_the_submit(db_url):
             store.save_draft("ana", item.item_id, {"comment": "x" * 20_000})
         rank(store, "ana", again)
         assert store.draft("ana", item.item_id) is None
+        assert store.assign("ana").draft is None  # the next item starts clean
     finally:
         store.close()
 
