@@ -23,7 +23,7 @@ from labeling_ui import timing
 from labeling_ui.config import PAGE_SLOTS
 from labeling_ui.rules import FLAGS, Submission, show_bidi_controls
 from labeling_ui.service import LabelingService
-from labeling_ui.storage import ItemView
+from labeling_ui.storage import Assigned, ItemView
 
 STATIC = Path(__file__).resolve().parent / "static"
 CSS = STATIC / "page.css"  # passed to launch() by labeling_ui.server
@@ -468,9 +468,9 @@ class Events:
             updates[slot.flags] = flags.get(cid, [])
         return updates
 
-    def show_next(self, username: str, message: str) -> dict:
-        """The labeler's item in hand (with its draft), or why there is none."""
-        got = self.service.assign(username)
+    def show_next(self, username: str, message: str, got: Assigned | None = None) -> dict:
+        """The labeler's item in hand (with its draft), or why there is none; ``got``: handed out already."""
+        got = got or self.service.assign(username)
         draft = got.draft
         progress = (got.done, got.total)
         restored = bool(draft and (draft["ranks"] or draft["flags"] or draft["comment"] or draft["none_acceptable"]))
@@ -568,7 +568,7 @@ class Events:
         if not state:
             return {**self.show_next(username, "Nothing to submit."), **self.recent_choices(username)}
         edits = state.get("edits")
-        result = self.service.submit(username, self._submission(values), edits)
+        result, got = self.service.submit_and_next(username, self._submission(values), edits)
         if not result["ok"] and not result["stale"]:  # keep the form (and its submission id): fix and resubmit
             return {form.status: f"**Not saved.** {result['message']}"}
         if not result["ok"]:  # out of date: never turned into an edit; show what the labeler holds now
@@ -583,7 +583,7 @@ class Events:
                 form.undo_btn: gr.Button(interactive=True),
                 form.undo_timer: gr.Timer(active=True),
             }
-        return {**self.show_next(username, message), **self.recent_choices(username), **undo}
+        return {**self.show_next(username, message, got), **self.recent_choices(username), **undo}
 
     def on_undo(self, last: dict | None, request: gr.Request) -> dict:
         """Reopen the ranking just submitted, to edit: what the labeler saves then is a new version of it."""

@@ -18,7 +18,7 @@ from labeling_ui.config import LabelingConfig
 from labeling_ui.export import ExportConfig
 from labeling_ui.export import main as export_stage
 from labeling_ui.rules import RankingError, Submission
-from labeling_ui.storage import Assigned, ItemView, LabelStore, StaleForm
+from labeling_ui.storage import Assigned, ItemView, LabelStore, StaleForm, SubmitResult
 from labeling_ui.users import generate_password
 
 RECENT = 20  # own rankings listed for editing
@@ -126,13 +126,30 @@ class LabelingService:
 
         ``edits``: the version of the labeler's current ranking this one replaces (My rankings); without it the
         ranking must be of their item in hand, so a stale page cannot overwrite anything."""
+        return self.submit_and_next(username, submission, edits, then_next=False)[0]
+
+    def submit_and_next(
+        self, username: str, submission: Submission, edits: int | None = None, then_next: bool = True
+    ) -> tuple[dict[str, Any], Assigned | None]:
+        """``submit``, and the labeler's next item with it (``assign``) in the same transaction when the ranking is
+        stored; None when it is not (or ``then_next`` is false)."""
+        store, version = self.store, self.config.guidelines_version
+        got = None
         try:
-            result = self.store.submit_ranking(username, submission, self.config.guidelines_version, edits)
+            if then_next:
+                result, got = store.submit_and_assign(username, submission, version, edits)
+            else:
+                result = store.submit_ranking(username, submission, version, edits)
         except RankingError as error:
             stale = isinstance(error, StaleForm)
-            return {"ok": False, "created": False, "version": None, "message": str(error), "stale": stale}
+            return {"ok": False, "created": False, "version": None, "message": str(error), "stale": stale}, None
         except DATABASE_DOWN:
-            return {"ok": False, "created": False, "version": None, "message": UNAVAILABLE, "stale": False}
+            return {"ok": False, "created": False, "version": None, "message": UNAVAILABLE, "stale": False}, None
+        return self._saved(result), got
+
+    @staticmethod
+    def _saved(result: SubmitResult) -> dict[str, Any]:
+        """What the labeler is told of a ranking stored (or found stored: a retried submission)."""
         if not result.created:
             message = "Already saved: this submission was stored before."
         elif result.version > 1:

@@ -485,27 +485,31 @@ class LabelStore:
         until its lease ran out and other labelers filled its slots. Progress is read just after, in its own
         snapshot: on SQLite the write lock is then held only for the choice itself.
         """
-        now = utcnow()
         with self._begin() as session:
-            advisory_lock(session.connection(), "labeling_ui.assign")  # two labelers must not take one last slot
-            user = self._labeler(session, username)
-            own = self._in_hand(session, user)
-            chosen = self._choose(session, user, own, now) if user.active else None
-            if own is not None and own.item_id == chosen:
-                own.assigned_at = now
-            else:
-                session.execute(sa.delete(Assignment).where(Assignment.user_id == user.id))
-                session.execute(sa.delete(Draft).where(Draft.user_id == user.id))
-                if chosen is not None:
-                    session.add(Assignment(item_id=chosen, user_id=user.id, assigned_at=now))
-            item = None if chosen is None else session.get(Item, chosen)
-            view = None if item is None else self._view(item, username)
-            draft = None
-            if own is not None and own.item_id == chosen:  # a new item's drafts were deleted above
-                row = session.get(Draft, user.id)
-                draft = _checked_draft(row.draft, item) if row is not None and row.item_id == chosen else None
-        done, total, held = self._progress(username)
-        return Assigned(view, done, total, held, draft)
+            view, draft = self._assign(session, username)
+        return Assigned(view, *self._progress(username), draft)
+
+    def _assign(self, session: Session, username: str) -> tuple[ItemView | None, dict[str, Any] | None]:
+        """``assign``'s choice and lease, in the caller's transaction: the item's view and its draft."""
+        now = utcnow()
+        advisory_lock(session.connection(), "labeling_ui.assign")  # two labelers must not take one last slot
+        user = self._labeler(session, username)
+        own = self._in_hand(session, user)
+        chosen = self._choose(session, user, own, now) if user.active else None
+        if own is not None and own.item_id == chosen:
+            own.assigned_at = now
+        else:
+            session.execute(sa.delete(Assignment).where(Assignment.user_id == user.id))
+            session.execute(sa.delete(Draft).where(Draft.user_id == user.id))
+            if chosen is not None:
+                session.add(Assignment(item_id=chosen, user_id=user.id, assigned_at=now))
+        item = None if chosen is None else session.get(Item, chosen)
+        view = None if item is None else self._view(item, username)
+        draft = None
+        if own is not None and own.item_id == chosen:  # a new item's drafts were deleted above
+            row = session.get(Draft, user.id)
+            draft = _checked_draft(row.draft, item) if row is not None and row.item_id == chosen else None
+        return view, draft
 
     def view_in_hand(self, username: str, item_id: str) -> ItemView | None:
         """The item as the labeler's page shows it, if it is still their item in hand (its lease is not touched)."""
@@ -574,80 +578,98 @@ class LabelStore:
         ranking, version N (the My rankings tab): a new version N + 1 becomes current and the old row stays.
         Submissions of a user disabled meanwhile are still kept: no finished work is dropped.
         """
-        submission_id, item_id = submission.submission_id, submission.item_id
-        check_submission_id(submission_id)
+        check_submission_id(submission.submission_id)
         with self._begin() as session:
-            # Locking the user row serialises one labeler's submits on PostgreSQL (a double click sends two):
-            # versions are then numbered without gaps or clashes. SQLite's BEGIN IMMEDIATE already serialises.
-            user = self._labeler(session, username, lock=True)
-            stored = session.scalars(sa.select(Ranking).where(Ranking.submission_id == submission_id)).one_or_none()
-            if stored is not None:
-                if (stored.user_id, stored.item_id) != (user.id, item_id):
-                    raise RankingError(f"This submission id was already used for another item. {RELOAD}")
-                return SubmitResult(ranking_id=stored.id, version=stored.version, created=False)
-            item = session.get(Item, item_id)
-            if item is None:
-                raise RankingError(f"This item does not exist (any more). {RELOAD}")
-            where = (Ranking.item_id == item_id) & (Ranking.user_id == user.id)
-            current = session.scalar(sa.select(Ranking.version).where(where & Ranking.is_current))
-            if edits is None:
-                own = self._in_hand(session, user)
-                if current is not None:
-                    raise StaleForm(ALREADY_RANKED)
-                if own is None or own.item_id != item_id:
-                    raise StaleForm(NOT_IN_HAND)
-            elif current is None:
-                raise RankingError(f"You have no ranking of this item to edit. {RELOAD}")
-            elif current != edits:
-                raise StaleForm(
-                    f"Your ranking of this item changed since you opened it (version {edits}, now version {current}), "
-                    "perhaps in another tab: nothing was saved. Open it again from My rankings."
-                )
-            ids = [c["id"] for c in item.candidates]
-            shown = submission.display_order
-            row = {
-                "ranks": normalize_ranks(submission.ranks, ids),
-                "flags": normalize_flags(submission.flags, ids),
-                "none_acceptable": bool(submission.none_acceptable),
-                "comment": check_text(submission.comment, "comment"),
-                "guidelines_version": check_text(guidelines_version, "guidelines version", 64),
-                "display_order": (
-                    assignment.display_order(ids, username, item_id, self.seed)
-                    if shown is None
-                    else check_display_order(shown, ids)
-                ),
-                "seconds_spent": check_seconds(submission.seconds_spent),
-            }
-            version = (current or 0) + 1
-            # Inserted as not current first: if a concurrent retry stored this submission_id after our check, the
-            # insert does nothing and this transaction has changed nothing, so that stored row is the answer.
-            inserted = session.execute(
-                self._insert_ignore(session, Ranking, ["submission_id"])
-                .values(
-                    submission_id=submission_id,
-                    item_id=item_id,
-                    user_id=user.id,
-                    version=version,
-                    is_current=False,
-                    created_at=utcnow(),
-                    **row,
-                )
-                .returning(Ranking.id)
-            ).scalar_one_or_none()
-            if inserted is None:
-                stored = session.scalars(sa.select(Ranking).where(Ranking.submission_id == submission_id)).one()
-                return SubmitResult(ranking_id=stored.id, version=stored.version, created=False)
-            session.execute(sa.update(Ranking).where(where & Ranking.is_current).values(is_current=False))
-            session.execute(sa.update(Ranking).where(Ranking.id == inserted).values(is_current=True))
-            if version == 1:  # one more labeler ranked it; their hands are free for the next item
-                entry = sa.update(QueueEntry).where(QueueEntry.item_id == item_id)
-                entry = entry.values(n_rankings=QueueEntry.n_rankings + 1).returning(QueueEntry.n_rankings)
-                n_rankings = session.execute(entry).scalar_one()
-                # The lower count first, in every transaction: two submits never wait on each other crosswise.
-                self._count(session, item.is_gold, n_rankings - 1, -1)
-                self._count(session, item.is_gold, n_rankings, 1)
-                self._let_go(session, user, item_id)
-            return SubmitResult(ranking_id=inserted, version=version, created=True)
+            return self._submit(session, username, submission, guidelines_version, edits)
+
+    def submit_and_assign(
+        self, username: str, submission: Submission, guidelines_version: str = "", edits: int | None = None
+    ) -> tuple[SubmitResult, Assigned]:
+        """``submit_ranking``, then ``assign`` the labeler's next item, in one transaction: one commit (one fsync)
+        for a Submit and the item that follows it. Both are stored, or neither (a refused ranking, a database that
+        stops answering): the ranking is acknowledged only once it is committed."""
+        check_submission_id(submission.submission_id)
+        with self._begin() as session:
+            result = self._submit(session, username, submission, guidelines_version, edits)
+            view, draft = self._assign(session, username)
+        return result, Assigned(view, *self._progress(username), draft)
+
+    def _submit(
+        self, session: Session, username: str, submission: Submission, guidelines_version: str, edits: int | None
+    ) -> SubmitResult:
+        """``submit_ranking`` in the caller's transaction."""
+        submission_id, item_id = submission.submission_id, submission.item_id
+        # Locking the user row serialises one labeler's submits on PostgreSQL (a double click sends two):
+        # versions are then numbered without gaps or clashes. SQLite's BEGIN IMMEDIATE already serialises.
+        user = self._labeler(session, username, lock=True)
+        stored = session.scalars(sa.select(Ranking).where(Ranking.submission_id == submission_id)).one_or_none()
+        if stored is not None:
+            if (stored.user_id, stored.item_id) != (user.id, item_id):
+                raise RankingError(f"This submission id was already used for another item. {RELOAD}")
+            return SubmitResult(ranking_id=stored.id, version=stored.version, created=False)
+        item = session.get(Item, item_id)
+        if item is None:
+            raise RankingError(f"This item does not exist (any more). {RELOAD}")
+        where = (Ranking.item_id == item_id) & (Ranking.user_id == user.id)
+        current = session.scalar(sa.select(Ranking.version).where(where & Ranking.is_current))
+        if edits is None:
+            own = self._in_hand(session, user)
+            if current is not None:
+                raise StaleForm(ALREADY_RANKED)
+            if own is None or own.item_id != item_id:
+                raise StaleForm(NOT_IN_HAND)
+        elif current is None:
+            raise RankingError(f"You have no ranking of this item to edit. {RELOAD}")
+        elif current != edits:
+            raise StaleForm(
+                f"Your ranking of this item changed since you opened it (version {edits}, now version {current}), "
+                "perhaps in another tab: nothing was saved. Open it again from My rankings."
+            )
+        ids = [c["id"] for c in item.candidates]
+        shown = submission.display_order
+        row = {
+            "ranks": normalize_ranks(submission.ranks, ids),
+            "flags": normalize_flags(submission.flags, ids),
+            "none_acceptable": bool(submission.none_acceptable),
+            "comment": check_text(submission.comment, "comment"),
+            "guidelines_version": check_text(guidelines_version, "guidelines version", 64),
+            "display_order": (
+                assignment.display_order(ids, username, item_id, self.seed)
+                if shown is None
+                else check_display_order(shown, ids)
+            ),
+            "seconds_spent": check_seconds(submission.seconds_spent),
+        }
+        version = (current or 0) + 1
+        # Inserted as not current first: if a concurrent retry stored this submission_id after our check, the
+        # insert does nothing and this transaction has changed nothing, so that stored row is the answer.
+        inserted = session.execute(
+            self._insert_ignore(session, Ranking, ["submission_id"])
+            .values(
+                submission_id=submission_id,
+                item_id=item_id,
+                user_id=user.id,
+                version=version,
+                is_current=False,
+                created_at=utcnow(),
+                **row,
+            )
+            .returning(Ranking.id)
+        ).scalar_one_or_none()
+        if inserted is None:
+            stored = session.scalars(sa.select(Ranking).where(Ranking.submission_id == submission_id)).one()
+            return SubmitResult(ranking_id=stored.id, version=stored.version, created=False)
+        session.execute(sa.update(Ranking).where(where & Ranking.is_current).values(is_current=False))
+        session.execute(sa.update(Ranking).where(Ranking.id == inserted).values(is_current=True))
+        if version == 1:  # one more labeler ranked it; their hands are free for the next item
+            entry = sa.update(QueueEntry).where(QueueEntry.item_id == item_id)
+            entry = entry.values(n_rankings=QueueEntry.n_rankings + 1).returning(QueueEntry.n_rankings)
+            n_rankings = session.execute(entry).scalar_one()
+            # The lower count first, in every transaction: two submits never wait on each other crosswise.
+            self._count(session, item.is_gold, n_rankings - 1, -1)
+            self._count(session, item.is_gold, n_rankings, 1)
+            self._let_go(session, user, item_id)
+        return SubmitResult(ranking_id=inserted, version=version, created=True)
 
     @staticmethod
     def _let_go(session: Session, user: User, item_id: str) -> None:

@@ -472,6 +472,41 @@ def test_admins_manage_users_through_the_service(store):
     assert new != password and store.verify_user("cem", new) and not store.verify_user("cem", password)
 
 
+def test_a_submit_and_the_next_item_are_one_transaction_stored_together_or_not_at_all(store, monkeypatch):
+    store.import_candidates(question_rows(3))
+    users(store, "ana")
+    service = LabelingService(store, LabelingConfig())
+    first = store.next_item("ana")
+    submission = Submission(uuid.uuid4().hex, first.item_id, in_order(first))
+    result, got = service.submit_and_next("ana", submission)
+    assert result["ok"] and result["created"] and got.view is not None and got.view.item_id != first.item_id
+    assert (got.done, store.count_rankings()) == (1, 1)
+    assert store.assign("ana").view.item_id == got.view.item_id  # the lease handed out with it holds
+
+    # The next item cannot be chosen (the database stops answering half-way): the ranking is not stored either,
+    # and the labeler is told to submit again; it is stored once the database answers.
+    second = got.view
+    retry = Submission(uuid.uuid4().hex, second.item_id, in_order(second))
+    real_assign = store._assign
+
+    def fails(*args):
+        raise sa.exc.OperationalError("SELECT", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(store, "_assign", fails)
+    result, got = service.submit_and_next("ana", retry)
+    assert not result["ok"] and "database does not answer" in result["message"] and got is None
+    assert store.count_rankings() == 1
+    monkeypatch.setattr(store, "_assign", real_assign)
+    result, got = service.submit_and_next("ana", retry)
+    assert result["ok"] and result["created"] and store.count_rankings() == 2
+
+    # A refused ranking (not the item in hand) hands out nothing new.
+    held = got.view.item_id
+    result, got = service.submit_and_next("ana", Submission(uuid.uuid4().hex, first.item_id, in_order(first)))
+    assert not result["ok"] and result["stale"] and got is None
+    assert store.assign("ana").view.item_id == held
+
+
 def test_a_role_is_read_at_most_every_few_seconds_and_at_once_after_an_admins_change(store, monkeypatch):
     import labeling_ui.service as service_module
 
