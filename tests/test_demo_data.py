@@ -6,6 +6,7 @@ import pytest
 
 from pipeline.demo import data as dd
 from pipeline.demo import rubric
+from pipeline.demo.scenarios import SCENARIO_BY_NAME
 
 PROMPT = (
     "Draft a reply to this customer e-mail.\n\n"
@@ -84,7 +85,7 @@ def test_split_sizes_and_row_shapes(splits):
         assert len({row["id"] for row in rows}) == len(rows)
         for row in rows:
             assert row["prompt"][0]["role"] == "user" and len(row["prompt"]) == 1
-            assert row["scenario"] in dd.SCENARIO_BY_NAME
+            assert row["scenario"] in SCENARIO_BY_NAME
             if split in dd.SFT_SPLITS:
                 assert set(row) == {"id", "prompt", "completion", "style", "scenario"}
                 assert row["completion"][0]["role"] == "assistant" and row["style"] in dd.STYLE_MIX
@@ -100,7 +101,7 @@ def test_no_prompt_appears_twice_within_or_across_splits(splits):
 
 def test_prompts_have_the_parseable_layout_and_every_scenario_is_recognised(splits):
     for rows in splits.values():
-        assert {row["scenario"] for row in rows} == set(dd.SCENARIO_BY_NAME)
+        assert {row["scenario"] for row in rows} == set(SCENARIO_BY_NAME)
         for row in rows:
             prompt = _text(row, "prompt")
             instruction, header, _body = prompt.split("\n\n", 2)

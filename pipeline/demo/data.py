@@ -1,15 +1,7 @@
 """The demo data set: a support-mail assistant for a small pottery shop, which writes in the shop's house style.
 
 Juniper & Co. is an invented four-person ceramics studio. Its team wants an assistant that drafts replies to
-customer e-mails in the team's own HOUSE STYLE:
-
-1. the first line is ``Hi <first name>,`` (the first name from the e-mail's ``From:`` line, nothing else);
-2. exactly one short apology sentence when the customer reports a problem (damaged, late or wrong item, a discount
-   code that failed), and none at all for questions, requests or praise;
-3. the concrete next step for the case (replacement, tracking link, return label, refund, care instructions, ...);
-4. short: 35 to 80 words in all;
-5. it ends with exactly the house sign-off, ``Warmly,`` / ``The Juniper & Co. team``;
-6. none of the corporate phrases the team dislikes (``valued customer``, ``we regret to inform you``, ...).
+customer e-mails in the team's own HOUSE STYLE, whose six rules ``pipeline.demo.house`` lists.
 
 Everything is generated from templates and a seed; nothing is downloaded. The SFT splits deliberately mix the
 house style (30%) with eight other styles that each break some of the rules, so supervised fine-tuning alone
@@ -31,30 +23,12 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+from pipeline.demo.house import HOUSE_SIGN_OFF, SHOP
+from pipeline.demo.scenarios import SCENARIO_BY_NAME, SCENARIOS, Scenario
 
 DEMO_VERSION = "demo-v1"
 SPLIT_SIZES = {"sft_train": 1800, "sft_eval": 200, "prompts": 500, "eval_prompts": 100}
 SFT_SPLITS = ("sft_train", "sft_eval")
-
-SHOP = "Juniper & Co."
-HOUSE_SIGN_OFF = "Warmly,\nThe Juniper & Co. team"
-MIN_WORDS, MAX_WORDS = 35, 80
-
-# Lower-case; matched case-insensitively on whitespace-normalised text.
-CORPORATE_PHRASES = (
-    "we regret to inform you",
-    "valued customer",
-    "dear sir or madam",
-    "any inconvenience this may have caused",
-    "please do not hesitate to contact us",
-    "we value your business",
-    "your satisfaction is our top priority",
-    "as per our policy",
-    "kindly be advised",
-    "at your earliest convenience",
-    "thank you for your patience and understanding",
-)
 
 # ---------------------------------------------------------------------------------------------------------------
 # Names and catalogue
@@ -175,37 +149,9 @@ TOWNS = (
 )
 
 # ---------------------------------------------------------------------------------------------------------------
-# Scenarios
+# How customers frame an e-mail
 # ---------------------------------------------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class Scenario:
-    """One kind of customer e-mail: how customers write it and what every reply to it must contain."""
-
-    name: str
-    problem: bool  # the customer reports something that went wrong: the house style apologises once
-    cue: str  # regex recognising the scenario in a subject line (tried in SCENARIOS order)
-    next_step: str  # regex the reply must match: the concrete next step
-    subjects: tuple[str, ...]
-    bodies: tuple[str, ...]
-    apologies: tuple[str, ...]  # one-sentence apologies, empty unless `problem`
-    steps: tuple[str, ...]  # the next step as the house writes it; each matches `next_step`
-    terse: tuple[str, ...]  # the next step as a one-liner; each matches `next_step`
-    extras: tuple[str, ...]  # a friendly closing sentence
-
-
-SCENARIOS_FILE = Path(__file__).with_name("scenarios.yaml")
-
-
-def load_scenarios(path: Path = SCENARIOS_FILE) -> tuple[Scenario, ...]:
-    """The scenarios of ``scenarios.yaml``, in its order (the order the cues are tried in)."""
-    rows = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return tuple(Scenario(**{k: tuple(v) if isinstance(v, list) else v for k, v in row.items()}) for row in rows)
-
-
-SCENARIOS = load_scenarios()
-SCENARIO_BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}
 
 INSTRUCTIONS = (
     "Draft a reply to this customer e-mail.",

@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 import re
 
-from pipeline.demo.data import CORPORATE_PHRASES, HOUSE_SIGN_OFF, MAX_WORDS, MIN_WORDS, SCENARIOS, Scenario
+from pipeline.demo.house import CORPORATE_PHRASES, HOUSE_SIGN_OFF, MAX_WORDS, MIN_WORDS
+from pipeline.demo.scenarios import SCENARIOS, Scenario
 
 RUBRIC_WEIGHTS = {
     "greeting": 0.20,
