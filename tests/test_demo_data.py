@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.demo import data as dd
-from pipeline.demo import rubric
+from pipeline.demo import rubric, words
 from pipeline.demo.scenarios import SCENARIO_BY_NAME
 
 PROMPT = (
@@ -105,9 +105,9 @@ def test_prompts_have_the_parseable_layout_and_every_scenario_is_recognised(spli
         for row in rows:
             prompt = _text(row, "prompt")
             instruction, header, _body = prompt.split("\n\n", 2)
-            assert instruction in dd.INSTRUCTIONS
+            assert instruction in words.INSTRUCTIONS
             assert header.startswith("From: ") and "\nSubject: " in header
-            assert rubric.customer_first_name(prompt) in dd.FIRST_NAMES
+            assert rubric.customer_first_name(prompt) in words.FIRST_NAMES
             assert rubric.detect_scenario(prompt).name == row["scenario"]
             assert prompt.isascii()
 
@@ -143,10 +143,10 @@ def test_house_replies_score_higher_on_average_than_every_other_style(splits):
 
 
 def test_name_lists(splits):
-    assert len(set(dd.FIRST_NAMES)) == len(dd.FIRST_NAMES) >= 300
-    assert len(set(dd.LAST_NAMES)) == len(dd.LAST_NAMES) >= 100
+    assert len(set(words.FIRST_NAMES)) == len(words.FIRST_NAMES) >= 300
+    assert len(set(words.LAST_NAMES)) == len(words.LAST_NAMES) >= 100
     # A maker sharing a customer's name would make "Hi <name>," ambiguous to copy.
-    assert not set(dd.MAKERS) & set(dd.FIRST_NAMES)
+    assert not set(words.MAKERS) & set(words.FIRST_NAMES)
 
 
 def test_corpus_texts_hold_every_prompt_and_reply(splits):
