@@ -125,7 +125,7 @@ bench: setup  ## benchmarks: each stage against plain TRL (PPO: TRL 1.12 in benc
 bench-real: setup  ## SFT, reward model and PPO on SmolLM2-135M-Instruct against plain TRL and TRL 1.12 (about 40 min on 2 cores)
 	$(PY) -m bench --cases sft_real,rm_real,ppo_real $(ARGS)
 
-test: setup  ## the whole test suite, as CI runs it (CPU, tiny models; 13.5 min of tests on 2 idle cores)
+test: setup lint  ## ruff's lint and format check, then the whole test suite, as CI runs it (CPU, tiny models)
 	$(PY) -m pytest -q
 
 test-fast: setup  ## the suite without the slow tests (multi-process launches, whole pipelines): the edit-test loop
