@@ -5,7 +5,7 @@ and a rejected sequence), one ranking costs 2 * C(K, 2) forward passes; the K-wa
 (K passes) and takes the same Bradley-Terry terms from those K scores. Both variants run one training step
 (forward and backward, no optimiser step) of the embedded tiny Llama with a scalar head on the same rankings of
 demo replies, through the stage's own code: TRL's preference collator with ``pairwise_loss``, and
-``reward.train.RankingCollator`` with ``kway_ranking_loss``. Times are medians over ``repeats`` steps after a warm-up.
+``reward.trainer.RankingCollator`` with ``kway_ranking_loss``. Times are medians over ``repeats`` steps after a warm-up.
 
     python -m bench.bench_kway [--repeats 5]
 """
@@ -92,7 +92,7 @@ def run(repeats: int = 5, model: str = "embedded:tiny-llama", runs_dir: str = "r
 
     from pipeline.demo.base_model import resolve_model
     from pipeline.demo.data import ensure_demo_data
-    from reward.train import RankingCollator
+    from reward.trainer import RankingCollator
 
     demo_dir = ensure_demo_data(runs_dir)
     path = resolve_model(model, runs_dir)

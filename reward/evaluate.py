@@ -1,32 +1,25 @@
-"""How good a reward model is, on held-out pairs: pure numpy functions the RM stage (and its tests) call.
-
-Held-out data is split by PROMPT: every pair of a prompt (its group_id) lands on the same side, so the eval accuracy
-measures generalisation to new prompts, not recall of responses already seen in training under another pairing.
+"""How good a reward model is, on held-out pairs: pure numpy metrics (accuracy, by rank gap, calibration, agreement
+with a gold rubric), and the stage's figures from the saved model's scores (``score_saved_model``): summary.json's
+held-out figures, ``reward_stats.json`` and the reward histogram.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch.nn.utils.rnn import pad_sequence
+from tqdm.auto import tqdm
+from transformers import AutoModelForSequenceClassification
 
-
-def split_by_group(group_ids: Iterable[str], eval_fraction: float, seed: int = 0) -> tuple[set[str], set[str]]:
-    """(train groups, eval groups): about ``eval_fraction`` of the distinct groups, at least one on each side.
-
-    Groups are ordered by a hash of (seed, group id), so a group's side does not depend on row order, and adding
-    prompts to the data leaves most existing ones where they were.
-    """
-    groups = sorted(set(group_ids))
-    if len(groups) < 2:
-        raise ValueError(
-            f"Holding out prompts needs at least 2 distinct prompts (group_id), found {len(groups)}. Add data."
-        )
-    n_eval = min(len(groups) - 1, max(1, round(eval_fraction * len(groups))))
-    order = sorted(groups, key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
-    return set(order[n_eval:]), set(order[:n_eval])
+from pipeline.lib import runs
+from pipeline.lib.prompts import user_message
+from pipeline.lib.stage import Stage
+from reward.config import RMStageConfig
+from reward.training_data import RMData
 
 
 def pairwise_accuracy(r_chosen: Sequence[float], r_rejected: Sequence[float]) -> float:
@@ -104,3 +97,101 @@ def gold_agreement(
         "pairs": int(decided.sum()),
         "gold_ties": int((~decided).sum()),
     }
+
+
+def evaluate_pairs(
+    pairs: list[dict[str, Any]], scores: dict, rubric: Callable[[str, str], float] | None
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """The held-out figures for summary.json, and the chosen and rejected rewards; with a gold ``rubric``, how often
+    the reward model and the labels order a pair as the rubric does."""
+    r_chosen = np.array([scores[tuple(p["chosen_ids"])] for p in pairs])
+    r_rejected = np.array([scores[tuple(p["rejected_ids"])] for p in pairs])
+    metrics = {
+        "eval_pairs": len(pairs),
+        "eval_accuracy": pairwise_accuracy(r_chosen, r_rejected),
+        "eval_ece": expected_calibration_error(r_chosen, r_rejected),
+        "calibration": calibration_bins(r_chosen, r_rejected),
+        "eval_reward_margin": float(np.mean(r_chosen - r_rejected)),
+        "eval_reward_chosen_mean": float(r_chosen.mean()),
+        "eval_reward_rejected_mean": float(r_rejected.mean()),
+        "accuracy_by_gap": None,
+        "eval_gold_accuracy": None,
+    }
+    if all(p["rank_gap"] is not None for p in pairs):
+        metrics["accuracy_by_gap"] = accuracy_by_gap(r_chosen, r_rejected, [p["rank_gap"] for p in pairs])
+    if rubric is not None:
+
+        def score(pair, key):
+            return rubric(user_message(pair["prompt"]), " ".join(m["content"] for m in pair[key]))
+
+        gold_chosen = [score(p, "chosen") for p in pairs]
+        gold_rejected = [score(p, "rejected") for p in pairs]
+        agreement = gold_agreement(r_chosen, r_rejected, gold_chosen, gold_rejected)
+        # The labels' own agreement with the rubric: the ceiling a reward model copying the labels would reach.
+        labels = gold_agreement(np.ones(len(pairs)), np.zeros(len(pairs)), gold_chosen, gold_rejected)
+        metrics |= {
+            "eval_gold_accuracy": agreement["agreement"],
+            "eval_gold_pairs": agreement["pairs"],
+            "eval_gold_ties": agreement["gold_ties"],
+            "eval_label_gold_agreement": labels["agreement"],
+        }
+    return metrics, r_chosen, r_rejected
+
+
+def plot_rewards(path: Path, r_chosen: np.ndarray, r_rejected: np.ndarray) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bins = np.histogram_bin_edges(np.concatenate([r_chosen, r_rejected]), bins=30)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(r_chosen, bins, alpha=0.6, label="chosen")
+    ax.hist(r_rejected, bins, alpha=0.6, label="rejected")
+    ax.set(xlabel="reward", ylabel="held-out pairs", title="Reward of chosen vs rejected responses")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def score_sequences(model_dir: Path, sequences: list[list[int]], batch_size: int) -> dict[tuple[int, ...], float]:
+    """The saved reward model's score of each distinct sequence, loaded fresh as PPO will load it."""
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    distinct = sorted({tuple(s) for s in sequences}, key=len)  # similar lengths side by side: little padding
+    scores = {}
+    for start in tqdm(range(0, len(distinct), batch_size), desc="scoring", unit="batch"):
+        batch = distinct[start : start + batch_size]
+        ids = [torch.tensor(s) for s in batch]
+        input_ids = pad_sequence(ids, batch_first=True, padding_value=model.config.pad_token_id)
+        attention_mask = pad_sequence([torch.ones_like(s) for s in ids], batch_first=True)
+        with torch.inference_mode():
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+        scores.update(zip(batch, logits[:, 0].float().cpu().tolist(), strict=True))
+    return scores
+
+
+def score_saved_model(stage: Stage, model_dir: Path, data: RMData, config: RMStageConfig, rubric) -> dict[str, Any]:
+    """The held-out figures and reward_stats.json, from the saved model loaded as PPO will load it."""
+    scores = score_sequences(model_dir, scored_sequences(data), config.per_device_eval_batch_size)
+    return figures_from_scores(stage, stage.dir, scores, data, rubric)
+
+
+def scored_sequences(data: RMData) -> list[list[int]]:
+    """The held-out pairs' sequences and every training response: what the saved model scores."""
+    return [ids for p in data.eval_pairs for ids in (p["chosen_ids"], p["rejected_ids"])] + data.train_sequences
+
+
+def figures_from_scores(stage: Stage, out_dir: Path, scores: dict, data: RMData, rubric) -> dict[str, Any]:
+    """``out_dir``'s reward_stats.json and reward histogram, and the held-out figures, from scores of
+    ``scored_sequences``."""
+    stats = reward_stats([scores[s] for s in {tuple(ids) for ids in data.train_sequences}])
+    runs.write_json(out_dir / "reward_stats.json", stats)
+    eval_metrics, r_chosen, r_rejected = evaluate_pairs(data.eval_pairs, scores, rubric)
+    plot_rewards(out_dir / "reward_histogram.png", r_chosen, r_rejected)
+    if out_dir == stage.dir:
+        rows = [[float(r), "chosen"] for r in r_chosen] + [[float(r), "rejected"] for r in r_rejected]
+        stage.tracker.log_table("eval/reward_histogram", ["reward", "response"], rows)
+    return {**eval_metrics, "reward_mean": stats["mean"], "reward_std": stats["std"]}

@@ -133,7 +133,7 @@ def member_scores(members: list[Path], rows: list[dict[str, Any]], batch_size: i
     from transformers import AutoTokenizer
 
     from reward.data import Renderer
-    from reward.train import score_sequences
+    from reward.evaluate import score_sequences
 
     render = Renderer(AutoTokenizer.from_pretrained(members[0]))
     sequences = []

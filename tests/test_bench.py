@@ -103,7 +103,7 @@ def test_stage_flags_parse_with_the_stages_own_parsers(tmp_path, shared_runs, de
     from pipeline.lib.stage import parse
     from pipeline.sft import SFTStageConfig
     from ppo.config import PPOStageConfig
-    from reward.train import RMStageConfig
+    from reward.config import RMStageConfig
 
     ws = Workspace(shared_runs, tmp_path, quick=True, repeats=1, warmup=0, ppo_run=ppo_run)
     run_dir = ws.run_dir("case", "variant", 0)

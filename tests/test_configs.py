@@ -18,7 +18,7 @@ STAGE_CONFIGS = {
     "candidates.yaml": "pipeline.candidates:CandidatesConfig",
     "ppo.yaml": "ppo.config:PPOStageConfig",
     "eval.yaml": "ppo.evaluate:EvalConfig",
-    "rm.yaml": "reward.train:RMStageConfig",
+    "rm.yaml": "reward.config:RMStageConfig",
     "dpo.yaml": "ppo.dpo:DPOStageConfig",
     "labeling.yaml": "labeling_ui.config:LabelingConfig",
 }

@@ -9,7 +9,7 @@ import pytest
 from pipeline.lib.errors import DataError
 from pipeline.lib.prompts import load_prompts, prompt_messages, user_message
 from reward.data import load_preferences
-from reward.train import evaluate_pairs
+from reward.evaluate import evaluate_pairs
 
 
 def test_a_non_ascii_prompt_has_one_id_in_every_stage(tmp_path):

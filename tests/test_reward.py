@@ -22,6 +22,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from pipeline.lib import launch
 from pipeline.lib.models import tokenizer_differences
 from reward import evaluate as rm_eval
+from reward.training_data import split_by_group
 from tests.conftest import REPO, read_jsonl
 from tests.wandb_records import find_run_file, history_keys
 
@@ -32,18 +33,18 @@ from tests.wandb_records import find_run_file, history_keys
 def test_split_is_by_prompt_never_by_pair():
     rng = random.Random(0)
     group_ids = [f"prompt-{rng.randrange(50)}" for _ in range(600)]  # 600 pairs of 50 prompts
-    train, held_out = rm_eval.split_by_group(group_ids, eval_fraction=0.2, seed=0)
+    train, held_out = split_by_group(group_ids, eval_fraction=0.2, seed=0)
     assert not train & held_out
     assert train | held_out == set(group_ids)
     assert len(held_out) == round(0.2 * len(set(group_ids)))
     # The same groups for any row order; another seed holds out other prompts.
-    assert rm_eval.split_by_group(sorted(group_ids), 0.2, seed=0) == (train, held_out)
-    assert rm_eval.split_by_group(group_ids, 0.2, seed=1)[1] != held_out
+    assert split_by_group(sorted(group_ids), 0.2, seed=0) == (train, held_out)
+    assert split_by_group(group_ids, 0.2, seed=1)[1] != held_out
     # Always one group on each side.
-    assert [len(side) for side in rm_eval.split_by_group(["a", "b"], 0.01)] == [1, 1]
-    assert [len(side) for side in rm_eval.split_by_group(["a", "b"], 0.99)] == [1, 1]
+    assert [len(side) for side in split_by_group(["a", "b"], 0.01)] == [1, 1]
+    assert [len(side) for side in split_by_group(["a", "b"], 0.99)] == [1, 1]
     with pytest.raises(ValueError, match="at least 2 distinct prompts"):
-        rm_eval.split_by_group(["a", "a"], 0.1)
+        split_by_group(["a", "a"], 0.1)
 
 
 def logit(p: float) -> float:
@@ -174,7 +175,8 @@ def rm_args(runs_dir: Path, *extra: str) -> list[str]:
 
 def run_rm(args: list[str]) -> dict:
     from pipeline.lib.stage import parse
-    from reward.train import RMStageConfig, main
+    from reward.config import RMStageConfig
+    from reward.train import main
 
     return main(*parse(RMStageConfig, "rm", args))
 
@@ -244,7 +246,7 @@ def test_kway_end_to_end_trains_on_whole_rankings(rm_run):
     assert m["num_train_examples"] == 32 and m["data"]["rows_out"] == 2 * 40
     # The held-out figures are on the held-out rankings' pairs: the pairs the pairwise loss is evaluated on.
     rankings = read_jsonl(rm_run / "t" / "export" / "rankings.jsonl")
-    _, held_out = rm_eval.split_by_group([r["group_id"] for r in rankings], eval_fraction=0.2, seed=0)
+    _, held_out = split_by_group([r["group_id"] for r in rankings], eval_fraction=0.2, seed=0)
     export_pairs = read_jsonl(rm_run / "t" / "export" / "preferences.jsonl")
     assert m["eval_pairs"] == sum(p["group_id"] in held_out for p in export_pairs)
     assert m["eval_accuracy"] > 0.6 and m["eval_gold_accuracy"] is not None
@@ -416,7 +418,7 @@ def test_missing_inputs_name_the_stage_to_run_first(tmp_path, micro_model, expor
 
 
 def test_config_checks():
-    from reward.train import RMStageConfig
+    from reward.config import RMStageConfig
 
     with pytest.raises(ValueError, match="loss must be one of pairwise, kway, kway_ties"):
         RMStageConfig(loss="listwise", bf16=False)
