@@ -89,19 +89,6 @@ def response_values(
     return value_model.score(hidden[:, context_length - 1 : -1]).squeeze(-1)
 
 
-def last_token_scores(
-    reward_model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, last_index: torch.Tensor
-) -> torch.Tensor:
-    """The reward model's scalar at each sequence's last token (its head runs on that position only)."""
-    backbone = getattr(reward_model, reward_model.base_model_prefix)
-    positions = attention_mask.cumsum(1) - attention_mask.long()
-    hidden = backbone(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False
-    ).last_hidden_state
-    picked = hidden[torch.arange(len(hidden), device=hidden.device), last_index]
-    return reward_model.score(picked).squeeze(-1).float()
-
-
 def disable_dropout(model: nn.Module) -> None:
     """PPO's ratio compares two forwards of the same weights: dropout would make it noise (N+ details, 2403.17031)."""
     for module in model.modules():

@@ -17,8 +17,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 
 from pipeline.lib.models import tokenizer_differences
 from pipeline.lib.prompts import reply_suffix
+from pipeline.lib.scoring import last_token_scores
 from ppo.algorithm import aggregate_scores
-from ppo.models import disable_dropout, last_token_scores
+from ppo.models import disable_dropout
 from ppo.shaping import first_true, normalise_scores
 
 

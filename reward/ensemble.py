@@ -29,9 +29,10 @@ from datasets import Dataset
 
 from pipeline.lib import runs
 from pipeline.lib.runs import ENSEMBLE
+from pipeline.lib.scoring import score_sequences
 from pipeline.lib.stage import ModelArguments, RunArguments, Stage, latest_checkpoint, trainer_figures
 from reward.config import RMStageConfig
-from reward.evaluate import figures_from_scores, score_sequences, scored_sequences
+from reward.evaluate import figures_from_scores, scored_sequences
 from reward.trainer import fit
 from reward.training_data import RMData
 

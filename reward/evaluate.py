@@ -10,13 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch.nn.utils.rnn import pad_sequence
-from tqdm.auto import tqdm
-from transformers import AutoModelForSequenceClassification
 
 from pipeline.lib import runs
 from pipeline.lib.prompts import user_message
+from pipeline.lib.scoring import score_sequences
 from pipeline.lib.stage import Stage
 from reward.config import RMStageConfig
 from reward.training_data import RMData
@@ -153,24 +150,6 @@ def plot_rewards(path: Path, r_chosen: np.ndarray, r_rejected: np.ndarray) -> No
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def score_sequences(model_dir: Path, sequences: list[list[int]], batch_size: int) -> dict[tuple[int, ...], float]:
-    """The saved reward model's score of each distinct sequence, loaded fresh as PPO will load it."""
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
-    distinct = sorted({tuple(s) for s in sequences}, key=len)  # similar lengths side by side: little padding
-    scores = {}
-    for start in tqdm(range(0, len(distinct), batch_size), desc="scoring", unit="batch"):
-        batch = distinct[start : start + batch_size]
-        ids = [torch.tensor(s) for s in batch]
-        input_ids = pad_sequence(ids, batch_first=True, padding_value=model.config.pad_token_id)
-        attention_mask = pad_sequence([torch.ones_like(s) for s in ids], batch_first=True)
-        with torch.inference_mode():
-            logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
-        scores.update(zip(batch, logits[:, 0].float().cpu().tolist(), strict=True))
-    return scores
 
 
 def score_saved_model(stage: Stage, model_dir: Path, data: RMData, config: RMStageConfig, rubric) -> dict[str, Any]:

@@ -132,8 +132,8 @@ def member_scores(members: list[Path], rows: list[dict[str, Any]], batch_size: i
     reward model was trained (``reward.data.Renderer``) and scored as ``make rm`` scores its held-out pairs."""
     from transformers import AutoTokenizer
 
+    from pipeline.lib.scoring import score_sequences
     from reward.data import Renderer
-    from reward.evaluate import score_sequences
 
     render = Renderer(AutoTokenizer.from_pretrained(members[0]))
     sequences = []
