@@ -209,14 +209,19 @@ def main(config: ExportConfig) -> dict[str, Any]:
     stage = runs.StageRun("export", config.run, config.runs_dir)
     metrics = export_preferences(url, stage.dir, config.aggregation, config.include_gold)
     outputs = {name: stage.dir / name for name in ("preferences.jsonl", "preferences.parquet", "rankings.jsonl")}
-    summary = stage.finish(
-        dataclasses.replace(config, db=shown), metrics=metrics, inputs={"labels_db": shown}, outputs=outputs
-    )
-    print(
-        f"[export] {metrics['pairs']} pairs from {metrics['rankings']} rankings of {metrics['items']} items "
+    headline = (
+        f"{metrics['pairs']} pairs from {metrics['rankings']} rankings of {metrics['items']} items "
         f"by {metrics['labelers']} labelers ({config.aggregation}; {metrics['ties_dropped']} tied and "
-        f"{metrics['contested_dropped']} contested pairs dropped) -> {stage.dir}"
+        f"{metrics['contested_dropped']} contested pairs dropped)"
     )
+    summary = stage.finish(
+        dataclasses.replace(config, db=shown),
+        metrics=metrics,
+        inputs={"labels_db": shown},
+        outputs=outputs,
+        extra={"headline": headline},
+    )
+    print(f"[export] {headline} -> {stage.dir}")
     if metrics["all_simulated"]:
         print("[export] note: every label comes from simulated labelers, not people.")
     if metrics["pairs"] == 0:

@@ -231,6 +231,8 @@ def test_pipeline_runs_every_stage_then_skips_and_reruns_only_what_changed(
     for stage in ("sft", "candidates", "export", "rm", "ppo", "dpo", "eval"):
         summary = json.loads((run_dir / stage / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["metrics"], stage
+        # The line the stage printed is kept, and the conductor's table shows that very line.
+        assert summary["headline"] and summary["headline"] in first.stdout.rsplit("\nstage", 1)[-1], stage
     assert json.loads((run_dir / "export" / "summary.json").read_text())["metrics"]["pairs"] > 0
     report = (run_dir / "report.md").read_text()
     for section in ("## SFT", "## Reward model", "## PPO", "SFT against PPO", "Sample responses"):

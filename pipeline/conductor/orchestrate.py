@@ -206,29 +206,9 @@ def run_commands(step: Step, log: Path) -> None:
             raise StageFailed(f"exit status {status} from `{shlex.join(command)}`")
 
 
-def headline(stage: str, directory: Path) -> str:
-    """One line of the stage's key figures, from its summary.json."""
-    metrics = (runs.read_summary(directory) or {}).get("metrics", {})
-    keys = {
-        "sft": ("eval_loss_before", "eval_loss_after"),
-        "candidates": ("prompts", "new_items"),
-        "export": ("rankings", "pairs"),
-        "rm": ("eval_accuracy", "eval_gold_accuracy"),
-        "ppo": ("score_first", "score_last", "kl_last", "gold_score_first", "gold_score_last"),
-        "dpo": ("train_loss", "rewards_accuracy_last"),
-    }.get(stage, ())
-    if stage == "eval" and metrics:
-        gold = [metrics[p].get("gold_score") for p in ("sft", "ppo")]
-        shown = [f"win_rate={metrics['win_rate_ppo_vs_sft']:.3g}", f"kl={metrics['ppo']['kl_to_reference']:.3g}"]
-        return ", ".join(shown + ([f"gold {gold[0]:.3g} -> {gold[1]:.3g}"] if None not in gold else []))
-    shown = []
-    for key in keys:
-        value = metrics.get(key)
-        if isinstance(value, dict):  # eval nests per-policy figures
-            continue
-        if value is not None:
-            shown.append(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}")
-    return ", ".join(shown)
+def headline(directory: Path) -> str:
+    """The line of key figures the stage printed as it finished, as its summary.json keeps it."""
+    return (runs.read_summary(directory) or {}).get("headline", "")
 
 
 def execute(config: PipelineConfig, start: str | None = None, only: str | None = None, only_round: int = 1) -> int:
@@ -264,7 +244,7 @@ def execute(config: PipelineConfig, start: str | None = None, only: str | None =
         if (step.stage, step.round) not in forced and state and state["key"] == key:
             changed = changed_inputs(directory)
             if not changed:
-                figures = headline(step.stage, directory)
+                figures = headline(directory)
                 say(
                     f"  skipped: unchanged since its run of {state['finished_at']}"
                     + (f" ({figures})" if figures else "")
@@ -299,7 +279,7 @@ def execute(config: PipelineConfig, start: str | None = None, only: str | None =
                 )
                 summarize(results, time.perf_counter() - t_start)
                 return 1
-            results.append((step.name, "ran", time.perf_counter() - t0, headline(step.stage, directory)))
+            results.append((step.name, "ran", time.perf_counter() - t0, headline(directory)))
         directory.mkdir(parents=True, exist_ok=True)
         finished = time.strftime("%Y-%m-%d %H:%M:%S")
         runs.write_json(directory / STATE, {"key": key, "finished_at": finished, "run_id": time.time_ns()})

@@ -353,8 +353,8 @@ class Stage:
         extra: dict[str, Any] | None = None,
         headline: str = "",
     ) -> dict[str, Any]:
-        """summary.json (with the config and the tracking record), the tracker's summary, and one line printed:
-        ``[stage] done in 1m05s | <headline> | <the first output>``."""
+        """summary.json (with the config, the tracking record and the headline, which the conductor shows), the
+        tracker's summary, and one line printed: ``[stage] done in 1m05s | <headline> | <the first output>``."""
         numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
         self.tracker.summary(numbers)
         summary = self.record.finish(
@@ -362,7 +362,7 @@ class Stage:
             metrics=metrics,
             inputs=inputs,
             outputs=outputs,
-            extra={"tracking": self.tracker.record, **(extra or {})},
+            extra={"tracking": self.tracker.record, "headline": headline, **(extra or {})},
         )
         self.tracker.finish()
         first = next((f"{name}: {path}" for name, path in outputs.items()), "")
