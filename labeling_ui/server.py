@@ -35,6 +35,7 @@ from labeling_ui.storage import LabelStore
 from labeling_ui.users import (
     SESSION_SECONDS,
     LoginThrottle,
+    ReadEvery,
     generate_password,
     load_secret,
     session_token,
@@ -164,25 +165,10 @@ class Sessions:
         # Gradio names its cookies after the app's cookie_id, random per start; derived from the secret, the names
         # stay the same across restarts (and differ between runs served on one host).
         self.cookie_id = hmac.new(secret, b"cookie id", hashlib.sha256).hexdigest()[:24]
-        self._keys: dict[str, tuple[str | None, float]] = {}
-
-    def _key(self, username: str) -> str | None:
-        now = time.monotonic()
-        key, fetched = self._keys.get(username, (None, -KEY_SECONDS))
-        if now - fetched >= KEY_SECONDS:
-            if len(self._keys) > 10_000:  # forged tokens naming random users must not grow it without end
-                self._keys.clear()
-            try:
-                key = self.session_key(username)
-            except DATABASE_DOWN:  # a database that does not answer ends nobody's session: the last key stands
-                if username not in self._keys:
-                    raise
-                return key
-            self._keys[username] = (key, now)
-        return key
+        self._key = ReadEvery(session_key, KEY_SECONDS, DATABASE_DOWN)
 
     def issue(self, username: str) -> str:
-        self._keys.pop(username, None)  # a login right after a password reset must see the new key
+        self._key.forget(username)  # a login right after a password reset must see the new key
         return session_token(self.secret, username, self._key(username) or "", time.time())
 
     def cookies(self, token: str) -> list[tuple[bytes, bytes]]:

@@ -8,7 +8,6 @@ a refused action comes back as ``ok=False`` with a message that says what to fix
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,7 +18,7 @@ from labeling_ui.export import ExportConfig
 from labeling_ui.export import main as export_stage
 from labeling_ui.rules import RankingError, Submission
 from labeling_ui.storage import Assigned, ItemView, LabelStore, StaleForm, SubmitResult
-from labeling_ui.users import generate_password
+from labeling_ui.users import ReadEvery, generate_password
 
 RECENT = 20  # own rankings listed for editing
 # A user's role is read again after this. Every event checks it, and reading it was a transaction of its own per
@@ -60,8 +59,7 @@ class LabelingService:
 
     def __init__(self, store: LabelStore, config: LabelingConfig, export_config: ExportConfig | None = None):
         self.store, self.config, self.export_config = store, config, export_config
-        # The last role read of each user and when: reused for ROLE_SECONDS, and while the database is down.
-        self._roles: dict[str, tuple[str | None, float]] = {}
+        self._roles = ReadEvery(store.role, ROLE_SECONDS, DATABASE_DOWN)
 
     def authenticate(self, username: str, password: str) -> bool:
         return self.store.verify_user(username, password)
@@ -71,14 +69,7 @@ class LabelingService:
         read (their session was checked)."""
         if not username:
             return None
-        now = time.monotonic()
-        if now - self._roles.get(username, (None, -ROLE_SECONDS))[1] >= ROLE_SECONDS:
-            try:
-                self._roles[username] = (self.store.role(username), now)
-            except DATABASE_DOWN:
-                if username not in self._roles:
-                    raise
-        return self._roles[username][0]
+        return self._roles(username)
 
     # --- the labeler's work -----------------------------------------------------------------------------------
 
@@ -222,14 +213,14 @@ class LabelingService:
         if name == username and not active:
             raise ValueError("You cannot disable yourself: ask another admin.")
         self.store.set_active(name, active)
-        self._roles.pop(name, None)
+        self._roles.forget(name)
 
     def reset_password(self, username: str | None, name: str) -> str:
         """A new generated password for ``name`` (their old one stops working); shown to the admin once."""
         self.require_admin(username)
         password = generate_password()
         self.store.reset_password(name, password)
-        self._roles.pop(name, None)
+        self._roles.forget(name)
         return password
 
     def users(self, username: str | None) -> list[dict]:

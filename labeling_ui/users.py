@@ -14,6 +14,7 @@ import hmac
 import os
 import re
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,3 +198,31 @@ def load_secret(path: Path) -> bytes:
             "have to log in again)."
         )
     return bytes.fromhex(text)
+
+
+class ReadEvery:
+    """A value per user, read with ``read`` at most every ``seconds``; while reading raises one of ``down`` (the
+    database does not answer), the last value read stands, and a user never read raises."""
+
+    def __init__(self, read: Callable[[str], str | None], seconds: float, down: tuple[type[Exception], ...]):
+        self.read, self.seconds, self.down = read, seconds, down
+        self._values: dict[str, tuple[str | None, float]] = {}
+
+    def __call__(self, username: str) -> str | None:
+        now = time.monotonic()
+        value, fetched = self._values.get(username, (None, -self.seconds))
+        if now - fetched >= self.seconds:
+            if len(self._values) > 10_000:  # forged tokens naming random users must not grow it without end
+                self._values.clear()
+            try:
+                value = self.read(username)
+            except self.down:
+                if username not in self._values:
+                    raise
+                return value
+            self._values[username] = (value, now)
+        return value
+
+    def forget(self, username: str) -> None:
+        """Read the user's value afresh next time (it was just changed here)."""
+        self._values.pop(username, None)

@@ -514,7 +514,7 @@ def test_a_role_is_read_at_most_every_few_seconds_and_at_once_after_an_admins_ch
     store.add_user("boss", "password1", role="admin")
     service = LabelingService(store, LabelingConfig())
     clock = [1000.0]
-    monkeypatch.setattr(service_module.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     assert service.role("ana") == "labeler"
     store.set_active("ana", False)  # by another process (the CLI, another app process)
     assert service.role("ana") == "labeler"  # read 0 s ago
