@@ -25,7 +25,7 @@ from pipeline.lib.launch import release_zero3_init
 from pipeline.lib.models import check_model_source
 from pipeline.lib.prompts import load_prompts, user_message
 from pipeline.lib.stage import ModelArguments, RunArguments, Stage, TrainerDefaults, parse, trainer_figures
-from pipeline.lib.tables import load_sft_dataset
+from pipeline.lib.sft_data import load_sft_dataset
 
 
 @dataclass

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.lib.errors import DataError
-from pipeline.lib.tables import detect_format, load_sft_dataset, read_table, scrub_pii, validate_sft_rows
+from pipeline.lib.sft_data import detect_format, load_sft_dataset, scrub_pii, validate_sft_rows
+from pipeline.lib.tables import read_table
 
 USER = {"role": "user", "content": "What is 2 + 2?"}
 ASSISTANT = {"role": "assistant", "content": "4."}
@@ -174,7 +175,7 @@ def test_empty_system_prompt_is_accepted():
 
 
 def test_module_imports_neither_torch_nor_datasets():
-    code = "import sys, pipeline.lib.tables; print(sorted({'torch', 'datasets'} & set(sys.modules)))"
+    code = "import sys, pipeline.lib.tables, pipeline.lib.sft_data; print(sorted({'torch', 'datasets'} & set(sys.modules)))"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1]
     )
