@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import os
 import statistics
 from collections import Counter
@@ -34,6 +33,7 @@ from labeling_ui.db import default_db_path, default_db_url, shown_url
 from labeling_ui.storage import LabelStore
 from pipeline.lib import runs
 from pipeline.lib.pairs import ranking_to_pairs
+from pipeline.lib.tables import write_jsonl
 
 AGGREGATIONS = ("all", "majority", "drop_contested")
 AGGREGATED_LABELER = {"majority": "majority", "drop_contested": "consensus"}
@@ -80,13 +80,6 @@ def aggregate_pairs(
 
 def _assistant(text: str) -> list[dict[str, str]]:
     return [{"role": "assistant", "content": text}]
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-        fh.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    os.replace(tmp, path)
 
 
 def _write_parquet(path: Path, rows: list[dict]) -> None:
@@ -158,9 +151,9 @@ def export_preferences(
                 }
             )
 
-    _write_jsonl(out_dir / "preferences.jsonl", preferences)
+    write_jsonl(out_dir / "preferences.jsonl", preferences)
     _write_parquet(out_dir / "preferences.parquet", preferences)
-    _write_jsonl(out_dir / "rankings.jsonl", full_rankings)
+    write_jsonl(out_dir / "rankings.jsonl", full_rankings)
 
     simulated = {r["username"]: r["simulated"] for r in kept}
     return {

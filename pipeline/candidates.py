@@ -24,6 +24,7 @@ from pipeline.lib import runs
 from pipeline.lib.errors import exit_with
 from pipeline.lib.prompts import load_prompts
 from pipeline.lib.stage import Stage, parse_configs
+from pipeline.lib.tables import json_line, read_jsonl
 
 CANDIDATES = "candidates.jsonl"
 
@@ -97,7 +98,7 @@ def generate_candidates(
     """Sample k distinct candidates per prompt row, appending one JSON line per finished item to ``out_path``."""
     stats = {"items": 0, "samples_drawn": 0, "duplicates_dropped": 0, "short_items": 0}
     bar = tqdm(total=len(rows), desc="candidates", unit="prompt", disable=not progress)
-    with open(out_path, "a") as fh:
+    with open(out_path, "a", encoding="utf-8") as fh:
         for start in range(0, len(rows), config.batch_size):
             chunk = rows[start : start + config.batch_size]
             found: list[list[str]] = [[] for _ in chunk]
@@ -119,7 +120,7 @@ def generate_candidates(
                     continue  # nothing to rank
                 stats["short_items"] += len(texts) < config.k
                 item = {**row, "candidates": texts, "provenance": provenance}
-                fh.write(json.dumps(item, sort_keys=True) + "\n")
+                fh.write(json_line(item))
                 stats["items"] += 1
             fh.flush()
             bar.update(len(chunk))
@@ -128,9 +129,7 @@ def generate_candidates(
 
 
 def read_done(path: Path) -> set[str]:
-    if not path.exists():
-        return set()
-    return {json.loads(line)["prompt_id"] for line in path.read_text().splitlines() if line.strip()}
+    return {row["prompt_id"] for row in read_jsonl(path)}
 
 
 def main(config: CandidatesConfig) -> dict[str, Any]:
@@ -169,14 +168,14 @@ def main(config: CandidatesConfig) -> dict[str, Any]:
     new_items, totals = {}, {key: 0 for key in stats}
     for rank in range(state.num_processes):
         part = stage.dir / f".shard-{rank}.jsonl"
-        for line in part.read_text().splitlines():
-            new_items[json.loads(line)["prompt_id"]] = line
+        for row in read_jsonl(part):
+            new_items[row["prompt_id"]] = json_line(row)
         for key, value in json.loads((stage.dir / f".stats-{rank}.json").read_text()).items():
             totals[key] += value
         part.unlink()
         (stage.dir / f".stats-{rank}.json").unlink()
-    with open(out_path, "a") as fh:
-        fh.writelines(new_items[row["prompt_id"]] + "\n" for row in todo if row["prompt_id"] in new_items)
+    with open(out_path, "a", encoding="utf-8") as fh:
+        fh.writelines(new_items[row["prompt_id"]] for row in todo if row["prompt_id"] in new_items)
 
     metrics = {
         "prompts": len(rows),

@@ -9,7 +9,6 @@ checkpoints, greedy samples on held-out prompts (``samples.jsonl``), ``config.ya
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,9 @@ from pipeline.lib.errors import exit_with
 from pipeline.lib.launch import release_zero3_init
 from pipeline.lib.models import check_model_source
 from pipeline.lib.prompts import load_prompts, user_message
-from pipeline.lib.stage import ModelArguments, RunArguments, Stage, TrainerDefaults, parse, trainer_figures
 from pipeline.lib.sft_data import load_sft_dataset
+from pipeline.lib.stage import ModelArguments, RunArguments, Stage, TrainerDefaults, parse, trainer_figures
+from pipeline.lib.tables import write_jsonl
 
 
 @dataclass
@@ -227,8 +227,7 @@ def main(run: RunArguments, model_args: ModelArguments, config: SFTStageConfig) 
 
     # step 4. greedy samples on held-out prompts, from the saved model as a later stage will load it.
     samples = generate_samples(model_dir, sample_prompts, config.sample_max_new_tokens) if sample_prompts else []
-    with open(stage.dir / "samples.jsonl", "w") as fh:
-        fh.writelines(json.dumps(s) + "\n" for s in samples)
+    write_jsonl(stage.dir / "samples.jsonl", samples)
     stage.tracker.log_table("samples", ["prompt", "completion"], [[s["prompt"], s["completion"]] for s in samples])
 
     # step 5. finish: summary.json and the tracker.

@@ -20,7 +20,6 @@ measure. Writes ``runs/<run>/selection/candidates.jsonl`` (the rows with ``prior
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -33,7 +32,7 @@ from pipeline.lib import runs
 from pipeline.lib.errors import DataError, exit_with
 from pipeline.lib.prompts import prompt_messages
 from pipeline.lib.stage import Stage, parse_configs
-from pipeline.lib.tables import read_table
+from pipeline.lib.tables import read_table, write_jsonl
 
 BY = ("disagreement", "uncertainty", "random")
 CANDIDATES = "candidates.jsonl"
@@ -173,15 +172,9 @@ def main(config: SelectionConfig) -> dict[str, Any]:
         raise DataError(f"Some priorities are not finite ({config.by}): check the reward models in {members[0]}.")
 
     # step 3. the rows with their priorities, in the input's order, for import-candidates.
-    out = stage.dir / CANDIDATES
-    tmp = out.with_suffix(".tmp")
     ranked = round_priorities(values, config.round)
-    lines = (
-        json.dumps({**row, "priority": p, "selection_score": v}, sort_keys=True) + "\n"
-        for row, p, v in zip(rows, ranked, values, strict=True)
-    )
-    tmp.write_text("".join(lines))
-    tmp.replace(out)
+    rows_out = ({**row, "priority": p, "selection_score": v} for row, p, v in zip(rows, ranked, values, strict=True))
+    write_jsonl(stage.dir / CANDIDATES, rows_out)
     ordered = sorted(values, reverse=True)
     metrics = {
         "items": len(rows),
@@ -194,7 +187,9 @@ def main(config: SelectionConfig) -> dict[str, Any]:
     }
     inputs = {"candidates": source, **{f"reward_model_{i}": m for i, m in enumerate(members)}}
     headline = f"{len(rows)} items by {config.by}: {ordered[-1]:.3g} .. {ordered[0]:.3g} (median {ordered[len(ordered) // 2]:.3g})"
-    return stage.finish(metrics=metrics, inputs=inputs, outputs={"candidates": out}, headline=headline)
+    return stage.finish(
+        metrics=metrics, inputs=inputs, outputs={"candidates": stage.dir / CANDIDATES}, headline=headline
+    )
 
 
 if __name__ == "__main__":

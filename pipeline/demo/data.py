@@ -12,7 +12,6 @@ learns the content but not reliably the style: teaching the style is left to the
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
@@ -41,6 +40,7 @@ from pipeline.demo.words import (
     TOWNS,
     WAITS,
 )
+from pipeline.lib.tables import read_jsonl, write_jsonl
 
 DEMO_VERSION = "demo-v1"
 SPLIT_SIZES = {"sft_train": 1800, "sft_eval": 200, "prompts": 500, "eval_prompts": 100}
@@ -171,9 +171,7 @@ def write_demo_data(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
     paths = {}
     for split, rows in generate(seed).items():
         paths[split] = out_dir / f"{split}.jsonl"
-        lines = (json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n" for row in rows)
-        with open(paths[split], "w", encoding="utf-8", newline="\n") as fh:
-            fh.writelines(lines)
+        write_jsonl(paths[split], rows)
     return paths
 
 
@@ -252,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     paths = write_demo_data(args.out, args.seed)
     for split, path in paths.items():
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        rows = read_jsonl(path)
         line = f"{split:>12}: {len(rows):5d} rows -> {path}"
         if split in SFT_SPLITS:
             counts = Counter(row["style"] for row in rows)

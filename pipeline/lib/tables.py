@@ -195,15 +195,15 @@ def _read_saved_dataset(path: Path, split: str) -> list[dict]:
 
 
 def json_line(row: Any) -> str:
-    """One row as a line of JSON lines: keys sorted (so equal rows give equal lines), text kept as UTF-8."""
-    return json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n"
+    """One row as a line of JSON lines, its keys in the order the writer built them and its text kept as UTF-8."""
+    return json.dumps(row, ensure_ascii=False) + "\n"
 
 
 def write_jsonl(path: str | Path, rows: Iterable[Any]) -> None:
     """Write ``rows`` to ``path`` through a temporary file and a rename, so a crash leaves the old file or the new."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
         fh.writelines(json_line(row) for row in rows)
     os.replace(tmp, path)
 
