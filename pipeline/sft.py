@@ -23,6 +23,7 @@ from pipeline.lib.errors import exit_with
 from pipeline.lib.launch import release_zero3_init
 from pipeline.lib.models import check_model_source
 from pipeline.lib.prompts import load_prompts, user_message
+from pipeline.lib.quiet import one_progress_bar
 from pipeline.lib.sft_data import load_sft_dataset
 from pipeline.lib.stage import ModelArguments, RunArguments, Stage, TrainerDefaults, parse, trainer_figures
 from pipeline.lib.tables import write_jsonl
@@ -182,6 +183,7 @@ def build_trainer(config: SFTStageConfig, model_args: ModelArguments, model, tok
     trainer = SFTTrainer(model, config, processing_class=tokenizer, peft_config=peft, callbacks=callbacks, **data)
     if packed_rows_needed(config, model):
         trainer.data_collator = PackedRowsCollator(trainer.data_collator)
+    one_progress_bar(trainer)
     return trainer
 
 

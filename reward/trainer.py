@@ -15,6 +15,7 @@ from trl import RewardTrainer
 from trl.trainer.utils import pad
 
 from pipeline.lib.launch import release_zero3_init
+from pipeline.lib.quiet import one_progress_bar
 from pipeline.lib.stage import ModelArguments, Stage, finish_model, weights_dir
 from reward.config import RMStageConfig
 from reward.losses import kway_ranking_loss, kway_ties_loss, ranking_accuracy
@@ -119,6 +120,7 @@ def fit(
     LoRA is merged on the main process. The tokenizer is the policy's own: PPO checks that the two match."""
     state = PartialState()
     trainer = build_trainer(config, model_args, model_path, tokenizer, data, train)
+    one_progress_bar(trainer)
     with stage.timed("train_s"):
         train_result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     with stage.timed("save_s"):

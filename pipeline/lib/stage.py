@@ -29,6 +29,7 @@ from pipeline.lib import runs
 from pipeline.lib.errors import ResumeError
 from pipeline.lib.launch import configure_cpu_deepspeed
 from pipeline.lib.models import save_here
+from pipeline.lib.quiet import quiet_libraries
 from pipeline.lib.runs import MissingInputError
 from pipeline.lib.tracking import Tracker
 
@@ -300,6 +301,7 @@ class Stage:
     def __init__(
         self, name: str, run: str, runs_dir: str, configs: list[Any], report_to=None, is_main_process: bool = True
     ):
+        quiet_libraries()
         self.name, self.configs, self.is_main_process = name, configs, is_main_process
         self.record = runs.StageRun(name, run, runs_dir)
         self.dir = self.record.dir
