@@ -114,10 +114,10 @@ ppo: setup $(DEMO)  ## stage 4: PPO against the reward model (configs/ppo.yaml)
 	$(LAUNCH) -m ppo.train --config $(PPO_CONFIG) $(STAGE_ARGS) $(RUBRIC_ARG) $(ARGS)
 
 dpo: setup  ## DPO on the exported pairs from the SFT policy, to compare with PPO in make eval (configs/dpo.yaml)
-	$(LAUNCH) -m ppo.dpo --config $(DPO_CONFIG) $(STAGE_ARGS) $(ARGS)
+	$(LAUNCH) -m dpo.train --config $(DPO_CONFIG) $(STAGE_ARGS) $(ARGS)
 
 eval: setup $(DEMO)  ## SFT, PPO, best-of-n (and DPO, once trained) on held-out prompts: summary, report.md, plots
-	$(PY) -m ppo.evaluate --config $(EVAL_CONFIG) --run $(RUN) $(RUBRIC_ARG) $(ARGS)
+	$(PY) -m evaluation.evaluate --config $(EVAL_CONFIG) --run $(RUN) $(RUBRIC_ARG) $(ARGS)
 
 bench: setup  ## benchmarks: each stage against plain TRL (PPO: TRL 1.12 in bench/.oracle, built once), packing, LoRA, ZeRO, labeling
 	$(PY) -m bench $(ARGS)

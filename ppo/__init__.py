@@ -1,2 +1,2 @@
 """Stage 4, PPO: the loop (``train``), its math (``algorithm``, ``shaping``), rollouts, models, rewards, prompt order,
-checkpoints and settings; ``evaluate`` compares the PPO policy with the SFT policy."""
+checkpoints and settings."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tests.conftest import REPO
 
-PACKAGES = ("pipeline", "labeling_ui", "reward", "ppo")
+PACKAGES = ("pipeline", "labeling_ui", "reward", "ppo", "dpo", "evaluation")
 
 
 def project_modules() -> dict[str, ast.Module]:

@@ -17,9 +17,9 @@ STAGE_CONFIGS = {
     "sft_hub_example.yaml": "pipeline.sft:SFTStageConfig",
     "candidates.yaml": "pipeline.candidates:CandidatesConfig",
     "ppo.yaml": "ppo.config:PPOStageConfig",
-    "eval.yaml": "ppo.evaluate:EvalConfig",
+    "eval.yaml": "evaluation.evaluate:EvalConfig",
     "rm.yaml": "reward.config:RMStageConfig",
-    "dpo.yaml": "ppo.dpo:DPOStageConfig",
+    "dpo.yaml": "dpo.train:DPOStageConfig",
     "labeling.yaml": "labeling_ui.config:LabelingConfig",
 }
 # The real model's settings (make demo-real), for the same stages.

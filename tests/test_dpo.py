@@ -29,8 +29,8 @@ def dpo_run(tmp_path, micro_model, demo_dir) -> Path:
 
 
 def run_dpo(runs_dir: Path, *extra: str) -> dict:
+    from dpo.train import DPOStageConfig, main
     from pipeline.lib.stage import parse
-    from ppo.dpo import DPOStageConfig, main
 
     args = ["--config", str(REPO / "configs" / "dpo.yaml"), "--run", "t", "--runs_dir", str(runs_dir)]
     args += ["--max_steps", "6", "--per_device_train_batch_size", "4", "--learning_rate", "1e-3"]
@@ -50,8 +50,8 @@ def test_dpo_trains_on_the_exported_pairs_and_saves_a_plain_policy(dpo_run):
     assert not torch.equal(load_file(model_dir / "model.safetensors")[name], before)
 
     # make eval on the run: DPO beside PPO and best-of-n.
-    from ppo.evaluate import EvalConfig
-    from ppo.evaluate import main as evaluate
+    from evaluation.evaluate import EvalConfig
+    from evaluation.evaluate import main as evaluate
 
     config = EvalConfig(
         run="t",

@@ -127,7 +127,7 @@ def test_plan_covers_every_stage_of_every_round(tmp_path):
     with_dpo = plan(PipelineConfig(run="r", runs_dir=str(tmp_path), stages={"dpo": {"args": ["--beta", "0.2"]}}))
     assert [s.stage for s in with_dpo] == list(STAGES)
     dpo = " ".join(next(s for s in with_dpo if s.stage == "dpo").commands[0])
-    assert "-m ppo.dpo" in dpo and dpo.endswith("--beta 0.2")
+    assert "-m dpo.train" in dpo and dpo.endswith("--beta 0.2")
     round2 = {s.stage: s for s in steps if s.round == 2}
     candidates = " ".join(round2["candidates"].commands[0])
     assert f"--model_name_or_path {tmp_path}/r/ppo/model" in candidates  # round 2 samples from round 1's policy
@@ -204,7 +204,7 @@ def test_bad_pipeline_config_is_refused(tmp_path):
 def assert_gold_figures_come_from_the_team_rubric(tmp_path: Path, run_dir: Path, report: str) -> None:
     """The rubric named once in the pipeline config reached every stage that scores, and no other rubric did."""
     calls = (tmp_path / "rubric_calls.txt").read_text()
-    for caller in ("import-candidates", "simulate", "reward/train.py", "ppo/train.py", "ppo/evaluate.py"):
+    for caller in ("import-candidates", "simulate", "reward/train.py", "ppo/train.py", "evaluation/evaluate.py"):
         assert caller in calls, caller
     rm = json.loads((run_dir / "rm" / "summary.json").read_text())["metrics"]
     assert rm["gold_rubric"] == "team_rubric:score" and rm["eval_gold_pairs"] > 0

@@ -183,8 +183,8 @@ def test_ppo_trains_logs_and_saves_a_plain_model(ppo_run):
     assert {f"train/{key}" for key in wanted} <= keys
 
     # make eval on the outputs: SFT against PPO on held-out prompts.
-    from ppo.evaluate import EvalConfig
-    from ppo.evaluate import main as evaluate
+    from evaluation.evaluate import EvalConfig
+    from evaluation.evaluate import main as evaluate
 
     config = EvalConfig(
         run="t",

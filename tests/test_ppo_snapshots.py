@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from evaluation.best_of_n import draw_frontier, plot_frontier, snapshots_sentence
 from ppo import checkpoint
-from ppo.best_of_n import draw_frontier, plot_frontier, snapshots_sentence
 
 
 @pytest.mark.parametrize(
@@ -72,7 +72,7 @@ def test_a_fresh_start_drops_an_earlier_runs_snapshots(tmp_path):
 
 
 def test_the_evaluation_reads_only_a_finished_runs_snapshots(tmp_path):
-    from ppo.evaluate import EvalConfig, evaluate_snapshots
+    from evaluation.evaluate import EvalConfig, evaluate_snapshots
 
     directory = tmp_path / "snapshots"
     written_run(directory, [1, 2], final=3)
@@ -82,7 +82,7 @@ def test_the_evaluation_reads_only_a_finished_runs_snapshots(tmp_path):
 
 
 def test_bad_eval_settings_for_snapshots_say_what_to_change():
-    from ppo.evaluate import EvalConfig
+    from evaluation.evaluate import EvalConfig
 
     with pytest.raises(ValueError, match=r"snapshot_prompts must be 0 \(no snapshots\), a number of prompts"):
         EvalConfig(prompts="p.jsonl", snapshot_prompts=-1)

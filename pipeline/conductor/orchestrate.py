@@ -39,7 +39,7 @@ TRAINING = {
     "candidates": "pipeline.candidates",
     "rm": "reward.train",
     "ppo": "ppo.train",
-    "dpo": "ppo.dpo",
+    "dpo": "dpo.train",
 }
 SCORED = ("rm", "ppo", "eval")  # stages given the gold rubric, besides labeling
 STATE = "pipeline.json"
@@ -71,7 +71,7 @@ def stage_command(config: PipelineConfig, stage: str) -> list[str]:
     """How a stage starts: the training stages under ``accelerate launch`` (the launch rules), the others plainly."""
     if stage in TRAINING:
         return launch.command(TRAINING[stage], config.nproc, config.zero)
-    return [sys.executable, "-m", {"eval": "ppo.evaluate"}.get(stage, "labeling_ui")]
+    return [sys.executable, "-m", {"eval": "evaluation.evaluate"}.get(stage, "labeling_ui")]
 
 
 def plan(config: PipelineConfig) -> list[Step]:

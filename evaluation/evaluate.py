@@ -1,13 +1,13 @@
-"""Evaluation of the policy: ``make eval`` (``python -m ppo.evaluate --config configs/eval.yaml``).
+"""Evaluation of the policy: ``make eval`` (``python -m evaluation.evaluate --config configs/eval.yaml``).
 
 On the held-out evaluation prompts, the SFT policy and the PPO policy each sample a response per prompt. Reported
 for both: the reward model's mean score, the PPO policy's win rate against SFT by the reward model, the KL to the
 reference (the SFT model), estimated on the samples as the mean of sum_t [log pi(y_t) - log ref(y_t)], response
 length, EOS rate, and the gold rubric's score when one is set (the pipeline config names it). Then best-of-n from
-the SFT policy with the reward model as the picker, for each n of ``best_of_n`` (``ppo.best_of_n``); PPO's snapshots
-over training (``snapshots`` in the PPO config) on the first ``snapshot_prompts`` prompts; and gold score against
-sqrt(KL) for best-of-n, PPO, its snapshots and, when ``make dpo`` trained one, the DPO policy (``ppo.dpo``). Writes
-``runs/<run>/eval/``: summary.json, report.md with PNG plots, samples.jsonl; and logs to W&B.
+the SFT policy with the reward model as the picker, for each n of ``best_of_n`` (``evaluation.best_of_n``); PPO's
+snapshots over training (``snapshots`` in the PPO config) on the first ``snapshot_prompts`` prompts; and gold score
+against sqrt(KL) for best-of-n, PPO, its snapshots and, when ``make dpo`` trained one, the DPO policy (``dpo.train``).
+Writes ``runs/<run>/eval/``: summary.json, report.md with PNG plots, samples.jsonl; and logs to W&B.
 """
 
 from __future__ import annotations
@@ -21,14 +21,17 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from evaluation import best_of_n as bon
+from evaluation.best_of_n import win_rate
 from pipeline.lib import runs
 from pipeline.lib.errors import exit_with
 from pipeline.lib.prompts import load_prompts, user_message
 from pipeline.lib.rubric import load_rubric
 from pipeline.lib.stage import Stage, parse_configs
-from ppo import best_of_n as bon
+
+# PPO's outputs read as PPO wrote and scored them: its snapshot index, its reward models with their statistics, its
+# response lengths. The only stage the evaluation imports, and only these modules (contracts in pyproject.toml).
 from ppo import checkpoint, rewards
-from ppo.best_of_n import win_rate
 from ppo.shaping import response_lengths
 
 

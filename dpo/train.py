@@ -1,4 +1,4 @@
-"""DPO on the same labels as PPO: ``make dpo`` (``accelerate launch -m ppo.dpo --config configs/dpo.yaml``).
+"""DPO on the same labels as PPO: ``make dpo`` (``accelerate launch -m dpo.train --config configs/dpo.yaml``).
 
 TRL's ``DPOTrainer`` from the run's SFT policy on the run's exported preference pairs
 (``runs/<run>/export/preferences.jsonl``, TRL's conversational ``{prompt, chosen, rejected}``), with the SFT policy as
