@@ -1,4 +1,6 @@
 # RLHF pipeline: `make setup`, then one target per stage. `make help` lists them.
+# The stages are listed once, in pipeline/conductor/stages.py: tests/test_conductor_stages.py checks that each stage's
+# target below runs the stage's module as it says, and that its help line is the stage's description.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -46,10 +48,10 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export GRADIO_ANALYTICS_ENABLED := False
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup demo demo-real real-model pipeline report data sft candidates label users simulate export rm ppo dpo eval bench test test-fast test-slow lint format clean
+.PHONY: help setup demo demo-real real-model pipeline report data sft candidates import-candidates label users simulate export rm ppo dpo eval bench test test-fast test-slow lint format clean
 
 help:  ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
 	@echo "  variables: RUN=$(RUN) NPROC=$(NPROC) ZERO=$(ZERO) RESUME=$(RESUME) RUBRIC=$(RUBRIC) ARGS=..."
 
 setup: $(VENV)/.installed  ## create .venv and install the project (CPU torch unless TORCH_SPEC says otherwise)
@@ -91,9 +93,13 @@ data: setup  ## build the demo's data set and tiny model into runs/_data/demo/ a
 sft: setup $(DEMO)  ## stage 1: supervised fine-tuning (configs/sft.yaml)
 	$(LAUNCH) -m pipeline.sft --config $(SFT_CONFIG) $(STAGE_ARGS) $(ARGS)
 
-candidates: setup $(DEMO)  ## stage 2a: the SFT model samples k candidates per prompt; they become items to label
+candidates: setup $(DEMO)  ## stage 2a: the SFT model samples k candidates per prompt (configs/candidates.yaml)
 	$(LAUNCH) -m pipeline.candidates --config $(CANDIDATES_CONFIG) --run $(RUN) $(ARGS)
-	$(PY) -m labeling_ui import-candidates --run $(RUN) --config $(LABELING_CONFIG) $(RUBRIC_ARG) $(IMPORT_ARGS)
+
+# The candidates become items in the labeling stage, as in the conductor (where, from round 2 on, the last round's
+# reward models pick which are labeled first). Re-importing adds only new items.
+import-candidates: setup  ## stage 2b, first: the run's candidates become items to label (IMPORT_ARGS: gold items)
+	$(PY) -m labeling_ui import-candidates --run $(RUN) --config $(LABELING_CONFIG) $(if $(DB),--db $(DB)) $(RUBRIC_ARG) $(IMPORT_ARGS)
 
 label: setup  ## stage 2b: the ranking app for people (prints the URL, and the admin login on first run); WORKERS=N DB=postgresql://...: N processes behind nginx
 	$(PY) -m labeling_ui serve --run $(RUN) --config $(LABELING_CONFIG) --workers $(WORKERS) $(if $(DB),--db $(DB)) $(ARGS)
@@ -104,7 +110,7 @@ users: setup  ## the app's users on runs/$(RUN): ARGS="add NAME" (or list, disab
 simulate: setup  ## stage 2b without people: simulated labelers rank every item by RUBRIC (demo, tests)
 	$(PY) -m labeling_ui simulate --run $(RUN) --config $(LABELING_CONFIG) $(RUBRIC_ARG) $(ARGS)
 
-export: setup  ## stage 2c: rankings -> preference pairs in runs/$(RUN)/export/
+export: setup  ## stage 2c: rankings -> preference pairs in runs/<run>/export/
 	$(PY) -m labeling_ui export --run $(RUN) $(ARGS)
 
 rm: setup  ## stage 3: reward model on the exported preferences (configs/rm.yaml)

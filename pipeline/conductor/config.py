@@ -14,22 +14,14 @@ from typing import Any
 
 import yaml
 
+from pipeline.conductor.stages import REGISTRY
 from pipeline.lib import runs
 from pipeline.lib.rubric import load_rubric
 
-STAGES = ("sft", "candidates", "labeling", "export", "rm", "ppo", "dpo", "eval")
+STAGES = tuple(stage.name for stage in REGISTRY)
 ROUND_STAGES = STAGES[1:]  # what a round after the first repeats
-OPTIONAL = ("dpo",)  # run only when `stages:` names them (DPO on the same labels, for the evaluation to compare)
-UPSTREAM = {
-    "sft": (),
-    "candidates": ("sft",),
-    "labeling": ("candidates",),
-    "export": ("labeling",),
-    "rm": ("sft", "export"),
-    "ppo": ("sft", "rm"),
-    "dpo": ("sft", "export"),
-    "eval": ("sft", "rm", "ppo", "dpo"),
-}
+OPTIONAL = tuple(stage.name for stage in REGISTRY if stage.optional)  # run only when `stages:` names them
+UPSTREAM = {stage.name: stage.upstream for stage in REGISTRY}
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """The whole pipeline as one command: ``python -m pipeline run --config configs/pipeline.yaml`` (``make pipeline``).
 
-Stages, in order: sft, candidates, labeling, export, rm, ppo, eval; then the report. Each stage runs as its own
-process (through ``accelerate launch`` where it trains), exactly as its ``make`` target would run it, so a crash in
-one stage leaves the pipeline, and every earlier output, intact.
+Stages, in the order of ``stages.REGISTRY``: sft, candidates, labeling, export, rm, ppo, dpo (when named), eval; then
+the report. Each stage runs as its own process (through ``accelerate launch`` where it trains), exactly as its ``make``
+target would run it, so a crash in one stage leaves the pipeline, and every earlier output, intact.
 
 A stage is skipped when nothing it depends on changed since its last successful run: its config file, its overrides,
 the inputs recorded in its ``summary.json`` (by hash), and the runs of the stages before it. When one of them
@@ -32,15 +32,9 @@ from typing import Any
 from labeling_ui import api as labeling
 from pipeline.conductor.config import ROUND_STAGES, STAGES, UPSTREAM, PipelineConfig, round_run, stage_dir
 from pipeline.conductor.report import write_report
+from pipeline.conductor.stages import BY_NAME
 from pipeline.lib import errors, launch, runs
 
-TRAINING = {
-    "sft": "pipeline.sft",
-    "candidates": "pipeline.candidates",
-    "rm": "reward.train",
-    "ppo": "ppo.train",
-    "dpo": "dpo.train",
-}
 SCORED = ("rm", "ppo", "eval")  # stages given the gold rubric, besides labeling
 STATE = "pipeline.json"
 NEEDS_LABELS = 3  # exit status: the human labeling stage is waiting for labels
@@ -69,9 +63,8 @@ def db_url(config: PipelineConfig) -> str:
 
 def stage_command(config: PipelineConfig, stage: str) -> list[str]:
     """How a stage starts: the training stages under ``accelerate launch`` (the launch rules), the others plainly."""
-    if stage in TRAINING:
-        return launch.command(TRAINING[stage], config.nproc, config.zero)
-    return [sys.executable, "-m", {"eval": "evaluation.evaluate"}.get(stage, "labeling_ui")]
+    module, how = BY_NAME[stage].module, BY_NAME[stage].launch
+    return launch.command(module, config.nproc, config.zero) if how == "accelerate" else [sys.executable, "-m", module]
 
 
 def plan(config: PipelineConfig) -> list[Step]:

@@ -15,7 +15,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pipeline.conductor.config import round_run, stage_dir
+from pipeline.conductor.config import ROUND_STAGES, STAGES, round_run, stage_dir
+from pipeline.conductor.stages import BY_NAME
 from pipeline.lib import runs
 from pipeline.lib.prompts import load_prompts, user_message
 
@@ -401,6 +402,25 @@ def _best_of_n_lines(eval_dir: Path, run_dir: Path) -> list[str]:
     return lines
 
 
+def stage_rows(config) -> list[list[Any]]:
+    """A row for each directory of each stage of each round that holds a summary.json, in the order they ran."""
+    rows = []
+    for r in range(1, config.rounds + 1):
+        names = STAGES if r == 1 else ROUND_STAGES
+        for directory in (directory for name in names for directory in BY_NAME[name].directories):
+            summary = runs.read_summary(stage_dir(config, directory, r))
+            if summary:
+                rows.append(
+                    [
+                        directory if r == 1 else f"{directory} (round {r})",
+                        summary["status"],
+                        runs.format_duration(summary["wall_time_s"]),
+                        summary["started_at"],
+                    ]
+                )
+    return rows
+
+
 def write_report(config) -> Path:
     """Write runs/<run>/report.md, report.html and the plots; returns the markdown path."""
     run_dir = Path(config.runs_dir) / config.run
@@ -411,24 +431,7 @@ def write_report(config) -> Path:
     else:
         lines += ["No gold rubric is set (`rubric:` in the pipeline config): the figures are the reward model's.", ""]
 
-    stage_rows = []
-    for r in range(1, config.rounds + 1):
-        for stage in (
-            ("sft", "candidates", "selection", "export", "rm", "ppo", "dpo", "eval")
-            if r == 1
-            else ("candidates", "selection", "export", "rm", "ppo", "dpo", "eval")
-        ):
-            summary = runs.read_summary(stage_dir(config, stage, r))
-            if summary:
-                stage_rows.append(
-                    [
-                        stage if r == 1 else f"{stage} (round {r})",
-                        summary["status"],
-                        runs.format_duration(summary["wall_time_s"]),
-                        summary["started_at"],
-                    ]
-                )
-    lines += ["## Stages", "", *_table(["stage", "status", "wall time", "started"], stage_rows)]
+    lines += ["## Stages", "", *_table(["stage", "status", "wall time", "started"], stage_rows(config))]
 
     eval_dirs = [(f"round {r}", stage_dir(config, "eval", r)) for r in range(1, config.rounds + 1)]
     eval_rows = _eval_rows(eval_dirs)
