@@ -1,8 +1,8 @@
 """What a logged-in labeler or admin can do: ``LabelingService``, with no Gradio in it.
 
-Every method takes the user name the login established. The web page (``labeling_ui.page``), its API routes and the
-in-process simulated labelers (``labeling_ui.simulate``) all go through this one class, so they share one code path;
-a refused action comes back as ``ok=False`` with a message that says what to fix.
+Every method takes the user name the login established. The web page (``labeling_ui.page``), its API routes
+(``labeling_ui.routes``) and the in-process simulated labelers (``labeling_ui.simulate``) all go through this one
+class, so they share one code path; a refused action comes back as ``ok=False`` with a message that says what to fix.
 """
 
 from __future__ import annotations

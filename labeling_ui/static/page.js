@@ -1,4 +1,4 @@
-// The labeling page's behaviour in the browser, run by the page header's js_on_load (labeling_ui/page.py), once
+// The labeling page's behaviour in the browser, run by the page header's js_on_load (labeling_ui/layout.py), once
 // per page: keyboard shortcuts and the "?" list of them, the clock of the current item, saving drafts, and the
 // lease on the item (renewed while the item is on screen, released when it leaves the screen or the page closes).
 // A rank or a flag is set by clicking its input, so Gradio sees exactly what a mouse click would give it.
