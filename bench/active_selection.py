@@ -25,6 +25,7 @@ import numpy as np
 
 from bench.core import CaseResult, Workspace, python_m
 from bench.ppo import RUBRIC, trained_inputs
+from pipeline.lib.tables import read_jsonl, write_jsonl
 
 POOL, HELD_OUT, BUDGET, ENSEMBLE = 300, 100, 100, 3
 SEEDS = (0, 1, 2)
@@ -43,7 +44,7 @@ def reply_rows(prompts: list[dict], rng: random.Random) -> list[dict]:
 
 def write_rows(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_jsonl(path, rows)
     return path
 
 
@@ -69,7 +70,7 @@ def run(ws: Workspace) -> CaseResult:
     pool, held_out, budget = (60, 30, 20) if ws.quick else (POOL, HELD_OUT, BUDGET)
     seeds = SEEDS[:1] if ws.quick else SEEDS
     sft = trained_inputs(ws)["sft"]
-    prompts = [json.loads(line) for line in (ws.demo_dir() / "prompts.jsonl").read_text().splitlines()]
+    prompts = read_jsonl(ws.demo_dir() / "prompts.jsonl")
     result.settings = {
         "pool_prompts": pool,
         "held_out_prompts": held_out,

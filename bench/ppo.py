@@ -35,6 +35,7 @@ from bench.core import (
     run_settings,
 )
 from pipeline.lib.launch import accelerate_arguments
+from pipeline.lib.tables import read_jsonl, write_jsonl
 
 TARGET_LORA_MEMORY = ("<=", 0.7)
 TARGET_SPEED = (">=", 1.3)  # the stage's own loop is to be clearly faster than TRL's, on the same work
@@ -88,8 +89,7 @@ def write_ranked_export(
     rng = random.Random(seed)
     export_dir.mkdir(parents=True, exist_ok=True)
     rankings, preferences = [], []
-    for line in (demo_dir / "prompts.jsonl").read_text().splitlines()[:prompts]:
-        row = json.loads(line)
+    for row in read_jsonl(demo_dir / "prompts.jsonl")[:prompts]:
         responses = demo.replies_in_styles(row, k, rng)
         gold = [round(house_style_score(row["prompt"][-1]["content"], r), 3) for r in responses]
         ranks = [sorted(set(gold), reverse=True).index(g) + 1 for g in gold]  # dense, 1 = best
@@ -108,7 +108,7 @@ def write_ranked_export(
                 }
             )
     for name, rows in (("rankings.jsonl", rankings), ("preferences.jsonl", preferences)):
-        (export_dir / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        write_jsonl(export_dir / name, rows)
     summary = {"stage": "export", "metrics": {"pairs": len(preferences), "all_simulated": True}}
     (export_dir / "summary.json").write_text(json.dumps(summary))
 
@@ -212,7 +212,7 @@ ORACLE_FLAGS = as_flags({"save_strategy": "no"})
 def read_history(path: Path) -> list[dict]:
     if not path.exists():
         raise BenchError(f"the run wrote no {path}")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(path)
 
 
 def history_metrics(rows: list[dict], skip: int) -> dict[str, float]:

@@ -25,6 +25,7 @@ from pipeline.lib import runs
 from pipeline.lib.errors import DataError, exit_with
 from pipeline.lib.launch import release_zero3_init
 from pipeline.lib.models import check_model_source
+from pipeline.lib.quiet import one_progress_bar
 from pipeline.lib.stage import ModelArguments, RunArguments, Stage, TrainerDefaults, parse, trainer_figures
 from pipeline.lib.tables import read_table
 
@@ -84,6 +85,7 @@ def main(run: RunArguments, model_args: ModelArguments, config: DPOStageConfig) 
         processing_class=tokenizer,
         peft_config=model_args.peft_config("CAUSAL_LM"),
     )
+    one_progress_bar(trainer)
     with stage.timed("train_s"):
         train_result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 

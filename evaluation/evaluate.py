@@ -12,7 +12,6 @@ Writes ``runs/<run>/eval/``: summary.json, report.md with PNG plots, samples.jso
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from pipeline.lib.errors import exit_with
 from pipeline.lib.prompts import load_prompts, user_message
 from pipeline.lib.rubric import load_rubric
 from pipeline.lib.stage import Stage, parse_configs
+from pipeline.lib.tables import write_jsonl
 
 # PPO's outputs read as PPO wrote and scored them: its snapshot index, its reward models with their statistics, its
 # response lengths. The only stage the evaluation imports, and only these modules (contracts in pyproject.toml).
@@ -411,9 +411,8 @@ def main(config: EvalConfig) -> dict[str, Any]:
         summaries = {name: result["summary"] for name, result in trained.items()}
         metrics["best_of_n_verdict"] = bon.verdict(metrics["best_of_n"], summaries, key)
         bon.plot_frontier(stage.dir / "kl_frontier.png", metrics["best_of_n"], summaries, key, snapshots)
-    with open(stage.dir / "samples.jsonl", "w") as fh:
-        for a, b in zip(sft["rows"], ppo["rows"], strict=True):
-            fh.write(json.dumps({"prompt_id": a["prompt_id"], "sft": a, "ppo": b}) + "\n")
+    pairs = zip(sft["rows"], ppo["rows"], strict=True)
+    write_jsonl(stage.dir / "samples.jsonl", ({"prompt_id": a["prompt_id"], "sft": a, "ppo": b} for a, b in pairs))
     report = write_report(stage.dir, sft, ppo, metrics, config)
 
     flat = {f"{name}/{k}": v for name in ("sft", "ppo") for k, v in metrics[name].items()}

@@ -23,6 +23,7 @@ from typing import Any
 from pipeline.lib import runs
 from pipeline.lib.errors import ResumeError
 from pipeline.lib.stage import latest_checkpoint, recorded_config
+from pipeline.lib.tables import read_jsonl, write_jsonl
 
 __all__ = [
     "ResumeError",
@@ -74,7 +75,7 @@ def save(accelerator, path: Path, meta: dict[str, Any], history: list[dict], kee
     process only."""
     accelerator.save_state(str(path / "accelerate"))  # every process: its shards, the optimizer, RNG
     if accelerator.is_main_process:
-        write_history(path / "history.jsonl", history)
+        write_jsonl(path / "history.jsonl", history)
         runs.write_json(path / "meta.json", meta)
         for old in list_checkpoints(path.parent)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
@@ -93,23 +94,11 @@ def latest(output_dir: str | Path, now: dict[str, Any]) -> tuple[Path, dict[str,
             f"resume: {path} was written with different settings ({shown}). Resume with the settings it was started "
             "with, or run without RESUME=1 to start anew (its checkpoints will be replaced)."
         )
-    return path, meta, read_history(path / "history.jsonl")
+    return path, meta, read_jsonl(path / "history.jsonl")
 
 
 def fingerprint(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def write_history(path: Path, history: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
-    tmp.replace(path)
-
-
-def read_history(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def snapshot_steps(num_steps: int, count: int) -> list[int]:

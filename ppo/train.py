@@ -28,6 +28,7 @@ from pipeline.lib.errors import OutOfMemory, exit_with
 from pipeline.lib.launch import configure_cpu_deepspeed
 from pipeline.lib.rubric import load_rubric
 from pipeline.lib.stage import ModelArguments, RunArguments, Stage, parse
+from pipeline.lib.tables import write_jsonl
 from ppo import checkpoint
 from ppo.config import PPOStageConfig
 from ppo.context import Context, Progress
@@ -152,7 +153,7 @@ def main(run: RunArguments, model_args: ModelArguments, config: PPOStageConfig) 
         return {}
 
     # step 5. finish: the history and summary of every step since the run began, and the tracker.
-    checkpoint.write_history(stage.dir / "history.jsonl", progress.history)
+    write_jsonl(stage.dir / "history.jsonl", progress.history)
     metrics = {
         **ppo_metrics(progress.history),
         "global_step": progress.step,

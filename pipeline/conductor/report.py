@@ -19,12 +19,9 @@ from pipeline.conductor.config import ROUND_STAGES, STAGES, round_run, stage_dir
 from pipeline.conductor.stages import BY_NAME
 from pipeline.lib import runs
 from pipeline.lib.prompts import load_prompts, user_message
+from pipeline.lib.tables import read_jsonl
 
 SAMPLES_SHOWN = 3
-
-
-def _load_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def _fmt(value: Any) -> str:
@@ -231,7 +228,7 @@ def _gold_axis(ax, steps: list, gold: list) -> None:
 
 
 def _ppo_section(ppo_dir: Path, out: Path, title: str) -> list[str]:
-    history = _load_jsonl(ppo_dir / "history.jsonl")
+    history = read_jsonl(ppo_dir / "history.jsonl")
     if not history:
         return []
     steps = [h["step"] for h in history]
@@ -320,7 +317,7 @@ def _eval_rows(eval_dirs: list[tuple[str, Path]]) -> list[list[Any]]:
 
 
 def _samples(eval_dir: Path) -> list[str]:
-    rows = _load_jsonl(eval_dir / "samples.jsonl")
+    rows = read_jsonl(eval_dir / "samples.jsonl")
     if not rows:
         return []
     # The prompts themselves, from the file the evaluation read (recorded in its summary.json).
