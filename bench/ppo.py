@@ -363,6 +363,20 @@ def spread(values: list[float]) -> dict[str, float]:
     return {"min": min(values), "max": max(values), "mean": mean, "std": std}
 
 
+def run_stage_and_oracle(ws: Workspace, result: CaseResult, runner: PPORunner) -> None:
+    """Run the stage and, where its venv can be had, TRL's PPOTrainer side by side; compare speed and memory."""
+    python, skipped = oracle_python(ws)
+    variants = {"stage": runner.stage("stage", seeded=True)}
+    if python:
+        variants["oracle"] = runner.oracle(python)
+    else:
+        print(f"  [{result.name}] {skipped}", flush=True)
+        result.notes.append(skipped)
+    run_rounds(result, variants, **ws.rounds())
+    compare(result, Comparison("stage / oracle episodes/s", "episodes_per_s", "stage", "oracle", TARGET_SPEED))
+    compare(result, Comparison("stage / oracle peak RSS", "peak_rss_mb", "stage", "oracle", TARGET_MEMORY))
+
+
 def run(ws: Workspace) -> CaseResult:
     steps, skip = (4, 1) if ws.quick else (10, 1)
     result = CaseResult("ppo", "PPO: project stage vs TRL 1.12 PPOTrainer (the oracle), trained reward model")
@@ -382,16 +396,7 @@ def run(ws: Workspace) -> CaseResult:
         "seeds": "round r: seed r",
         "oracle": {"venv": str(oracle.ORACLE_DIR), **oracle.wanted()},
     }
-    python, skipped = oracle_python(ws)
-    variants = {"stage": runner.stage("stage", seeded=True)}
-    if python:
-        variants["oracle"] = runner.oracle(python)
-    else:
-        print(f"  [ppo] {skipped}", flush=True)
-        result.notes.append(skipped)
-    run_rounds(result, variants, **ws.rounds())
-    compare(result, Comparison("stage / oracle episodes/s", "episodes_per_s", "stage", "oracle", TARGET_SPEED))
-    compare(result, Comparison("stage / oracle peak RSS", "peak_rss_mb", "stage", "oracle", TARGET_MEMORY))
+    run_stage_and_oracle(ws, result, runner)
     for name, label in (("gold_score", "gold score"), ("rm_score", "RM score")):
         key = f"{name}_last_quarter"
         stage = [r[key] for r in result.runs.get("stage", []) if key in r]
@@ -436,16 +441,7 @@ def run_real(ws: Workspace) -> CaseResult:
         "seeds": "round r: seed r",
         "oracle": {"venv": str(oracle.ORACLE_DIR), **oracle.wanted()},
     }
-    python, skipped = oracle_python(ws)
-    variants = {"stage": runner.stage("stage", seeded=True)}
-    if python:
-        variants["oracle"] = runner.oracle(python)
-    else:
-        print(f"  [ppo_real] {skipped}", flush=True)
-        result.notes.append(skipped)
-    run_rounds(result, variants, **ws.rounds())
-    compare(result, Comparison("stage / oracle episodes/s", "episodes_per_s", "stage", "oracle", TARGET_SPEED))
-    compare(result, Comparison("stage / oracle peak RSS", "peak_rss_mb", "stage", "oracle", TARGET_MEMORY))
+    run_stage_and_oracle(ws, result, runner)
     for phase in PHASES:
         key = f"{phase}_s_per_step"
         compare(result, Comparison(f"stage / oracle {phase} s/step", key, "stage", "oracle"))

@@ -10,6 +10,11 @@ from labeling_ui.labeler import LabelerEvents, logged_in, submission
 from labeling_ui.service import LabelingService
 
 
+def refused(error: Exception) -> dict:
+    """What /submit and /edit answer to a form they cannot read: nothing stored, and why."""
+    return {"ok": False, "created": False, "version": None, "message": str(error), "stale": False}
+
+
 class ApiRoutes:
     """The routes, one method each: Gradio reads a route's parameters, their types and its description from the
     method. ``labeler`` keeps the draft the page's script sends."""
@@ -39,7 +44,7 @@ class ApiRoutes:
         try:
             sent = submission(submission_id, item_id, ranks, none_acceptable, flags, comment, seconds_spent)
         except ValueError as error:
-            return {"ok": False, "created": False, "version": None, "message": str(error), "stale": False}
+            return refused(error)
         return self.service.submit(username, sent)
 
     def edit(
@@ -60,7 +65,7 @@ class ApiRoutes:
             sent = submission(submission_id, item_id, ranks, none_acceptable, flags, comment, None)
             version = int(edits_version)
         except (TypeError, ValueError) as error:
-            return {"ok": False, "created": False, "version": None, "message": str(error), "stale": False}
+            return refused(error)
         return self.service.submit(username, sent, version)
 
     def skip(self, submission_id: str, item_id: str, reason: str, request: gr.Request = None) -> dict:

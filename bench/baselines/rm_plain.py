@@ -13,7 +13,7 @@ from datasets import load_dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 from trl import RewardConfig, RewardTrainer, TrlParser
 
-from bench.baselines.arguments import ScriptArguments
+from bench.baselines.arguments import ScriptArguments, train_and_save
 
 
 def main(script: ScriptArguments, config: RewardConfig) -> None:
@@ -26,9 +26,7 @@ def main(script: ScriptArguments, config: RewardConfig) -> None:
     model.config.pad_token_id = tokenizer.pad_token_id
     dataset = load_dataset("json", data_files=script.train_file, split="train")
     trainer = RewardTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
-    trainer.train()
-    trainer.save_model(config.output_dir)
-    trainer.end()  # the trackers and the process group finish here, as in TRL's own scripts
+    train_and_save(trainer, config.output_dir)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from datasets import load_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer, TrlParser
 
-from bench.baselines.arguments import ScriptArguments
+from bench.baselines.arguments import ScriptArguments, train_and_save
 
 
 def main(script: ScriptArguments, config: SFTConfig) -> None:
@@ -23,9 +23,7 @@ def main(script: ScriptArguments, config: SFTConfig) -> None:
         ["prompt", "completion"]
     )
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
-    trainer.train()
-    trainer.save_model(config.output_dir)
-    trainer.end()  # the trackers and the process group finish here, as in TRL's own scripts
+    train_and_save(trainer, config.output_dir)
 
 
 if __name__ == "__main__":
