@@ -66,7 +66,7 @@ def simulate_command(args: argparse.Namespace) -> None:
         overrides["rubric"] = args.rubric
     config = dataclasses.replace(load_config(args.config), **overrides)  # the overrides pass the file's checks
     simulate.rubric_of(config)  # refused before the database is opened (and created)
-    store = LabelStore.for_config(db_url(args), config)
+    store = LabelStore(db_url(args), config)
     try:
         passwords_file = runs.stage_dir(args.run, "labeling", args.runs_dir) / "simulated_users.json"
         summary = simulate.simulate(
@@ -93,7 +93,7 @@ def import_candidates_command(args: argparse.Namespace) -> None:
     path = runs.stage_output(args.run, "candidates", args.runs_dir, args.file)
     rows = read_table(path)
     regular, gold = split_gold_by_rubric(rows, share, rubric) if share else (rows, [])
-    store = LabelStore.for_config(db_url(args), load_config(args.config))  # its max_candidates, as the app serves
+    store = LabelStore(db_url(args), load_config(args.config))  # its max_candidates, as the app serves
     try:
         added, added_gold = store.import_candidates(regular), store.add_gold_items(gold)
     finally:

@@ -114,7 +114,7 @@ LOGIN_REFUSED_JS = b"""(() => {
 def open_store(db_url: str, config: LabelingConfig) -> LabelStore:
     """The store, its schema brought up to date; a database that does not answer is named, with what to do."""
     try:
-        return LabelStore.for_config(db_url, config)
+        return LabelStore(db_url, config)
     except DATABASE_DOWN as error:
         reason = " ".join(str(error.orig or error).split())[:300]
         raise ValueError(

@@ -23,6 +23,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from labeling_ui.config import LabelingConfig
+
 REPO = Path(__file__).resolve().parent.parent
 # The demo's gold rubric, named explicitly as configs/pipeline.yaml names it: labeling_ui itself has no default rubric.
 HOUSE_STYLE = "pipeline.demo.rubric:house_style_score"
@@ -154,6 +156,18 @@ def question_rows(n: int, k: int = 4, prefix: str = "q") -> list[dict]:
         }
         for i in range(n)
     ]
+
+
+def store_config(lease_seconds: float | None = None, max_candidates: int | None = None, **checked) -> LabelingConfig:
+    """A ``LabelingConfig`` for a test's store: ``checked`` values pass the config's checks as the app's do, while
+    ``lease_seconds`` and ``max_candidates`` may go past them on purpose: a lease of 1 s runs out within a test, and an
+    item larger than the page stands for one imported before that limit."""
+    config = LabelingConfig(**checked)
+    if lease_seconds is not None:
+        config.lease_seconds = lease_seconds
+    if max_candidates is not None:
+        config.max_candidates = max_candidates
+    return config
 
 
 class ApiClient:

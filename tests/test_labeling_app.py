@@ -92,7 +92,7 @@ def test_config_errors_say_what_to_change(tmp_path):
 
 @pytest.fixture
 def service(tmp_path):
-    store = LabelStore(f"sqlite:///{tmp_path / 'labels.db'}", overlap=2, gold_rate=0.0)
+    store = LabelStore(f"sqlite:///{tmp_path / 'labels.db'}", LabelingConfig(overlap=2, gold_rate=0.0))
     store.import_candidates(question_rows(3))
     store.add_user(*ALICE)
     store.add_user("boss", "boss-password", role="admin")
@@ -283,7 +283,7 @@ def test_noisy_ranks_keep_equal_scores_tied():
 
 def test_simulation_ranks_everything_twice_agrees_realistically_and_exports_pairs(tmp_path):
     url = f"sqlite:///{tmp_path / 'labels.db'}"
-    store = LabelStore(url, overlap=2, gold_rate=0.0)
+    store = LabelStore(url, LabelingConfig(overlap=2, gold_rate=0.0))
     rows = rubric_rows(16)
     store.import_candidates(rows)
     passwords = tmp_path / "users.json"
@@ -315,7 +315,7 @@ def test_simulation_ranks_everything_twice_agrees_realistically_and_exports_pair
 
 
 def test_a_label_budget_goes_to_the_highest_priorities_and_is_kept_across_runs(tmp_path):
-    store = LabelStore(f"sqlite:///{tmp_path / 'labels.db'}", overlap=2, gold_rate=0.0)
+    store = LabelStore(f"sqlite:///{tmp_path / 'labels.db'}", LabelingConfig(overlap=2, gold_rate=0.0))
     rows = rubric_rows(10)
     order = [3, 9, 0, 7, 1, 8, 2, 6, 4, 5]  # each row's priority, so the import order is not the priority order
     for row, priority in zip(rows, order, strict=True):
@@ -338,7 +338,7 @@ def test_a_label_budget_goes_to_the_highest_priorities_and_is_kept_across_runs(t
 
 
 def test_without_noise_the_simulated_labelers_rank_as_the_rubric(tmp_path):
-    store = LabelStore(f"sqlite:///{tmp_path / 'labels.db'}", overlap=2, gold_rate=0.0)
+    store = LabelStore(f"sqlite:///{tmp_path / 'labels.db'}", LabelingConfig(overlap=2, gold_rate=0.0))
     rows = rubric_rows(6)
     store.import_candidates(rows)
     try:

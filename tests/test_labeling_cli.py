@@ -14,6 +14,7 @@ import sqlalchemy as sa
 import yaml
 
 from labeling_ui import api, cli, config, db, server
+from labeling_ui.config import LabelingConfig
 from labeling_ui.db import Item
 from labeling_ui.rules import Submission, candidate_id
 from labeling_ui.service import LabelingService
@@ -104,9 +105,10 @@ def test_the_shipped_labeling_yaml_is_what_serve_and_the_store_get(tmp_path, mon
     assert cli.main(["serve", "--run", "r", "--runs_dir", str(tmp_path), "--port", "7999"]) == 0
     assert served["port"] == 7999 and served["url"] == db.default_db_url("r", tmp_path)
 
-    store = LabelStore.for_config(url, served["config"])
+    store = LabelStore(url, served["config"])
     try:
-        assert (store.overlap, store.gold_rate, store.seed) == (raw["overlap"], raw["gold_rate"], raw["seed"])
+        settings = store.config
+        assert (settings.overlap, settings.gold_rate, settings.seed) == (raw["overlap"], raw["gold_rate"], raw["seed"])
         store.import_candidates(question_rows(1))
         store.add_user("alice", "alice-password")
         service = LabelingService(store, served["config"])
@@ -125,7 +127,7 @@ def test_the_shipped_labeling_yaml_is_what_serve_and_the_store_get(tmp_path, mon
 def test_labeling_progress_counts_current_rankings_of_regular_items(tmp_path):
     url = f"sqlite:///{tmp_path / 'labels.db'}"
     assert api.labeling_progress(url) == Progress(items=0, rankings=0)  # a new database: migrated, empty
-    store = LabelStore(url, overlap=2, gold_rate=0.0)
+    store = LabelStore(url, LabelingConfig(overlap=2, gold_rate=0.0))
     try:
         store.import_candidates(question_rows(3))
         store.add_gold_items([{**row, "gold_ranking": [1, 2, 3, 4]} for row in question_rows(2, prefix="g")])
@@ -144,7 +146,7 @@ def test_labeling_progress_counts_current_rankings_of_regular_items(tmp_path):
         rank("ana", store.next_item("ana"), "a3")
         rank("ben", store.next_item("ben"), "b1")
         gold_ids = {item_id for item_id, _ in items_with_candidates(url, gold=True)}
-        every_turn_gold = LabelStore(url, overlap=2, gold_rate=0.99)  # ben's next item is a gold one
+        every_turn_gold = LabelStore(url, LabelingConfig(overlap=2, gold_rate=0.99))  # ben's next item is a gold one
         try:
             gold = every_turn_gold.next_item("ben")
             assert gold.item_id in gold_ids

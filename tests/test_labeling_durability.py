@@ -22,6 +22,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from labeling_ui.config import LabelingConfig
 from labeling_ui.db import Ranking, User
 from labeling_ui.server import KEY_SECONDS
 from labeling_ui.storage import LabelStore
@@ -89,7 +90,7 @@ def wait_for_acks(labelers: list[Labeler], at_least: int, timeout: float = 120) 
 
 
 def test_acknowledged_submissions_survive_sigkill_exactly_once(db_url, tmp_path):
-    store = LabelStore(db_url, overlap=2, gold_rate=0.0)
+    store = LabelStore(db_url, LabelingConfig(overlap=2, gold_rate=0.0))
     store.import_candidates(question_rows(400))
     users = [f"user{i:02d}" for i in range(CLIENTS)]
     for name in users:

@@ -24,7 +24,7 @@ from labeling_ui.rules import Submission
 from labeling_ui.server import KEY_SECONDS
 from labeling_ui.storage import LabelStore
 from tests.conftest import REPO
-from tests.labeling_server import ApiClient, LabelingServer, needs_chromium, question_rows
+from tests.labeling_server import ApiClient, LabelingServer, needs_chromium, question_rows, store_config
 
 # The README shows labeling_ui/screenshots/; LABELING_SCREENSHOTS=labeling_ui/screenshots refreshes them.
 SCREENSHOTS = Path(os.environ.get("LABELING_SCREENSHOTS", REPO / "runs" / "_screenshots"))
@@ -58,7 +58,7 @@ def server(tmp_path_factory):
 def fresh(url: str, rows: list[dict], store_kwargs: dict | None = None) -> str:
     """Rank every item still open (overlap 1: nobody else gets them; a lease of an earlier test's labeler is taken
     over: to this store every lease has run out), import ``rows``, add a new labeler."""
-    store = LabelStore(url, overlap=1, gold_rate=0.0, lease_seconds=1e-3, **(store_kwargs or {}))
+    store = LabelStore(url, store_config(overlap=1, gold_rate=0.0, lease_seconds=1e-3, **(store_kwargs or {})))
     try:
         while (view := store.next_item("sweeper")) is not None:
             ranks = {cid: r for r, (cid, _) in enumerate(view.candidates, start=1)}

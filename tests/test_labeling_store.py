@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from scipy.stats import kendalltau
 
 from labeling_ui import agreement, assignment, rules, stats
+from labeling_ui.config import LabelingConfig
 from labeling_ui.db import Base, make_engine
 from labeling_ui.export import aggregate_pairs, export_preferences
 from labeling_ui.rules import RankingError, Submission, normalize_ranks
@@ -34,7 +35,7 @@ def items(n: int, k: int = 4, prefix: str = "p") -> list[dict]:
 
 @pytest.fixture
 def store(db_url):
-    store = LabelStore(db_url, overlap=2, gold_rate=0.0)
+    store = LabelStore(db_url, LabelingConfig(overlap=2, gold_rate=0.0))
     yield store
     store.close()
 
@@ -282,7 +283,7 @@ def test_items_with_fewer_rankings_come_first_and_display_order_is_per_labeler(s
 
 
 def test_gold_items_are_mixed_in_at_the_rate(db_url):
-    store = LabelStore(db_url, overlap=1, gold_rate=0.25)
+    store = LabelStore(db_url, LabelingConfig(overlap=1, gold_rate=0.25))
     try:
         store.import_candidates(items(12))
         gold = items(4, prefix="g")

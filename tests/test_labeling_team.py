@@ -22,11 +22,11 @@ from labeling_ui.export import export_preferences
 from labeling_ui.rules import RankingError, Submission
 from labeling_ui.service import LabelingService
 from labeling_ui.storage import ALREADY_RANKED, NOT_IN_HAND, LabelStore, StaleForm
-from tests.labeling_server import ApiClient, LabelingServer, question_rows
+from tests.labeling_server import ApiClient, LabelingServer, question_rows, store_config
 
 
 def open_store(url: str, **kwargs) -> LabelStore:
-    return LabelStore(url, **{"overlap": 2, "gold_rate": 0.0, **kwargs})
+    return LabelStore(url, store_config(**{"overlap": 2, "gold_rate": 0.0, **kwargs}))
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def test_an_item_larger_than_the_page_is_refused_at_import_with_its_name_and_the
     with pytest.raises(ValueError, match=r"row 2 \(prompt_id 'big0'\): 9 candidates, .* at most 8 \(max_candidates"):
         store.import_candidates(rows)
     assert store.labeling_progress().items == 0  # nothing of the file was imported
-    small = LabelStore(store.url, max_candidates=5)
+    small = LabelStore(store.url, LabelingConfig(max_candidates=5))
     try:
         with pytest.raises(ValueError, match="6 candidates, but the labeling page shows at most 5"):
             small.import_candidates(question_rows(1, k=6))

@@ -24,6 +24,7 @@ import psutil
 import pytest
 import sqlalchemy as sa
 
+from labeling_ui.config import LabelingConfig
 from labeling_ui.db import Ranking, User, make_engine
 from labeling_ui.storage import LabelStore
 from labeling_ui.workers import check_free, check_workers, find_nginx
@@ -138,7 +139,7 @@ def test_a_session_its_lease_and_its_draft_are_the_same_in_every_process(db_url,
 @needs_nginx
 @on_postgresql
 def test_no_acknowledged_submission_is_lost_or_doubled_when_a_process_is_killed(db_url, tmp_path):
-    store = LabelStore(db_url, overlap=1)
+    store = LabelStore(db_url, LabelingConfig(overlap=1))
     store.import_candidates(question_rows(60))
     names = [f"lab{i}" for i in range(4)]
     for name in names:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from labeling_ui.config import LabelingConfig
 from labeling_ui.storage import LabelStore
 from pipeline.lib.runs import MissingInputError
 from reward.select import (
@@ -112,7 +113,7 @@ def test_select_gives_each_item_its_ensemble_disagreement_and_the_import_reads_i
     assert [r["priority"] for r in by_score] == sorted(r["priority"] for r in out)
     assert len({r["selection_score"] for r in out}) == 6  # the random heads disagree differently per item
 
-    store = LabelStore(f"sqlite:///{tmp_path / 'labels.db'}", overlap=1, gold_rate=0.0)
+    store = LabelStore(f"sqlite:///{tmp_path / 'labels.db'}", LabelingConfig(overlap=1, gold_rate=0.0))
     try:
         store.import_candidates(out)
         store.add_user("ana", "password1")

@@ -35,5 +35,10 @@ __all__ = [
 
 
 class LabelStore(Users, Items, Submitting, Labels, Admin):
-    """Users, items, rankings and skips in one database (``url``); opening it migrates the schema (the settings:
-    ``StoreBase``)."""
+    """Users, items, rankings and skips in one database (``url``); opening it migrates the schema.
+
+    From ``config`` (a ``LabelingConfig``, checked when it was built): ``overlap``, labelers per regular item;
+    ``gold_rate``, the share of a labeler's items that are gold items; ``seed``, which fixes display orders and where
+    gold items fall for each labeler; ``lease_seconds``, how long an item stays held for a labeler whose page stopped
+    renewing it; ``max_candidates``, the most responses an imported item may have (what the page can show).
+    """

@@ -43,7 +43,7 @@ class Admin(StoreBase):
     def import_batches(self) -> list[dict[str, Any]]:
         """Per import of regular items (the pipeline imports once per round), oldest first: when, how many items,
         their current rankings, and how many have ``overlap`` of them."""
-        full = sa.func.count().filter(QueueEntry.n_rankings >= self.overlap)
+        full = sa.func.count().filter(QueueEntry.n_rankings >= self.config.overlap)
         query = (
             sa.select(Item.created_at, sa.func.count(), sa.func.sum(QueueEntry.n_rankings), full)
             .join(QueueEntry, QueueEntry.item_id == Item.id)

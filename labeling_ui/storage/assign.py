@@ -73,8 +73,8 @@ class Assigning(StoreBase):
                 .where(Assignment.item_id == QueueEntry.item_id, Assignment.user_id != user_id, self._live(now))
                 .scalar_subquery()
             )
-            free = held == 0 if unheld else QueueEntry.n_rankings + held < self.overlap
-            query = query.where(QueueEntry.n_rankings < self.overlap, free)
+            free = held == 0 if unheld else QueueEntry.n_rankings + held < self.config.overlap
+            query = query.where(QueueEntry.n_rankings < self.config.overlap, free)
         return query.order_by(QueueEntry.n_rankings, QueueEntry.sort_key, QueueEntry.seq)
 
     def _in_hand(self, session: Session, user: User) -> Assignment | None:
@@ -103,8 +103,8 @@ class Assigning(StoreBase):
             regular = session.scalar(self._open(user.id, now, gold=False).limit(1))
         if regular is None:
             return None
-        phase = assignment.gold_phase(user.username, self.seed)
-        if assignment.is_gold_turn(self._n_done(session, user.id), self.gold_rate, phase):
+        phase = assignment.gold_phase(user.username, self.config.seed)
+        if assignment.is_gold_turn(self._n_done(session, user.id), self.config.gold_rate, phase):
             gold = session.scalar(self._open(user.id, now, gold=True).limit(1))
             if gold is not None:
                 return gold
@@ -213,7 +213,7 @@ class Assigning(StoreBase):
         """(ranked, ranked + still to be given, open items held by others), from the labeler's own history, the
         live leases and the queue's counts: nothing here reads every item."""
         now = utcnow()
-        regular, below = QueueEntry.is_gold == sa.false(), QueueEntry.n_rankings < self.overlap
+        regular, below = QueueEntry.is_gold == sa.false(), QueueEntry.n_rankings < self.config.overlap
         with self._read() as session:
             user = self._labeler(session, username)
             count = sa.select(sa.func.count())
@@ -249,7 +249,7 @@ class Assigning(StoreBase):
                         QueueEntry.item_id.in_(holders)
                     )
                 ).tuples()
-                full = {i for i, gold, n in entries if not gold and n < self.overlap <= n + holders[i]}
+                full = {i for i, gold, n in entries if not gold and n < self.config.overlap <= n + holders[i]}
             if full:
                 mine = sa.union(
                     sa.select(Ranking.item_id).where(Ranking.user_id == user.id, Ranking.item_id.in_(full)),
@@ -260,7 +260,7 @@ class Assigning(StoreBase):
             totals = dict(
                 session.execute(
                     sa.select(QueueCount.is_gold, sa.func.sum(QueueCount.items))
-                    .where(sa.or_(QueueCount.is_gold == sa.true(), QueueCount.n_rankings < self.overlap))
+                    .where(sa.or_(QueueCount.is_gold == sa.true(), QueueCount.n_rankings < self.config.overlap))
                     .group_by(QueueCount.is_gold)
                 )
                 .tuples()
@@ -268,6 +268,6 @@ class Assigning(StoreBase):
             )
             open_regular = int(totals.get(False) or 0) - done_open - held
             gold = int(totals.get(True) or 0)
-        phase = assignment.gold_phase(username, self.seed)
-        remaining = assignment.planned_remaining(n_done, open_regular, gold - done_gold, self.gold_rate, phase)
+        phase = assignment.gold_phase(username, self.config.seed)
+        remaining = assignment.planned_remaining(n_done, open_regular, gold - done_gold, self.config.gold_rate, phase)
         return n_ranked, n_ranked + remaining, held

@@ -8,14 +8,14 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from labeling_ui import assignment, timing
-from labeling_ui.config import LEASE_SECONDS, PAGE_SLOTS, LabelingConfig
+from labeling_ui.config import LabelingConfig
 from labeling_ui.db import READ_ONLY, Item, QueueCount, Ranking, User, make_engine, migrate
 from labeling_ui.rules import RankingError
 
@@ -43,29 +43,13 @@ def iso(value: dt.datetime) -> str:
 class StoreBase:
     """The database at ``url``, its schema brought up to date on opening, read and written in short transactions.
 
-    ``overlap``: labelers per regular item. ``gold_rate``: share of a labeler's items that are gold items.
-    ``seed``: fixes display orders and where gold items fall for each labeler. ``lease_seconds``: how long an item
-    stays held for a labeler whose page stopped renewing it. ``max_candidates``: most responses an imported item
-    may have (what the page can show).
+    ``config`` (default: ``LabelingConfig()``) says how items are handed out; it checked its values when it was built.
     """
 
-    def __init__(
-        self,
-        url: str,
-        overlap: int = 2,
-        gold_rate: float = 0.1,
-        seed: int = 0,
-        lease_seconds: float = LEASE_SECONDS,
-        max_candidates: int = PAGE_SLOTS,
-    ):
-        if overlap < 1:
-            raise ValueError(f"overlap must be at least 1 (labelers per item), got {overlap}.")
-        if not 0 <= gold_rate < 1:
-            raise ValueError(f"gold_rate must be in [0, 1) (a share of each labeler's items), got {gold_rate}.")
-        if lease_seconds <= 0:
-            raise ValueError(f"lease_seconds must be positive, got {lease_seconds}.")
-        self.url, self.overlap, self.gold_rate, self.seed = url, overlap, gold_rate, seed
-        self.lease, self.max_candidates = dt.timedelta(seconds=lease_seconds), max_candidates
+    def __init__(self, url: str, config: LabelingConfig | None = None):
+        self.url = url
+        self.config = config if config is not None else LabelingConfig()
+        self.lease = dt.timedelta(seconds=self.config.lease_seconds)
         migrate(url)
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -75,19 +59,6 @@ class StoreBase:
         # lock of their own instead and hand the database over without sleeping; other processes still wait on
         # SQLite's busy timeout. PostgreSQL locks rows, not the database: nothing to queue for there.
         self._writer = threading.Lock() if self.engine.dialect.name == "sqlite" else nullcontext()
-
-    @classmethod
-    def for_config(cls, url: str, config: LabelingConfig) -> Self:
-        """The store as the app and the simulated labelers open it: the config's overlap, gold rate, seed, lease and
-        largest item."""
-        return cls(
-            url,
-            overlap=config.overlap,
-            gold_rate=config.gold_rate,
-            seed=config.seed,
-            lease_seconds=config.lease_seconds,
-            max_candidates=config.max_candidates,
-        )
 
     def close(self) -> None:
         self.engine.dispose()
@@ -132,7 +103,7 @@ class StoreBase:
 
     def _view(self, item: Item, username: str) -> ItemView:
         texts = {c["id"]: c["text"] for c in item.candidates}
-        order = assignment.display_order(list(texts), username, item.id, self.seed)
+        order = assignment.display_order(list(texts), username, item.id, self.config.seed)
         return ItemView(item_id=item.id, prompt=item.prompt, candidates=[(cid, texts[cid]) for cid in order])
 
     def _count(self, session: Session, gold: bool, n_rankings: int, change: int) -> None:

@@ -26,7 +26,7 @@ class Items(StoreBase):
     def _new_items(self, rows: Iterable[dict], gold: bool) -> list[Item]:
         """The rows as items; a row the page could not show (more than ``max_candidates`` responses) is refused,
         so no labeler is ever handed an item they can only look at."""
-        items, most = [], self.max_candidates
+        items, most = [], self.config.max_candidates
         for i, row in enumerate(rows, start=1):
             where = f"{'gold row' if gold else 'row'} {i} (prompt_id {row.get('prompt_id')!r})"
             messages, candidates = (

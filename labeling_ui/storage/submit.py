@@ -116,7 +116,7 @@ class Submitting(Assigning):
             "comment": check_text(submission.comment, "comment"),
             "guidelines_version": check_text(guidelines_version, "guidelines version", 64),
             "display_order": (
-                assignment.display_order(ids, username, item_id, self.seed)
+                assignment.display_order(ids, username, item_id, self.config.seed)
                 if shown is None
                 else check_display_order(shown, ids)
             ),
