@@ -33,7 +33,7 @@ COLUMNS = ("prompt", "chosen", "rejected")
 
 
 @dataclass
-class DPOStageConfig(TrainerDefaults, DPOConfig):
+class DPOStageConfig(TrainerDefaults, DPOConfig):  # type: ignore[misc]  # the overridden field types, see TrainerDefaults
     """Everything ``DPOConfig`` (and so ``TrainingArguments``) takes, plus where the pairs are. The run and the start
     model (default: the run's SFT policy) are ``pipeline.lib.stage.RunArguments`` and ``ModelArguments``."""
 

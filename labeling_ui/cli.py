@@ -20,6 +20,7 @@ import dataclasses
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from labeling_ui import server, simulate, workers
 from labeling_ui.assignment import split_gold_by_rubric
@@ -59,7 +60,7 @@ def serve_command(args: argparse.Namespace) -> None:
 
 
 def simulate_command(args: argparse.Namespace) -> None:
-    overrides = {}
+    overrides: dict[str, Any] = {}
     if args.noise:
         overrides["noise"] = [float(x) for x in args.noise.split(",")]
     if args.rubric:
@@ -92,7 +93,7 @@ def import_candidates_command(args: argparse.Namespace) -> None:
         )
     path = runs.stage_output(args.run, "candidates", args.runs_dir, args.file)
     rows = read_table(path)
-    regular, gold = split_gold_by_rubric(rows, share, rubric) if share else (rows, [])
+    regular, gold = split_gold_by_rubric(rows, share, rubric) if share and rubric is not None else (rows, [])
     store = LabelStore(db_url(args), load_config(args.config))  # its max_candidates, as the app serves
     try:
         added, added_gold = store.import_candidates(regular), store.add_gold_items(gold)

@@ -118,8 +118,8 @@ def export_preferences(
 
     preferences, full_rankings = [], []
     dropped: Counter = Counter()
-    for item_id, group in itertools.groupby(kept, key=lambda r: r["item_id"]):
-        group = list(group)
+    for item_id, grouped in itertools.groupby(kept, key=lambda r: r["item_id"]):
+        group = list(grouped)
         item = group[0]
         prompt = [{"role": m["role"], "content": m["content"]} for m in item["prompt_messages"]]
         responses = [c["text"] for c in item["candidates"]]

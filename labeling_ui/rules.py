@@ -94,10 +94,9 @@ def normalize_ranks(ranks: Mapping[str, object], candidate_ids: Sequence[str]) -
     missing = k - len(given)
     if missing:
         raise RankingError(f"Rank every response: {missing} of {k} have no rank yet.")
-    parsed = {cid: _as_rank(value) for cid, value in given.items()}
-    if any(value is None for value in parsed.values()):
+    values = [rank for cid in candidate_ids if (rank := _as_rank(given[cid])) is not None]
+    if len(values) < k:
         raise RankingError(f"Ranks must be whole numbers from 1 (best) to {k}.")
-    values = [parsed[cid] for cid in candidate_ids]
     out_of_range = sorted({v for v in values if not 1 <= v <= k})
     if out_of_range:
         raise RankingError(f"Ranks go from 1 (best) to {k}; {out_of_range[0]} is out of range.")

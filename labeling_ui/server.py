@@ -261,10 +261,15 @@ def form_fields(content_type: str, body: bytes) -> dict[str, str]:
         if not message.is_multipart():
             return {}
         return {
-            str(part.get_param("name", header="content-disposition")): (part.get_payload(decode=True) or b"").decode()
-            for part in message.iter_parts()
+            str(part.get_param("name", header="content-disposition")): _text(part) for part in message.iter_parts()
         }
     return {k: v[0] for k, v in urllib.parse.parse_qs(body.decode(), keep_blank_values=True).items()}
+
+
+def _text(part: email.message.Message) -> str:
+    """A form field's value (a part that is not itself multipart: its payload is bytes, or None when empty)."""
+    payload = part.get_payload(decode=True)
+    return payload.decode() if isinstance(payload, bytes) else ""
 
 
 # --- the ASGI layer in front of Gradio ----------------------------------------------------------------------------
@@ -442,7 +447,9 @@ def serve(config: LabelingConfig, db_url: str, export_config: ExportConfig, host
                 f"Cannot listen on {host}:{port}: {error} Pick another port with --port N "
                 '(make label ARGS="--port N").'
             ) from error
-        app.tokens = sessions  # launch() reset it to an empty dict: until this line, nobody was logged in
+        # launch() reset it to an empty dict: until this line, nobody was logged in. Sessions answers the dict calls
+        # Gradio makes on it (get, in, del, keys).
+        app.tokens = sessions  # type: ignore[assignment]
         print(
             f"Labeling app for run '{export_config.run}' running at {local_url} (labels: {shown_url(db_url)}). "
             "Ctrl+C stops it.",

@@ -170,9 +170,11 @@ class LabelingService:
 
     # --- the admin's view -------------------------------------------------------------------------------------
 
-    def require_admin(self, username: str | None) -> None:
-        if self.role(username) != "admin":
+    def require_admin(self, username: str | None) -> str:
+        """The admin's user name; a PermissionError for anyone else."""
+        if username is None or self.role(username) != "admin":
             raise PermissionError("Only admins can see this.")
+        return username
 
     def admin_report(self, username: str | None) -> dict[str, Any]:
         self.require_admin(username)
@@ -191,11 +193,11 @@ class LabelingService:
 
     def review(self, username: str | None, item_id: str | None, action: str) -> str:
         """An admin's decision on a flagged item: 'exclude' (from the export), 'include' again, or 'reviewed'."""
-        self.require_admin(username)
+        admin = self.require_admin(username)
         if not item_id:
             return "Pick a flagged item first."
         excluded, reviewed = REVIEW_ACTIONS[action]
-        state = self.store.set_review(item_id, username, excluded=excluded, reviewed=reviewed)
+        state = self.store.set_review(item_id, admin, excluded=excluded, reviewed=reviewed)
         shown = "excluded from the export" if state["excluded"] else "in the export"
         return f"Item {item_id[:12]}: {shown}{', reviewed' if state['reviewed'] else ''}."
 

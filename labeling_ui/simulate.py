@@ -247,7 +247,8 @@ def simulate(
         if url is None:
             counts = _in_process(LabelingService(store, config), labelers, limit, progress, spent)
         else:
-            missing = [name for name, password in passwords.items() if password is None]
+            known = {name: password for name, password in passwords.items() if password is not None}
+            missing = [name for name in passwords if name not in known]
             if missing:
                 raise ValueError(
                     f"No saved password for {', '.join(missing)} in {passwords_file}: run without "
@@ -255,7 +256,7 @@ def simulate(
                 )
             with ThreadPoolExecutor(len(labelers)) as pool:
                 futures = {
-                    lab.username: pool.submit(_over_http, url, lab, passwords[lab.username], limit, progress, spent)
+                    lab.username: pool.submit(_over_http, url, lab, known[lab.username], limit, progress, spent)
                     for lab in labelers
                 }
                 counts = {name: future.result() for name, future in futures.items()}

@@ -114,8 +114,8 @@ class Workers:
     def start_app(self, i: int) -> None:
         log = self.folder / f"app-{i}.log"
         with open(log, "ab") as out:
-            self.apps[i] = subprocess.Popen(self.app_command(self.ports[i]), cwd=REPO, stdout=out, stderr=out)
-        wait_listening(self.ports[i], self.apps[i], log)
+            self.apps[i] = app = subprocess.Popen(self.app_command(self.ports[i]), cwd=REPO, stdout=out, stderr=out)
+        wait_listening(self.ports[i], app, log)
 
     def start(self, nginx: str) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -133,11 +133,13 @@ class Workers:
 
     def watch(self) -> None:
         """Until Ctrl+C (or SIGTERM): an app process that exits is started again; nginx exiting ends it all."""
+        if self.nginx is None:
+            raise RuntimeError("Workers.watch() needs the processes started (Workers.start()).")
         while True:
             if self.nginx.poll() is not None:
                 raise RuntimeError(f"nginx exited with code {self.nginx.returncode}: see {self.folder / 'error.log'}")
             for i, app in enumerate(self.apps):
-                if app.poll() is not None:
+                if app is not None and app.poll() is not None:
                     print(
                         f"App process {i + 1} (port {self.ports[i]}) exited with code {app.returncode}; "
                         "starting it again.",

@@ -135,6 +135,7 @@ def read_done(path: Path) -> set[str]:
 def main(config: CandidatesConfig) -> dict[str, Any]:
     state = PartialState()
     stage = Stage("candidates", config.run, config.runs_dir, [config], is_main_process=state.is_main_process)
+    assert config.prompts is not None  # __post_init__ refused a config without them
     runs.require_path("prompts", config.prompts)
     model_path = str(runs.stage_output(config.run, "sft", config.runs_dir, config.model_name_or_path))
     rows, prompts_path = load_prompts(config.prompts, config.num_prompts), config.prompts

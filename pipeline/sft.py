@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from accelerate import PartialState
-from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback
+from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 from pipeline.lib import runs
@@ -30,7 +30,7 @@ from pipeline.lib.tables import write_jsonl
 
 
 @dataclass
-class SFTStageConfig(TrainerDefaults, SFTConfig):
+class SFTStageConfig(TrainerDefaults, SFTConfig):  # type: ignore[misc]  # the overridden field types, see TrainerDefaults
     """Everything ``SFTConfig`` (and so ``TrainingArguments``) takes, plus the stage's own settings below. The run
     and the start model are ``pipeline.lib.stage.RunArguments`` and ``ModelArguments``."""
 
@@ -69,6 +69,7 @@ class SFTStageConfig(TrainerDefaults, SFTConfig):
 
 def load_data(config: SFTStageConfig) -> tuple[Any, Any, list, dict[str, Any], dict[str, str]]:
     """Train and eval datasets, held-out prompts for samples, data stats, and the input paths to record."""
+    assert config.dataset is not None  # __post_init__ refused a config without one
     train, train_stats = load_sft_dataset(config.dataset, dedupe=config.dedupe, scrub=config.scrub_pii)
     stats = {"train": train_stats.as_dict()}
     if config.eval_dataset is not None:
@@ -163,7 +164,7 @@ def score_labelled_positions_only() -> None:
     def compact(device) -> bool:
         return device.type == "cpu" or use_triton(device)
 
-    compact.cpu_compact = True
+    compact.cpu_compact = True  # type: ignore[attr-defined]
     trl_utils._use_triton = compact
 
 
@@ -177,7 +178,9 @@ def packed_rows_needed(config: SFTStageConfig, model) -> bool:
 
 def build_trainer(config: SFTStageConfig, model_args: ModelArguments, model, tokenizer, train, evaluation):
     """TRL's SFTTrainer, with early stopping when asked and packed rows where attention needs them."""
-    callbacks = [EarlyStoppingCallback(config.early_stopping_patience)] if config.early_stopping_patience else []
+    callbacks: list[TrainerCallback] = (
+        [EarlyStoppingCallback(config.early_stopping_patience)] if config.early_stopping_patience else []
+    )
     score_labelled_positions_only()
     peft, data = model_args.peft_config("CAUSAL_LM"), {"train_dataset": train, "eval_dataset": evaluation}
     trainer = SFTTrainer(model, config, processing_class=tokenizer, peft_config=peft, callbacks=callbacks, **data)
@@ -199,6 +202,7 @@ def main(run: RunArguments, model_args: ModelArguments, config: SFTStageConfig) 
     check_model_source("model_name_or_path", model_path)
     for setting in ("dataset", "eval_dataset", "sample_prompts"):
         runs.require_path(setting, getattr(config, setting))
+    assert config.output_dir is not None  # parse() filled it in
     checkpoint, resumed_at = stage.resume_from(run.resume, config.output_dir)
     with state.main_process_first():
         train, evaluation, sample_prompts, data_stats, data_inputs = load_data(config)

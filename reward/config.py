@@ -13,7 +13,7 @@ LOSSES = ("pairwise", "kway", "kway_ties")
 
 
 @dataclass
-class RMStageConfig(TrainerDefaults, RewardConfig):
+class RMStageConfig(TrainerDefaults, RewardConfig):  # type: ignore[misc]  # the overridden field types, see TrainerDefaults
     """Everything ``RewardConfig`` (and so ``TrainingArguments``) takes, plus the stage's own settings below. The run
     and the start model (default: the run's SFT policy) are ``pipeline.lib.stage.RunArguments`` and
     ``ModelArguments``; with LoRA the score head is trained in full and the saved model is always merged."""

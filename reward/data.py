@@ -186,7 +186,7 @@ def _hh_pair(row: dict) -> dict[str, Any]:
         if turns[key][-1]["role"] != "assistant":
             raise RowProblem(f"{key!r} ends with a Human turn. Each transcript must end with the Assistant's reply.")
     prompt = turns["chosen"][:-1]
-    pair = {"prompt": prompt, "chosen": turns["chosen"][-1:], "rejected": turns["rejected"][-1:]}
+    pair: dict[str, Any] = {"prompt": prompt, "chosen": turns["chosen"][-1:], "rejected": turns["rejected"][-1:]}
     if not prompt:
         raise RowProblem("'chosen' has no turn before the final Assistant reply, so there is no prompt.")
     if turns["rejected"][:-1] != prompt:
@@ -268,7 +268,7 @@ def _prompt(row: dict) -> list[dict[str, str]]:
     problem = messages_problem(row, "prompt")
     if problem:
         raise RowProblem(problem)
-    return _plain_messages(prompt)
+    return _plain_messages(row["prompt"])  # a list of messages: messages_problem checked it
 
 
 def _response(row: dict, key: str) -> list[dict[str, str]]:

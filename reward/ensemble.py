@@ -95,7 +95,7 @@ def train_members(
         member = copy.copy(config)
         member.seed, member.output_dir = config.seed + i, str(out / "checkpoints")
         if i:  # the tracker's steps would run backwards: member 0's curves stand for the rest
-            member.report_to = []
+            member.report_to = []  # type: ignore[assignment]  # TrainingArguments made it a list while parsing
             # accelerate keeps one AcceleratorState per process, holding the first Trainer's DeepSpeed plugin, and
             # refuses a second Accelerator with a plugin of its own: each member's Trainer starts from a fresh one
             # (the process group, in PartialState, stays).

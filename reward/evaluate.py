@@ -5,11 +5,12 @@ held-out figures, ``reward_stats.json`` and the reward histogram.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from pipeline.lib import runs
 from pipeline.lib.prompts import user_message
@@ -19,15 +20,13 @@ from reward.config import RMStageConfig
 from reward.training_data import RMData
 
 
-def pairwise_accuracy(r_chosen: Sequence[float], r_rejected: Sequence[float]) -> float:
+def pairwise_accuracy(r_chosen: ArrayLike, r_rejected: ArrayLike) -> float:
     """Share of pairs the reward model orders like the label (equal rewards count as wrong, as in TRL)."""
     r_chosen, r_rejected = np.asarray(r_chosen, dtype=float), np.asarray(r_rejected, dtype=float)
     return float(np.mean(r_chosen > r_rejected))
 
 
-def accuracy_by_gap(
-    r_chosen: Sequence[float], r_rejected: Sequence[float], rank_gaps: Sequence[int]
-) -> dict[str, dict[str, float]]:
+def accuracy_by_gap(r_chosen: ArrayLike, r_rejected: ArrayLike, rank_gaps: ArrayLike) -> dict[str, dict[str, float]]:
     """Accuracy per rank gap, ``{"1": {"accuracy": ..., "pairs": n}, ...}``: wider gaps should be easier."""
     r_chosen, r_rejected = np.asarray(r_chosen, dtype=float), np.asarray(r_rejected, dtype=float)
     gaps = np.asarray(rank_gaps)
@@ -38,7 +37,7 @@ def accuracy_by_gap(
     return out
 
 
-def calibration_bins(r_chosen: Sequence[float], r_rejected: Sequence[float], n_bins: int = 10) -> list[dict]:
+def calibration_bins(r_chosen: ArrayLike, r_rejected: ArrayLike, n_bins: int = 10) -> list[dict]:
     """The reliability diagram of ``p = sigmoid(r_chosen - r_rejected)``, the probability that the chosen one wins.
 
     Each pair predicts the side with p >= 0.5, with confidence max(p, 1 - p); pairs are binned by confidence into
@@ -59,7 +58,7 @@ def calibration_bins(r_chosen: Sequence[float], r_rejected: Sequence[float], n_b
     ]
 
 
-def expected_calibration_error(r_chosen: Sequence[float], r_rejected: Sequence[float], n_bins: int = 10) -> float:
+def expected_calibration_error(r_chosen: ArrayLike, r_rejected: ArrayLike, n_bins: int = 10) -> float:
     """ECE of the Bradley-Terry probability: the pair-weighted mean of |accuracy - mean confidence| over the bins of
     ``calibration_bins`` (Guo et al., 2017). 0 is perfectly calibrated.
     """
@@ -68,17 +67,17 @@ def expected_calibration_error(r_chosen: Sequence[float], r_rejected: Sequence[f
     return float(sum(b["count"] / total * abs(b["accuracy"] - b["confidence"]) for b in bins))
 
 
-def reward_stats(scores: Sequence[float]) -> dict[str, float]:
+def reward_stats(scores: ArrayLike) -> dict[str, float]:
     """Mean and (population) standard deviation: PPO normalises the RM's scores with these."""
     scores = np.asarray(scores, dtype=float)
     return {"mean": float(scores.mean()), "std": float(scores.std())}
 
 
 def gold_agreement(
-    r_chosen: Sequence[float],
-    r_rejected: Sequence[float],
-    gold_chosen: Sequence[float],
-    gold_rejected: Sequence[float],
+    r_chosen: ArrayLike,
+    r_rejected: ArrayLike,
+    gold_chosen: ArrayLike,
+    gold_rejected: ArrayLike,
     tolerance: float = 1e-9,
 ) -> dict[str, Any]:
     """Share of pairs the reward model orders the same way as a gold score, skipping pairs the gold score ties.
@@ -143,8 +142,8 @@ def plot_rewards(path: Path, r_chosen: np.ndarray, r_rejected: np.ndarray) -> No
 
     bins = np.histogram_bin_edges(np.concatenate([r_chosen, r_rejected]), bins=30)
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.hist(r_chosen, bins, alpha=0.6, label="chosen")
-    ax.hist(r_rejected, bins, alpha=0.6, label="rejected")
+    ax.hist(r_chosen, bins.tolist(), alpha=0.6, label="chosen")
+    ax.hist(r_rejected, bins.tolist(), alpha=0.6, label="rejected")
     ax.set(xlabel="reward", ylabel="held-out pairs", title="Reward of chosen vs rejected responses")
     ax.legend()
     fig.tight_layout()

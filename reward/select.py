@@ -97,7 +97,7 @@ def round_priorities(values: list[float], round_: int) -> list[float]:
     """``round - 1`` plus each value's quantile among ``values`` (the lowest 0, the highest (n-1)/n; equal values
     share the lowest quantile of their group)."""
     order = sorted(values)
-    first = {}
+    first: dict[float, int] = {}
     for rank, value in enumerate(order):
         first.setdefault(value, rank)
     return [round_ - 1 + first[v] / len(values) for v in values]

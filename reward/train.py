@@ -54,6 +54,7 @@ def main(run: RunArguments, model_args: ModelArguments, config: RMStageConfig) -
             check_model_source("model_name_or_path", model_args.model_name_or_path)
         model_path = runs.stage_output(run.run, "sft", run.runs_dir, model_args.model_name_or_path)
         data_path = input_path(run, config)
+        assert config.output_dir is not None  # parse() filled it in
         checkpoint, resumed_at = stage.resume_from(run.resume and config.ensemble == 1, config.output_dir)
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         if tokenizer.chat_template is None:

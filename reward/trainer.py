@@ -93,6 +93,7 @@ def build_trainer(
     model with a fresh scalar head (num_labels=1)."""
     trainer_class, collator = RewardTrainer, None
     if config.loss != "pairwise":
+        assert not isinstance(config.pad_to_multiple_of, str)  # RewardConfig.__post_init__ resolved "auto"
         trainer_class, collator = KWayRewardTrainer, RankingCollator(tokenizer.pad_token_id, config.pad_to_multiple_of)
     return trainer_class(
         model=str(model_path),

@@ -162,7 +162,7 @@ def main() -> None:
     parser.add_argument("--runs_dir", default="runs")
     args = parser.parse_args()
     if args.out:
-        path = build_base_model(args.preset, args.out, seed=args.seed)
+        path: str | Path = build_base_model(args.preset, args.out, seed=args.seed)
     else:
         path = resolve_model(EMBEDDED_PREFIX + args.preset, runs_dir=args.runs_dir)
     from transformers import AutoConfig

@@ -126,12 +126,16 @@ def _balanced(labels: list[str], weights: list[float], n: int, rng: random.Rando
 def replies_in_styles(row: dict, k: int, rng: random.Random) -> list[str]:
     """``k`` replies to a demo prompt row (``id``, ``prompt``, ``scenario``), each in a different style."""
     email = row["prompt"][-1]["content"]
-    first, last = re.search(r"^From: (\S+) (\S+)", email, re.MULTILINE).groups()
+    sender = re.search(r"^From: (\S+) (\S+)", email, re.MULTILINE)
+    if sender is None:
+        raise ValueError(f"demo prompt {row['id']} has no 'From: First Last' line")
+    first, last = sender.groups()
     slots = _slots(rng) | {"first": first, "last": last}
     scenario = SCENARIO_BY_NAME[row["scenario"]]
-    apology, step, terse, extra = (
-        rng.choice(options).format(**slots) if options else None
-        for options in (scenario.apologies, scenario.steps, scenario.terse, scenario.extras)
+    # Only problem scenarios have apologies; every scenario has steps, one-liners and closings.
+    apology = rng.choice(scenario.apologies).format(**slots) if scenario.apologies else None
+    step, terse, extra = (
+        rng.choice(options).format(**slots) for options in (scenario.steps, scenario.terse, scenario.extras)
     )
     parts = ReplyParts(first, last, TITLES.get(first), f"order #{slots['order']}", apology, step, terse, extra)
     return [STYLE_WRITERS[style](parts, rng) for style in rng.sample(list(STYLE_WRITERS), k)]

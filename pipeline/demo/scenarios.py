@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -31,7 +32,10 @@ SCENARIOS_FILE = Path(__file__).with_name("scenarios.yaml")
 def load_scenarios(path: Path = SCENARIOS_FILE) -> tuple[Scenario, ...]:
     """The scenarios of ``scenarios.yaml``, in its order (the order the cues are tried in)."""
     rows = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return tuple(Scenario(**{k: tuple(v) if isinstance(v, list) else v for k, v in row.items()}) for row in rows)
+    fields: list[dict[str, Any]] = [
+        {k: tuple(v) if isinstance(v, list) else v for k, v in row.items()} for row in rows
+    ]
+    return tuple(Scenario(**row) for row in fields)
 
 
 SCENARIOS = load_scenarios()

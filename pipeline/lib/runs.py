@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -180,8 +181,8 @@ class StageRun:
         self,
         config: Any,
         metrics: dict[str, Any],
-        inputs: dict[str, str | Path],
-        outputs: dict[str, str | Path],
+        inputs: Mapping[str, str | Path],
+        outputs: Mapping[str, str | Path],
         extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         summary = {

@@ -12,14 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 
 def last_token_scores(
-    reward_model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, last_index: torch.Tensor
+    reward_model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, last_index: torch.Tensor
 ) -> torch.Tensor:
     """The reward model's scalar at each sequence's last token (its head runs on that position only)."""
     backbone = getattr(reward_model, reward_model.base_model_prefix)
@@ -28,7 +27,8 @@ def last_token_scores(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False
     ).last_hidden_state
     picked = hidden[torch.arange(len(hidden), device=hidden.device), last_index]
-    return reward_model.score(picked).squeeze(-1).float()
+    head = reward_model.get_submodule("score")  # the scalar head of AutoModelForSequenceClassification
+    return head(picked).squeeze(-1).float()
 
 
 def last_non_pad_index(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
@@ -45,7 +45,7 @@ def score_sequences(model_dir: Path, sequences: list[list[int]], batch_size: int
     model.to(device)
     pad = model.config.pad_token_id
     distinct = sorted({tuple(s) for s in sequences}, key=len)  # similar lengths side by side: little padding
-    scores = {}
+    scores: dict[tuple[int, ...], float] = {}
     for start in tqdm(range(0, len(distinct), batch_size), desc="scoring", unit="batch"):
         batch = distinct[start : start + batch_size]
         ids = [torch.tensor(s) for s in batch]

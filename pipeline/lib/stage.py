@@ -17,7 +17,7 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,9 +72,8 @@ class ModelArguments:
             return None
         from peft import LoraConfig
 
-        targets = self.lora_target_modules
-        if targets != "all-linear":
-            targets = [t.strip() for t in targets.split(",")]
+        modules = self.lora_target_modules
+        targets = modules if modules == "all-linear" else [t.strip() for t in modules.split(",")]
         return LoraConfig(
             r=self.lora_r,
             lora_alpha=self.lora_alpha,
@@ -88,7 +87,11 @@ class ModelArguments:
 @dataclass
 class TrainerDefaults:
     """What a stage on transformers' Trainer (SFT, the reward model) changes of TrainingArguments' defaults, mixed in
-    before TRL's config class: ``class SFTStageConfig(TrainerDefaults, SFTConfig)``."""
+    before TRL's config class: ``class SFTStageConfig(TrainerDefaults, SFTConfig)``.
+
+    Its fields narrow or widen the bases' types on purpose (bf16 is None until ``__post_init__`` resolves it), and
+    TrainingArguments and TRL already disagree on bf16 and gradient_checkpointing, so each stage config's class line
+    tells the type checker so (``type: ignore[misc]``)."""
 
     # Small models on CPU train faster without activation checkpointing, which TRL turns on by default: unset here,
     # transformers 5 resolves it to off (activation_checkpointing: true turns it on; gradient_checkpointing is its
@@ -138,6 +141,7 @@ def parse_configs(classes: tuple[type, ...], argv: list[str] | None = None) -> t
     """``TrlParser(classes)``, after checking that every key of the ``--config`` YAML is a setting of one of them:
     a typo is named with its file (and the nearest setting), not as an unknown command-line flag. A flag's bad value
     is a ``ValueError`` too, said in one line."""
+    from transformers.hf_argparser import DataClassType
     from trl import TrlParser
 
     class Parser(TrlParser):
@@ -149,7 +153,7 @@ def parse_configs(classes: tuple[type, ...], argv: list[str] | None = None) -> t
     if "--config" in argv[:-1]:
         path = Path(argv[argv.index("--config") + 1])
         check_yaml_keys(path, {f.name for cls in classes for f in dataclasses.fields(cls)} | {"env"})
-    return Parser(classes).parse_args_and_config(argv)
+    return Parser([DataClassType(cls) for cls in classes]).parse_args_and_config(argv)
 
 
 def flag_problem(message: str) -> str:
@@ -350,8 +354,8 @@ class Stage:
     def finish(
         self,
         metrics: dict[str, Any],
-        inputs: dict[str, str | Path],
-        outputs: dict[str, str | Path],
+        inputs: Mapping[str, str | Path],
+        outputs: Mapping[str, str | Path],
         extra: dict[str, Any] | None = None,
         headline: str = "",
     ) -> dict[str, Any]:

@@ -20,16 +20,16 @@ import io
 import json
 import lzma
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from pipeline.lib.errors import DataError
 
 ROLES = ("system", "user", "assistant")
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 # Compressed text tables, as public preference sets often ship (and `datasets` reads): x.jsonl.gz, x.csv.xz, ...
-COMPRESSIONS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+COMPRESSIONS: dict[str, Callable[..., IO[Any]]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 MAX_REPORTED = 10
 
 

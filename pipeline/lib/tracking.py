@@ -10,7 +10,10 @@ from __future__ import annotations
 import netrc
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # wandb is imported only when a stage reports to it
+    import wandb
 
 DEFAULT_PROJECT = "rlhf-pipeline"
 
@@ -50,7 +53,7 @@ class Tracker:
         self.backends = normalise_report_to(report_to) if is_main_process else []
         self.run, self.stage = run, stage
         self.notes: list[str] = []
-        self._wandb = None
+        self._wandb: wandb.Run | None = None
         if "wandb" in self.backends:
             self._init_wandb(run_dir, config)
         if "trackio" in self.backends:
@@ -100,7 +103,7 @@ class Tracker:
         if self._wandb is not None:
             import wandb
 
-            self._wandb.log({key: wandb.Table(columns=columns, data=rows)}, step=step)
+            self._wandb.log({key: wandb.Table(columns=list(columns), data=rows)}, step=step)
         if "trackio" in self.backends:
             import trackio
 
