@@ -50,7 +50,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export GRADIO_ANALYTICS_ENABLED := False
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup demo demo-real real-model pipeline report data sft candidates import-candidates label users simulate export rm ppo dpo eval bench test test-fast test-slow lint format clean
+.PHONY: help setup demo demo-real real-model pipeline report data sft candidates import-candidates label users simulate export rm ppo dpo eval bench test test-fast test-slow lint typecheck format clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -135,7 +135,7 @@ bench: setup  ## benchmarks: each stage against plain TRL (PPO: TRL 1.12 in benc
 bench-real: setup  ## SFT, reward model and PPO on SmolLM2-135M-Instruct against plain TRL and TRL 1.12 (about 40 min on 2 cores)
 	$(PY) -m bench --cases sft_real,rm_real,ppo_real $(ARGS)
 
-test: setup lint  ## ruff's lint and format check, then the whole test suite, as CI runs it (CPU, tiny models)
+test: setup lint  ## ruff's lint and format check and the type check, then the whole test suite, as CI runs it (CPU, tiny models)
 	$(PY) -m pytest -q
 
 test-fast: setup  ## the suite without the slow tests (multi-process launches, whole pipelines): the edit-test loop
@@ -144,8 +144,11 @@ test-fast: setup  ## the suite without the slow tests (multi-process launches, w
 test-slow: setup  ## the slow tests only
 	$(PY) -m pytest -q -m slow
 
-lint: setup  ## ruff lint and format check
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+lint: setup  ## ruff lint and format check, then the type check
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(MAKE) --no-print-directory typecheck
+
+typecheck: setup  ## mypy on the packages named in pyproject.toml ([tool.mypy] files)
+	$(VENV)/bin/mypy
 
 format: setup  ## ruff format and autofix
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
