@@ -68,6 +68,11 @@ class LabelingConfig:
     )
 
     def __post_init__(self):
+        self._check_labeling()
+        self._check_server()
+        self._check_simulation()
+
+    def _check_labeling(self) -> None:
         if not 0 < len(self.guidelines_version) <= 64:
             raise ValueError("guidelines_version must be 1 to 64 characters: it is stored with every ranking.")
         if self.overlap < 1:
@@ -84,6 +89,8 @@ class LabelingConfig:
                 f"lease_seconds must be at least 10 (the page renews a lease every quarter of it), got "
                 f"{self.lease_seconds}."
             )
+
+    def _check_server(self) -> None:
         if not 0 <= self.port < 65536:
             raise ValueError(f"port must be in 0..65535, got {self.port}.")
         for proxy in self.trusted_proxies:
@@ -93,6 +100,8 @@ class LabelingConfig:
                 raise ValueError(
                     f"trusted_proxies: {proxy!r} is not an IP address or network; write e.g. 127.0.0.1 or 10.0.0.0/8."
                 ) from None
+
+    def _check_simulation(self) -> None:
         if self.rubric is not None and self.rubric.count(":") != 1:
             raise ValueError(f"rubric must read module:function, got {self.rubric!r}.")
         if not self.noise or any(sigma < 0 for sigma in self.noise):

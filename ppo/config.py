@@ -135,6 +135,17 @@ class PPOStageConfig:
     def __post_init__(self):
         if self.bf16 is None:
             self.bf16 = gpu_has_bf16()
+        if isinstance(self.reward_model_path, str):  # one path in YAML
+            self.reward_model_path = [self.reward_model_path]
+        if isinstance(self.reward_stats, str):
+            self.reward_stats = [self.reward_stats]
+        self._check_inputs()
+        self._check_counts()
+        self._check_coefficients()
+        self._check_batch_split()
+        self._check_choices()
+
+    def _check_inputs(self) -> None:
         if self.sft_model_path is not None:
             raise ValueError(
                 "sft_model_path: the start model is model_name_or_path here, the one name every stage uses "
@@ -142,12 +153,10 @@ class PPOStageConfig:
             )
         if not self.prompts:
             raise ValueError("Set prompts: a file with a 'prompt' column (text or chat messages) to train on.")
-        if isinstance(self.reward_model_path, str):  # one path in YAML
-            self.reward_model_path = [self.reward_model_path]
-        if isinstance(self.reward_stats, str):
-            self.reward_stats = [self.reward_stats]
         if self.total_episodes is None:
             raise ValueError("Set total_episodes (rollouts to train on), e.g. total_episodes: 1024.")
+
+    def _check_counts(self) -> None:
         positive = (
             "total_episodes",
             "per_device_train_batch_size",
@@ -169,6 +178,8 @@ class PPOStageConfig:
             )
         if self.generation_batch_size is not None and self.generation_batch_size < 1:
             raise ValueError(f"generation_batch_size must be at least 1, got {self.generation_batch_size}.")
+
+    def _check_coefficients(self) -> None:
         for name in ("temperature", "learning_rate", "kl_horizon"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
@@ -178,6 +189,8 @@ class PPOStageConfig:
         for name in ("gamma", "lam", "warmup_ratio"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}.")
+
+    def _check_batch_split(self) -> None:
         local_batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
         if (
             local_batch % self.num_mini_batches
@@ -188,6 +201,8 @@ class PPOStageConfig:
                 f"num_mini_batches ({self.num_mini_batches}) mini-batches of whole micro-batches of "
                 f"{self.per_device_train_batch_size}: make gradient_accumulation_steps a multiple of num_mini_batches."
             )
+
+    def _check_choices(self) -> None:
         if self.stop_token not in (None, "eos"):
             raise ValueError(f"stop_token must be 'eos' or unset, got {self.stop_token!r}.")
         if self.kl_estimator not in ("k1", "k3"):

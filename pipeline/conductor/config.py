@@ -59,6 +59,11 @@ class PipelineConfig:
         self.stages = {
             name: s if isinstance(s := given.get(name) or {}, StageSettings) else StageSettings(**s) for name in STAGES
         }
+        self._check_run_settings()
+        self._check_stage_settings()
+        self._check_selection()
+
+    def _check_run_settings(self) -> None:
         if self.labeling not in ("simulated", "human"):
             raise ValueError(f"labeling must be 'simulated' or 'human', got {self.labeling!r}.")
         if self.rounds < 1:
@@ -74,13 +79,15 @@ class PipelineConfig:
             raise ValueError(f"{needs} rank by a gold rubric: set rubric: module:function, e.g. my_rubrics:score.")
         if not isinstance(self.prepare, list) or not all(isinstance(m, str) for m in self.prepare):
             raise ValueError(f"prepare must be a list of module names, got {self.prepare!r}.")
+
+    def _check_stage_settings(self) -> None:
+        """Each stage's config file exists and its extra args are command-line words (kept as strings)."""
         for name, settings in self.stages.items():
             if settings.config and not Path(settings.config).exists():
                 raise ValueError(f"stages.{name}.config: {settings.config} does not exist.")
             if not all(isinstance(a, str | int | float) for a in settings.args):
                 raise ValueError(f"stages.{name}.args must be a list of command-line words, got {settings.args!r}.")
             settings.args = [str(a) for a in settings.args]
-        self._check_selection()
 
     def _check_selection(self) -> None:
         """Active selection needs a previous round and an ensemble in it: said now, not after round 1 trained."""
