@@ -204,7 +204,24 @@ def headline(directory: Path) -> str:
     return (runs.read_summary(directory) or {}).get("headline", "")
 
 
-def execute(config: PipelineConfig, start: str | None = None, only: str | None = None, only_round: int = 1) -> int:
+def still_current(directory: Path, state: dict[str, Any], key: str, forced: bool) -> bool:
+    """Whether a stage's last run still holds (same settings and upstream, unchanged inputs, not forced to run);
+    says why it runs again when it does not."""
+    if not forced and state["key"] == key:
+        changed = changed_inputs(directory)
+        if not changed:
+            return True
+        say(f"  inputs changed since the last run: {', '.join(changed)}; running again")
+    else:
+        say("  settings or upstream stages changed since its last run; running again")
+    return False
+
+
+def selected_steps(
+    config: PipelineConfig, start: str | None, only: str | None, only_round: int
+) -> tuple[list[Step], set[tuple[str, int]]]:
+    """The steps to go through, and the (stage, round) pairs among them that run even when up to date: ``--from``
+    a stage forces it and every step after it; ``--only`` keeps just that one step, forced."""
     steps = plan(config)
     forced: set[tuple[str, int]] = set()
     if start:
@@ -215,17 +232,29 @@ def execute(config: PipelineConfig, start: str | None = None, only: str | None =
         if not steps:
             raise ValueError(f"No stage {only!r} in round {only_round}; rounds: {config.rounds}.")
         forced = {(only, only_round)}
+    return steps, forced
 
+
+def run_prepare(config: PipelineConfig, log: Path) -> bool:
+    """The config's ``prepare`` modules, run before any stage (e.g. the demo's data); False when one failed."""
+    if not config.prepare:
+        return True
+    say("\n━━ prepare ━━")
+    try:
+        run_commands(Step("prepare", 1, [[sys.executable, "-m", m] for m in config.prepare], None), log)
+    except StageFailed as error:
+        say(f"\n✗ prepare failed: {error}.")
+        return False
+    return True
+
+
+def execute(config: PipelineConfig, start: str | None = None, only: str | None = None, only_round: int = 1) -> int:
+    steps, forced = selected_steps(config, start, only, only_round)
     log = Path(config.runs_dir) / config.run / "pipeline.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     t_start, results = time.perf_counter(), []
-    if config.prepare:
-        say("\n━━ prepare ━━")
-        try:
-            run_commands(Step("prepare", 1, [[sys.executable, "-m", m] for m in config.prepare], None), log)
-        except StageFailed as error:
-            say(f"\n✗ prepare failed: {error}.")
-            return 1
+    if not run_prepare(config, log):
+        return 1
     for index, step in enumerate(steps, start=1):
         directory = stage_dir(config, step.stage, step.round)
         if step.stage == "labeling" and config.labeling == "human":
@@ -234,19 +263,11 @@ def execute(config: PipelineConfig, start: str | None = None, only: str | None =
         upstream = [read_state(stage_dir(config, stage, r)) for stage, r in upstream_of(config, step)]
         key, state = stage_key(step, upstream), read_state(directory)
         say(f"\n━━ [{index}/{len(steps)}] {step.name} ━━")
-        if (step.stage, step.round) not in forced and state and state["key"] == key:
-            changed = changed_inputs(directory)
-            if not changed:
-                figures = headline(directory)
-                say(
-                    f"  skipped: unchanged since its run of {state['finished_at']}"
-                    + (f" ({figures})" if figures else "")
-                )
-                results.append((step.name, "skipped", 0.0, figures))
-                continue
-            say(f"  inputs changed since the last run: {', '.join(changed)}; running again")
-        elif state:
-            say("  settings or upstream stages changed since its last run; running again")
+        if state and still_current(directory, state, key, forced=(step.stage, step.round) in forced):
+            figures = headline(directory)
+            say(f"  skipped: unchanged since its run of {state['finished_at']}" + (f" ({figures})" if figures else ""))
+            results.append((step.name, "skipped", 0.0, figures))
+            continue
         if step.stage == "labeling" and config.labeling == "human":
             run_commands(Step(step.stage, step.round, step.commands, None), log)  # import the new candidates
             done, needed = labeling_progress(config, step.round)
