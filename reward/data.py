@@ -350,7 +350,7 @@ def _assistant(text: str) -> list[dict[str, str]]:
 class Renderer:
     """Token ids of prompt + response in the policy's chat template, each distinct conversation rendered once."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer) -> None:
         self.tokenizer = tokenizer
         self._cache: dict[str, list[int]] = {}
 
