@@ -8,6 +8,7 @@ My rankings tab (a ranking reopened to edit). Each handler takes the login from 
 import json
 import time
 import uuid
+from typing import Any
 
 import gradio as gr
 
@@ -96,7 +97,7 @@ class LabelerEvents:
         k = len(candidates)
         too_many = k > self.slots
         done, total = progress or self.service.progress(username)
-        updates = {
+        updates: dict[gr.blocks.Block, Any] = {
             form.status: message,
             form.progress: f"**{done} done** of {total}",
             form.hint: shortcuts_html(0 if too_many else k),

@@ -68,6 +68,44 @@ def fill_deepspeed_config(config: PPOStageConfig, accelerator: Accelerator) -> N
             plugin.deepspeed_config[key] = value
 
 
+def load_trained_and_reference(
+    config: PPOStageConfig, model_args: ModelArguments, sft_path: Path, value_path: Path, frozen_dtype: torch.dtype
+):
+    """The policy and value model as they will train (LoRA, no dropout, checkpointing as asked), and the reference
+    (none with LoRA: the policy with its adapters off is the reference)."""
+    policy = AutoModelForCausalLM.from_pretrained(sft_path)
+    value_model = AutoModelForSequenceClassification.from_pretrained(value_path, num_labels=1)
+    ref = None if model_args.use_lora else AutoModelForCausalLM.from_pretrained(sft_path, dtype=frozen_dtype)
+    if model_args.use_lora:
+        from peft import get_peft_model
+
+        policy = get_peft_model(policy, model_args.peft_config("CAUSAL_LM"))
+        if config.value_lora:
+            add_value_adapters(value_model, model_args.peft_config("SEQ_CLS", exclude_modules=["score"]))
+    for module in (policy, value_model, ref):
+        if module is not None:
+            disable_dropout(module)
+    if config.gradient_checkpointing:
+        for module in (policy, value_model):
+            module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return policy, value_model, ref
+
+
+def place_frozen(ref, reward_models: list, accelerator: Accelerator):
+    """The frozen models on the device, or wrapped by DeepSpeed for inference under ZeRO; returns the reference."""
+    if getattr(accelerator.state, "deepspeed_plugin", None) is not None:
+        from trl.models.utils import prepare_deepspeed
+
+        ref = prepare_deepspeed(ref, accelerator) if ref is not None else None
+        for rm in reward_models:
+            rm.model = prepare_deepspeed(rm.model, accelerator)
+        return ref
+    ref = ref.to(accelerator.device).eval() if ref is not None else None
+    for rm in reward_models:
+        rm.model = rm.model.to(accelerator.device)
+    return ref
+
+
 def build_models(
     config: PPOStageConfig,
     model_args: ModelArguments,
@@ -91,22 +129,8 @@ def build_models(
             "differs from the policy's"
         )
 
-    policy = AutoModelForCausalLM.from_pretrained(sft_path)
-    value_model = AutoModelForSequenceClassification.from_pretrained(value_path, num_labels=1)
+    policy, value_model, ref = load_trained_and_reference(config, model_args, sft_path, value_path, frozen_dtype)
     value_model.config.pad_token_id = tokenizer.pad_token_id
-    ref = None if model_args.use_lora else AutoModelForCausalLM.from_pretrained(sft_path, dtype=frozen_dtype)
-    if model_args.use_lora:
-        from peft import get_peft_model
-
-        policy = get_peft_model(policy, model_args.peft_config("CAUSAL_LM"))
-        if config.value_lora:
-            add_value_adapters(value_model, model_args.peft_config("SEQ_CLS", exclude_modules=["score"]))
-    for module in (policy, value_model, ref):
-        if module is not None:
-            disable_dropout(module)
-    if config.gradient_checkpointing:
-        for module in (policy, value_model):
-            module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     parameters = {
         "policy_parameters": count_parameters(policy),
         "value_parameters": count_parameters(value_model),
@@ -132,17 +156,7 @@ def build_models(
     kl = AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon, adaptive=config.adaptive_kl)
     accelerator.register_for_checkpointing(scheduler, kl)
 
-    deepspeed = getattr(accelerator.state, "deepspeed_plugin", None) is not None
-    if deepspeed:
-        from trl.models.utils import prepare_deepspeed
-
-        ref = prepare_deepspeed(ref, accelerator) if ref is not None else None
-        for rm in reward_models:
-            rm.model = prepare_deepspeed(rm.model, accelerator)
-    else:
-        ref = ref.to(accelerator.device).eval() if ref is not None else None
-        for rm in reward_models:
-            rm.model = rm.model.to(accelerator.device)
+    ref = place_frozen(ref, reward_models, accelerator)
     generator = None
     if config.generation_backend == "vllm":
         generator = VLLMGenerator(
