@@ -32,6 +32,7 @@ from labeling_ui import stats
 from labeling_ui.db import default_db_path, default_db_url, shown_url
 from labeling_ui.storage import LabelStore
 from pipeline.lib import runs
+from pipeline.lib.errors import MissingInputError
 from pipeline.lib.pairs import ranking_to_pairs
 from pipeline.lib.tables import write_jsonl
 
@@ -193,7 +194,7 @@ def main(config: ExportConfig) -> dict[str, Any]:
     if config.db is None:
         path = default_db_path(config.run, config.runs_dir)
         if not path.exists():
-            raise runs.MissingInputError(
+            raise MissingInputError(
                 f"No labels for run '{config.run}' at {path}. Import candidates and label first "
                 f"(`python -m labeling_ui import-candidates --run {config.run}`), or pass --db URL."
             )

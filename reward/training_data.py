@@ -16,7 +16,7 @@ from typing import Any
 from datasets import Dataset
 
 from pipeline.lib import runs
-from pipeline.lib.errors import DataError
+from pipeline.lib.errors import DataError, MissingInputError
 from pipeline.lib.stage import RunArguments
 from pipeline.lib.tables import read_table
 from reward import data as rm_data
@@ -51,7 +51,7 @@ def input_path(run: RunArguments, config: RMStageConfig) -> Path:
     else:
         rankings = path.with_name("rankings.jsonl") if path.name.startswith("preferences.") else path
     if not rankings.exists():
-        raise runs.MissingInputError(
+        raise MissingInputError(
             f"loss {config.loss} trains on whole rankings, but there is no {rankings}. Point --preferences at an export folder "
             "(runs/<run>/export/) or a rankings file, or use --loss pairwise."
         )

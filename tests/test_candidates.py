@@ -61,7 +61,7 @@ def test_candidates_are_distinct_with_provenance_and_rerun_adds_nothing_twice(tm
 def test_missing_sft_model_names_the_stage_to_run(tmp_path):
     import pytest
 
-    from pipeline.lib.runs import MissingInputError
+    from pipeline.lib.errors import MissingInputError
 
     with pytest.raises(MissingInputError, match="make sft RUN=t"):
         main(CandidatesConfig(run="t", runs_dir=str(tmp_path), prompts=str(make_prompts(tmp_path, 2))))

@@ -337,7 +337,7 @@ def test_resume_with_other_settings_names_them(ppo_run):
 
 def test_missing_reward_model_names_the_stage_to_run(ppo_run):
     shutil.rmtree(ppo_run / "t" / "rm")
-    from pipeline.lib.runs import MissingInputError
+    from pipeline.lib.errors import MissingInputError
 
     with pytest.raises(MissingInputError, match="make rm RUN=t"):
         run_ppo(ppo_args(ppo_run))

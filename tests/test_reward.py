@@ -404,7 +404,7 @@ def test_hh_rlhf_file_from_the_command_line(tmp_path, micro_model):
 
 
 def test_missing_inputs_name_the_stage_to_run_first(tmp_path, micro_model, export_dir):
-    from pipeline.lib.runs import MissingInputError
+    from pipeline.lib.errors import MissingInputError
 
     with pytest.raises(MissingInputError, match=r"make sft RUN=t"):
         run_rm(rm_args(tmp_path))

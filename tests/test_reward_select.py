@@ -14,7 +14,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from labeling_ui.config import LabelingConfig
 from labeling_ui.storage import LabelStore
-from pipeline.lib.runs import MissingInputError
+from pipeline.lib.errors import MissingInputError
 from reward.select import (
     SelectionConfig,
     disagreement_priority,

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from pipeline.lib import runs
+from pipeline.lib.errors import MissingInputError
 
 
 def test_fingerprint_of_file_and_directory(tmp_path):
@@ -24,9 +25,9 @@ def test_fingerprint_of_file_and_directory(tmp_path):
 
 
 def test_missing_stage_output_names_the_command(tmp_path):
-    with pytest.raises(runs.MissingInputError, match=r"make sft RUN=r1"):
+    with pytest.raises(MissingInputError, match=r"make sft RUN=r1"):
         runs.stage_output("r1", "sft", tmp_path)
-    with pytest.raises(runs.MissingInputError, match="does not exist"):
+    with pytest.raises(MissingInputError, match="does not exist"):
         runs.stage_output("r1", "sft", tmp_path, override=str(tmp_path / "nope"))
     (tmp_path / "r1" / "sft" / "model").mkdir(parents=True)
     assert runs.stage_output("r1", "sft", tmp_path) == tmp_path / "r1" / "sft" / "model"

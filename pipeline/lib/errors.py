@@ -14,11 +14,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.lib.runs import MissingInputError
-
 # Exit statuses, in the README. 3 is the conductor's "waiting for labels".
 BAD_SETTING, MISSING_INPUT, BAD_DATA, CANNOT_RESUME, OUT_OF_MEMORY = 2, 4, 5, 6, 7
 ERROR_FILE = "RLHF_ERROR_FILE"  # set by the launcher: where the main process leaves its message for it to repeat
+
+
+class MissingInputError(FileNotFoundError):
+    """An input a stage needs does not exist; the message says which stage produces it."""
 
 
 class DataError(ValueError):

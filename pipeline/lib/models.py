@@ -7,7 +7,7 @@ import re
 import socket
 from pathlib import Path
 
-from pipeline.lib.runs import MissingInputError
+from pipeline.lib.errors import MissingInputError
 
 SPECIAL_TOKENS = ("bos_token", "eos_token", "pad_token", "unk_token")
 

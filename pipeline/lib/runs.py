@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from pipeline.lib.errors import MissingInputError
+
 DEFAULT_RUN = "default"
 SUMMARY = "summary.json"
 CONFIG = "config.yaml"
@@ -33,10 +35,6 @@ STAGE_OUTPUTS = {
     "ppo": ("model", "make ppo"),
     "dpo": ("model", "make dpo"),
 }
-
-
-class MissingInputError(FileNotFoundError):
-    """An input a stage needs does not exist; the message says which stage produces it."""
 
 
 def stage_dir(run: str, stage: str, runs_dir: str | Path = "runs") -> Path:

@@ -26,11 +26,10 @@ from typing import Any, NoReturn, TypeVar
 import yaml
 
 from pipeline.lib import runs
-from pipeline.lib.errors import ResumeError
+from pipeline.lib.errors import MissingInputError, ResumeError
 from pipeline.lib.launch import configure_cpu_deepspeed
 from pipeline.lib.models import save_here
 from pipeline.lib.quiet import quiet_libraries
-from pipeline.lib.runs import MissingInputError
 from pipeline.lib.tracking import Tracker
 
 T = TypeVar("T")
