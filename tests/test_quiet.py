@@ -82,7 +82,8 @@ def test_a_trainer_draws_one_bar_with_its_logs_as_lines(tmp_path):
         tmp_path,
     )
     text = out.stdout + out.stderr
-    assert "step 2/4  loss " in text and "step 4/4  eval_loss " in text
+    # On the bar's own stream, in step with it (stdout is block-buffered when it is not a terminal).
+    assert "step 2/4  loss " in out.stderr and "step 4/4  eval_loss " in out.stderr
     assert "{'loss'" not in text and "{'eval_loss'" not in text
     # One bar, counting to 4 training steps; the evaluation's 4-batch bar never appears beside it.
     assert text.count("0/4 [") == 1

@@ -69,7 +69,9 @@ def one_progress_bar(trainer) -> None:
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if self.bar is not None and logs:
-                self.bar.write(log_line(logs, state.global_step, state.max_steps))
+                # On the bar's stream: stdout is block-buffered when it is not a terminal, and a launched process
+                # may end without flushing it, so its lines would come late or never.
+                self.bar.write(log_line(logs, state.global_step, state.max_steps), file=self.bar.fp)
 
         def on_train_end(self, args, state, control, **kwargs):
             if self.bar is not None:
