@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
+
 
 class PolicyAndValue(nn.Module):
-    def __init__(self, policy: nn.Module, value_model: nn.Module):
+    def __init__(self, policy: PreTrainedModel | PeftModel, value_model: PreTrainedModel):
         super().__init__()
         self.policy = policy
         self.value_model = value_model
@@ -53,14 +59,15 @@ def model_inputs(query_responses: torch.Tensor, pad_token_id: int) -> dict[str, 
 
 def _keeps_logits(model: nn.Module) -> bool:
     base = getattr(model, "module", model)  # a DeepSpeed engine passes its keyword arguments on to its module
-    base = base.get_base_model() if hasattr(base, "get_base_model") else base
-    return _forward_takes_logits_to_keep(type(base))
+    get_base_model = getattr(base, "get_base_model", None)  # a PeftModel's forward passes them on to its base
+    base = get_base_model() if get_base_model is not None else base
+    return _takes_logits_to_keep(type(base).forward)
 
 
 @functools.cache
-def _forward_takes_logits_to_keep(model_class: type) -> bool:
-    # Read once per class: the forwards call this for every chunk and micro-batch.
-    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
+def _takes_logits_to_keep(forward: Callable[..., Any]) -> bool:
+    # Read once per model class's forward: the forwards call this for every chunk and micro-batch.
+    return "logits_to_keep" in inspect.signature(forward).parameters
 
 
 def response_logits(
@@ -81,12 +88,13 @@ def response_logits(
 
 
 def response_values(
-    value_model: nn.Module, query_responses: torch.Tensor, context_length: int, pad_token_id: int
+    value_model: PreTrainedModel, query_responses: torch.Tensor, context_length: int, pad_token_id: int
 ) -> torch.Tensor:
     """``[B, R]``: the critic's value of the state before each response token."""
     backbone = getattr(value_model, value_model.base_model_prefix)
     hidden = backbone(**model_inputs(query_responses, pad_token_id), use_cache=False).last_hidden_state
-    return value_model.score(hidden[:, context_length - 1 : -1]).squeeze(-1)
+    head = value_model.get_submodule("score")  # the scalar head of AutoModelForSequenceClassification
+    return head(hidden[:, context_length - 1 : -1]).squeeze(-1)
 
 
 def disable_dropout(model: nn.Module) -> None:
@@ -114,13 +122,14 @@ def count_parameters(model: nn.Module, trainable: bool = False) -> int:
     return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if not trainable or p.requires_grad)
 
 
-def optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups as transformers' Trainer makes them (no decay on biases and norms), empty groups dropped.
 
     With adapters in both models no trainable weight is exempt from decay, so that group is empty; DeepSpeed drops
     empty groups and a scheduler made for both then fails at its first step.
     """
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, param in model.named_parameters():
         if param.requires_grad:
             (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from pipeline.lib.models import tokenizer_differences
 from pipeline.lib.prompts import reply_suffix
@@ -26,7 +26,7 @@ from ppo.shaping import first_true, normalise_scores
 @dataclass
 class RewardModel:
     path: Path
-    model: torch.nn.Module
+    model: PreTrainedModel  # under ZeRO, the DeepSpeed engine around it, which passes attribute reads on to it
     tokenizer: PreTrainedTokenizerBase
     mean: float
     std: float
@@ -99,7 +99,9 @@ def render_for(rm: RewardModel, prompt: list[dict[str, str]], response: str) -> 
     """The conversation as the reward model reads it: its own chat template, or plain text without one."""
     messages = [*prompt, {"role": "assistant", "content": response}]
     if rm.tokenizer.chat_template:
-        return rm.tokenizer.apply_chat_template(messages, tokenize=False)
+        text = rm.tokenizer.apply_chat_template(messages, tokenize=False)
+        assert isinstance(text, str)  # tokenize=False renders text; transformers annotates every mode's result alike
+        return text
     return "\n\n".join(m["content"] for m in messages)
 
 
