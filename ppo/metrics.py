@@ -10,11 +10,13 @@ from pipeline.lib.prompts import user_message
 from ppo import rewards
 from ppo.context import Context
 from ppo.data import left_pad
-from ppo.phases import Batch, Timer
+from ppo.phases import Advantages, Batch, Timer
 from ppo.rollout import truncate_after_stop
 
 
-def step_metrics(ctx: Context, batch: Batch, stats: dict[str, float], timer: Timer) -> dict[str, float]:
+def step_metrics(
+    ctx: Context, batch: Batch, adv: Advantages, stats: dict[str, float], timer: Timer
+) -> dict[str, float]:
     """TRL's PPO metric names, plus the rollout figures, the per-model scores, the gold score and the phase timings."""
     accelerator, models, tokenizer, rubric = ctx.accelerator, ctx.models, ctx.tokenizer, ctx.rubric
 
@@ -23,9 +25,9 @@ def step_metrics(ctx: Context, batch: Batch, stats: dict[str, float], timer: Tim
 
     mask = batch.mask.float()
     metrics = {
-        "objective/kl": mean(batch.kl.sum(1)),
+        "objective/kl": mean(adv.kl.sum(1)),
         "objective/entropy": mean((-batch.logprobs * mask).sum(1)),
-        "objective/non_score_reward": mean(batch.non_score.sum(1)),
+        "objective/non_score_reward": mean(adv.non_score.sum(1)),
         "objective/scores": mean(batch.scores),
         "policy/approxkl_avg": stats["approxkl"],
         "policy/clipfrac_avg": stats["clipfrac"],

@@ -4,8 +4,9 @@ rollout); rewards and advantages; PPO epochs over mini-batches. The math they co
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
@@ -33,11 +34,11 @@ from ppo.shaping import first_true, length_penalty, response_lengths
 class Timer:
     """Seconds per phase of the step, as verl's ``marked_timer`` keeps them (GPU work included: it synchronises)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.spent: dict[str, float] = {}
 
     @contextmanager
-    def __call__(self, name: str):
+    def __call__(self, name: str) -> Iterator[None]:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -49,7 +50,7 @@ class Timer:
 
 @dataclass
 class Batch:
-    """One process's rollouts of a step, and everything computed from them (``[B, R]`` unless noted)."""
+    """One process's rollouts of a step, with their scores, log-probs and values (``[B, R]`` unless noted)."""
 
     rows: list[dict]
     queries: torch.Tensor  # [B, Q], left-padded
@@ -57,16 +58,23 @@ class Batch:
     logprobs: torch.Tensor
     mask: torch.Tensor
     lengths: torch.Tensor  # [B]
-    texts: list[str] = field(default_factory=list)
-    ref_logprobs: torch.Tensor | None = None
-    values: torch.Tensor | None = None
-    scores: torch.Tensor | None = None  # [B], what PPO optimises
-    member_scores: torch.Tensor | None = None  # [M, B], normalised, one row per reward model
-    raw_scores: torch.Tensor | None = None  # [M, B]
-    advantages: torch.Tensor | None = None
-    returns: torch.Tensor | None = None
-    kl: torch.Tensor | None = None
-    non_score: torch.Tensor | None = None
+    texts: list[str]
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor
+    scores: torch.Tensor  # [B], what PPO optimises
+    member_scores: torch.Tensor  # [M, B], normalised, one row per reward model
+    raw_scores: torch.Tensor  # [M, B]
+
+
+@dataclass
+class Advantages:
+    """What phase 4 computes from a ``Batch`` (``[B, R]``): the per-token KL and the rewards besides the score,
+    and GAE's advantages (whitened) and returns."""
+
+    kl: torch.Tensor
+    non_score: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
 
 
 def pad_right(tensor: torch.Tensor, width: int, value) -> torch.Tensor:
@@ -127,11 +135,12 @@ def rollout(ctx: Context, rows: list[dict], prompt_ids: list[list[int]], seeds: 
     # phase 1. generate: the policy's weights are gathered once for the whole rollout under ZeRO-3.
     with timer("generation"):
         unwrapped.eval()
-        responses, logprobs = [], []
+        generated: list[torch.Tensor] = []
+        logprobs: list[torch.Tensor] = []
         if models.generator is not None:
             with unwrap_model_for_generation(models.model, accelerator) as gathered:
                 models.generator.push(gathered.policy)  # the last update's weights (with LoRA: the adapter only)
-            responses = [models.generator.generate(queries, seeds, pad, stop)]
+            generated = [models.generator.generate(queries, seeds, pad, stop)]
         else:
             with unwrap_model_for_generation(models.model, accelerator) as gathered:
                 for i in range(0, len(queries), generation_chunk):
@@ -144,21 +153,21 @@ def rollout(ctx: Context, rows: list[dict], prompt_ids: list[list[int]], seeds: 
                         max_new_tokens=config.response_length,
                         temperature=config.temperature,
                     )
-                    responses.append(out)
+                    generated.append(out)
                     logprobs.append(logp)
-        width = max(r.shape[1] for r in responses)
-        responses = torch.cat([pad_right(r, width, pad) for r in responses])
-        responses = truncate_after_stop(responses, stop, pad)
+        width = max(r.shape[1] for r in generated)
+        responses = truncate_after_stop(torch.cat([pad_right(r, width, pad) for r in generated]), stop, pad)
     if stop is not None:
         lengths = response_lengths(responses, stop, pad)
     else:
         lengths = first_true(responses == pad)
     mask = torch.arange(width, device=device)[None, :] < lengths[:, None]
     texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
-    batch = Batch(rows, queries, responses, None, mask, lengths, texts)
     query_responses = torch.cat([queries, responses], dim=1)
 
-    ref_logprobs, values, raw = [], [], []
+    ref_logprobs: list[torch.Tensor] = []
+    values: list[torch.Tensor] = []
+    raw: list[torch.Tensor] = []
     with torch.no_grad():
         for i in range(0, len(queries), chunk):
             part, context = trim(query_responses[i : i + chunk], queries.shape[1], lengths[i : i + chunk], pad)
@@ -189,39 +198,49 @@ def rollout(ctx: Context, rows: list[dict], prompt_ids: list[list[int]], seeds: 
                 values.append(
                     pad_right(response_values(unwrapped.value_model, part, context, pad).float(), width, 0.0)
                 )
-    batch.logprobs = torch.cat([pad_right(lp, width, 0.0) for lp in logprobs]) * mask
-    batch.ref_logprobs = torch.cat(ref_logprobs) * mask
-    batch.values = torch.cat(values) * mask
-    batch.raw_scores = torch.cat(raw, dim=1)
+    raw_scores = torch.cat(raw, dim=1)
 
     # The score PPO optimises: each model's normalised score, combined; a per-token length cost; the EOS penalty.
-    batch.member_scores, scores = rewards.combine(
-        batch.raw_scores, models.reward_models, config.reward_aggregation, config.reward_std_coef
+    member_scores, scores = rewards.combine(
+        raw_scores, models.reward_models, config.reward_aggregation, config.reward_std_coef
     )
     scores = scores - length_penalty(lengths, config.length_penalty)
     if config.missing_eos_penalty is not None:
         ended = (responses == tokenizer.eos_token_id).any(dim=1)
         scores = torch.where(ended, scores, scores - config.missing_eos_penalty)
-    batch.scores = scores
     unwrapped.train()
-    return batch
+    return Batch(
+        rows,
+        queries,
+        responses,
+        logprobs=torch.cat([pad_right(lp, width, 0.0) for lp in logprobs]) * mask,
+        mask=mask,
+        lengths=lengths,
+        texts=texts,
+        ref_logprobs=torch.cat(ref_logprobs) * mask,
+        values=torch.cat(values) * mask,
+        scores=scores,
+        member_scores=member_scores,
+        raw_scores=raw_scores,
+    )
 
 
-def compute_advantages(ctx: Context, batch: Batch) -> None:
+def compute_advantages(ctx: Context, batch: Batch) -> Advantages:
     """Phase 4: per-token rewards (KL penalty at this step's coefficient, score at the last token), GAE, and
     advantages whitened over every process's rollouts (so two processes compute what one would)."""
     config, accelerator, kl_coef = ctx.config, ctx.accelerator, ctx.models.kl.value
     mask = batch.mask.float()
-    batch.kl = kl_per_token(batch.logprobs, batch.ref_logprobs, config.kl_estimator) * mask
+    kl = kl_per_token(batch.logprobs, batch.ref_logprobs, config.kl_estimator) * mask
     last = (batch.lengths - 1).clamp(min=0)
-    token_reward, batch.non_score = token_rewards(batch.kl, batch.scores, last, kl_coef, mask)
+    token_reward, non_score = token_rewards(kl, batch.scores, last, kl_coef, mask)
     if config.whiten_rewards:
         token_reward = whiten(token_reward, mask, global_sums(accelerator, token_reward, mask), shift_mean=False)
-    advantages, batch.returns = gae(token_reward, batch.values, mask, config.gamma, config.lam)
-    batch.advantages = whiten(advantages, mask, global_sums(accelerator, advantages, mask))
+    advantages, returns = gae(token_reward, batch.values, mask, config.gamma, config.lam)
+    advantages = whiten(advantages, mask, global_sums(accelerator, advantages, mask))
+    return Advantages(kl, non_score, advantages, returns)
 
 
-def optimise(ctx: Context, batch: Batch) -> dict[str, float]:
+def optimise(ctx: Context, batch: Batch, adv: Advantages) -> dict[str, float]:
     """Phase 5: ``num_ppo_epochs`` passes over the rollouts in mini-batches, each one optimiser step.
 
     A mini-batch's loss is the mean over its tokens on every process: each micro-batch's summed loss is divided by
@@ -255,12 +274,12 @@ def optimise(ctx: Context, batch: Batch) -> dict[str, float]:
                     logits, values = model(part, context, pad, config.temperature)
                     logprobs = gathered_logprobs(logits, part[:, context:])
                     pg, pg_stats = policy_loss(
-                        logprobs, batch.logprobs[idx, :width], batch.advantages[idx, :width], mask, config.cliprange
+                        logprobs, batch.logprobs[idx, :width], adv.advantages[idx, :width], mask, config.cliprange
                     )
                     vf, vf_clipped = value_loss(
                         values.float(),
                         batch.values[idx, :width],
-                        batch.returns[idx, :width],
+                        adv.returns[idx, :width],
                         mask,
                         config.cliprange_value,
                     )

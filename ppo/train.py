@@ -53,14 +53,14 @@ def train_step(ctx: Context) -> dict[str, float]:
         batch = rollout(ctx, *step_prompts(ctx), timer)
         # phase 4. rewards and advantages.
         with timer("advantages"):
-            compute_advantages(ctx, batch)
+            adv = compute_advantages(ctx, batch)
         # phase 5. PPO epochs over mini-batches.
         with timer("optimisation"):
-            stats = optimise(ctx, batch)
+            stats = optimise(ctx, batch, adv)
         models.scheduler.step()
         gc.collect()  # generation leaves reference cycles; collected each step, they never add up to a peak
     progress.step, progress.episode = step + 1, progress.episode + world_batch
-    metrics = step_metrics(ctx, batch, stats, timer)
+    metrics = step_metrics(ctx, batch, adv, stats, timer)
     elapsed = progress.elapsed()
     metrics.update(
         episode=progress.episode,
