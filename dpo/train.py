@@ -74,6 +74,7 @@ def main(run: RunArguments, model_args: ModelArguments, config: DPOStageConfig) 
     if data_path.is_dir():
         data_path = data_path / "preferences.jsonl"
     train, data_stats = load_pairs(data_path)
+    assert config.output_dir is not None  # parse() filled it in
     checkpoint, resumed_at = stage.resume_from(run.resume, config.output_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
 

@@ -104,7 +104,7 @@ class VLLMGenerator:
     to vLLM as a new LoRA request, which costs megabytes instead of the whole model.
     """
 
-    def __init__(self, model_path: str, tokenizer, config, use_lora: bool, seed: int):
+    def __init__(self, model_path: str | Path, tokenizer, config, use_lora: bool, seed: int):
         from vllm import LLM
 
         self.use_lora, self.tokenizer, self.config = use_lora, tokenizer, config

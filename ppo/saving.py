@@ -45,6 +45,7 @@ def full_state_dict(config: PPOStageConfig, accelerator: Accelerator, model: tor
 
 def resume(config: PPOStageConfig, accelerator: Accelerator, settings: dict[str, Any]) -> Progress:
     """The latest checkpoint's weights, optimizer, schedule and KL coefficient loaded; where it left the run."""
+    assert config.output_dir is not None  # parse() filled it in
     path, meta, history = checkpoint.latest(config.output_dir, settings)
     accelerator.load_state(str(path / "accelerate"))
     step = meta["global_step"]
@@ -71,6 +72,7 @@ def save_checkpoint(ctx: Context, elapsed: float) -> None:
     """A resumable checkpoint of this step; ``elapsed``, the training seconds so far, is where a resumed run's count
     of them goes on from."""
     config, progress = ctx.config, ctx.progress
+    assert config.output_dir is not None  # parse() filled it in
     meta = {
         "global_step": progress.step,
         "episode": progress.episode,

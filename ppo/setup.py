@@ -26,9 +26,10 @@ def resolve_inputs(run: RunArguments, model_args: ModelArguments, config: PPOSta
     backend before any model loads."""
     runs.require_path("prompts", config.prompts)
     sft_path = runs.stage_output(run.run, "sft", run.runs_dir, model_args.model_name_or_path)
-    rm_paths = [
-        path for p in config.reward_model_path or [None] for path in runs.reward_models(run.run, run.runs_dir, p)
-    ]
+    if config.reward_model_path:
+        rm_paths = [m for path in config.reward_model_path for m in runs.reward_models(run.run, run.runs_dir, path)]
+    else:
+        rm_paths = runs.reward_models(run.run, run.runs_dir)  # the run's own (every member of an ensemble)
     config.check_reward_models(rm_paths)
     if config.generation_backend == "vllm":
         check_vllm_available()
@@ -37,16 +38,17 @@ def resolve_inputs(run: RunArguments, model_args: ModelArguments, config: PPOSta
 
 def total_steps(config: PPOStageConfig, num_processes: int) -> int:
     """PPO steps in the run: each takes local_batch_size rollouts on every process."""
+    assert config.total_episodes is not None  # __post_init__ refused a config without it
     return -(-config.total_episodes // (config.local_batch_size * num_processes))
 
 
 def load_ppo_prompts(config: PPOStageConfig, tokenizer) -> Prompts:
-    rows, path = load_prompts(config.prompts, config.num_prompts), config.prompts
+    assert config.prompts is not None  # __post_init__ refused a config without them
+    rows = load_prompts(config.prompts, config.num_prompts)
     train_rows, train_ids, dropped = tokenize_prompts(rows[config.eval_prompts :], tokenizer, config.max_prompt_length)
     eval_rows, eval_ids, _ = tokenize_prompts(rows[: config.eval_prompts], tokenizer, config.max_prompt_length)
-    return Prompts(
-        train_rows, train_ids, eval_rows, eval_ids, dropped, path, PromptOrder(len(train_rows), config.seed)
-    )
+    order, path = PromptOrder(len(train_rows), config.seed), Path(config.prompts)
+    return Prompts(train_rows, train_ids, eval_rows, eval_ids, dropped, path, order)
 
 
 def fill_deepspeed_config(config: PPOStageConfig, accelerator: Accelerator) -> None:
@@ -69,7 +71,11 @@ def fill_deepspeed_config(config: PPOStageConfig, accelerator: Accelerator) -> N
 
 
 def load_trained_and_reference(
-    config: PPOStageConfig, model_args: ModelArguments, sft_path: Path, value_path: Path, frozen_dtype: torch.dtype
+    config: PPOStageConfig,
+    model_args: ModelArguments,
+    sft_path: Path,
+    value_path: str | Path,
+    frozen_dtype: torch.dtype,
 ):
     """The policy and value model as they will train (LoRA, no dropout, checkpointing as asked), and the reference
     (none with LoRA: the policy with its adapters off is the reference)."""

@@ -154,6 +154,7 @@ def main(run: RunArguments, model_args: ModelArguments, config: PPOStageConfig) 
 
     # step 5. finish: the history and summary of every step since the run began, and the tracker.
     write_jsonl(stage.dir / "history.jsonl", progress.history)
+    assert config.output_dir is not None  # parse() filled it in
     metrics = {
         **ppo_metrics(progress.history),
         "global_step": progress.step,
