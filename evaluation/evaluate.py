@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from evaluation import best_of_n as bon
 from evaluation.best_of_n import win_rate
@@ -87,6 +87,14 @@ class EvalConfig:
             )
 
 
+def load_policy(path: str | Path, device: str | torch.device) -> PreTrainedModel:
+    """A causal LM on ``device``, in eval mode: the reference and each policy compared with it."""
+    model = AutoModelForCausalLM.from_pretrained(path)
+    # transformers decorates PreTrainedModel.to with functools.wraps, which typeshed types as a callable that binds
+    # no self: mypy takes the device for the model.
+    return model.to(device).eval()  # type: ignore[arg-type]
+
+
 def sequence_logprobs(model, sequences: torch.Tensor, context_length: int, pad_id: int) -> torch.Tensor:
     """log p(response | prompt) under ``model`` for each left-padded prompt + right-padded response."""
     attention = sequences != pad_id
@@ -101,7 +109,7 @@ def sequence_logprobs(model, sequences: torch.Tensor, context_length: int, pad_i
     return (token_logps * attention[:, context_length:]).sum(dim=1)
 
 
-def sample_policy(model, tokenizer, prompts: list[list[dict]], config: EvalConfig) -> tuple[list[torch.Tensor], int]:
+def sample_policy(model, tokenizer, prompts: list[list[dict]], config: EvalConfig) -> list[tuple[torch.Tensor, int]]:
     """Batches of (prompt + response) token ids, and each batch's context length."""
     out = []
     starts = range(0, len(prompts), config.batch_size)
@@ -201,7 +209,7 @@ def evaluate_snapshots(
     rows = prompt_rows[: config.snapshot_prompts]
     points = []
     for entry in index["snapshots"]:
-        model = AutoModelForCausalLM.from_pretrained(directory / entry["path"]).to(ref.device).eval()
+        model = load_policy(directory / entry["path"], ref.device)
         result = evaluate_policy(
             f"ppo step {entry['step']}", model, ref, reward_models, tokenizer, rows, config, rubric
         )
@@ -359,22 +367,23 @@ def main(config: EvalConfig) -> dict[str, Any]:
     runs.require_path("dpo_model_path", config.dpo_model_path)
     dpo_path = Path(config.dpo_model_path or runs.stage_dir(config.run, "dpo", config.runs_dir) / "model")
     rm_paths = runs.reward_models(config.run, config.runs_dir, config.reward_model_path)
+    assert config.prompts is not None  # __post_init__ refused a config without them
     prompt_rows, prompts_path = load_prompts(config.prompts, config.num_prompts), config.prompts
     rubric = load_rubric(config.rubric)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = AutoTokenizer.from_pretrained(sft_path, padding_side="left")
-    ref = AutoModelForCausalLM.from_pretrained(sft_path).to(device).eval()
-    policy = AutoModelForCausalLM.from_pretrained(ppo_path).to(device).eval()
+    ref = load_policy(sft_path, device)
+    policy = load_policy(ppo_path, device)
     reward_models = rewards.load_reward_models(rm_paths, None, False, tokenizer, torch.float32)
     for rm in reward_models:
-        rm.model.to(device)
+        rm.model.to(device)  # type: ignore[arg-type]  # PreTrainedModel.to's functools.wraps, as in load_policy
 
     sft = evaluate_policy("sft", ref, ref, reward_models, tokenizer, prompt_rows, config, rubric)
     ppo = evaluate_policy("ppo", policy, ref, reward_models, tokenizer, prompt_rows, config, rubric)
     trained = {"PPO": ppo}
     if dpo_path.is_dir():
-        dpo_policy = AutoModelForCausalLM.from_pretrained(dpo_path).to(device).eval()
+        dpo_policy = load_policy(dpo_path, device)
         trained["DPO"] = evaluate_policy("dpo", dpo_policy, ref, reward_models, tokenizer, prompt_rows, config, rubric)
         del dpo_policy
     metrics = {
