@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from pipeline.lib.errors import MissingInputError
 from pipeline.lib.models import tokenizer_differences
 from pipeline.lib.prompts import reply_suffix
 from pipeline.lib.scoring import last_token_scores
@@ -41,10 +42,6 @@ class RewardModel:
             f"{self.path}: its tokenizer differs from the policy's ({'; '.join(self.differences)}); responses are "
             "decoded and re-tokenized with its own chat template"
         )
-
-
-class MissingRewardModel(FileNotFoundError):
-    pass
 
 
 def read_stats(model_path: Path, stats_path: str | None, normalise: bool) -> tuple[float, float]:
@@ -79,7 +76,7 @@ def load_reward_models(
             tokenizer = AutoTokenizer.from_pretrained(path)
             model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
         except (OSError, ValueError) as error:
-            raise MissingRewardModel(
+            raise MissingInputError(
                 f"reward_model_path[{i}] = {path}: cannot load a reward model there ({str(error).splitlines()[0]}). "
                 "It must be a folder with a sequence-classification model (num_labels=1) and its tokenizer, as "
                 "`make rm` writes to runs/<run>/rm/model."

@@ -433,12 +433,12 @@ def test_bad_settings_stop_before_training(ppo_run, extra, message):
 
 
 def test_a_reward_model_that_cannot_load_is_named(ppo_run):
-    from ppo.rewards import MissingRewardModel
+    from pipeline.lib.errors import MissingInputError
 
     broken = ppo_run / "broken_rm"
     broken.mkdir()
     (broken / "config.json").write_text("{}")
-    with pytest.raises(MissingRewardModel, match=r"reward_model_path\[1\] = .*broken_rm"):
+    with pytest.raises(MissingInputError, match=r"reward_model_path\[1\] = .*broken_rm"):
         run_ppo(ppo_args(ppo_run, "--reward_model_path", str(ppo_run / "t" / "rm" / "model"), str(broken)))
     assert not (ppo_run / "t" / "ppo" / "model").exists()
 
