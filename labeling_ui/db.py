@@ -136,6 +136,9 @@ class Assignment(Base):
     item_id: Mapped[str] = mapped_column(ForeignKey("items.id"), primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
     assigned_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    # Whether the queue's counters hold this lease (its item's ``n_held``). A lease runs out without a write, so
+    # the counters follow the clock when they are read: ``StoreBase._settle`` counts the live leases, and only them.
+    counted: Mapped[bool] = mapped_column(Boolean, server_default=sa.false())
 
 
 # --- the work in hand (migration 0002): the item queue, drafts and reviews ------------------------------------------
@@ -156,17 +159,34 @@ class QueueEntry(Base):
     # descending column among ascending ones would make SQLite sort the queue on every assignment).
     sort_key: Mapped[float] = mapped_column(sa.Float, server_default=sa.text("0"))
     seq: Mapped[int]  # the item's import order
+    n_held: Mapped[int] = mapped_column(server_default=sa.text("0"))  # its counted leases (``Assignment.counted``)
 
 
 class QueueCount(Base):
-    """How many items have each number of current rankings, gold and regular apart: kept with every import and
-    every first ranking of an item, so progress and the admin's overview read a few rows instead of counting 100k
-    index entries (10 ms on SQLite) on every call."""
+    """How many items have each number of current rankings and of counted leases, gold and regular apart: kept
+    with every change of an item's (n_rankings, n_held), so progress and the admin's overview read a few rows
+    instead of counting 100k index entries (10 ms on SQLite) or every live lease on every call."""
 
     __tablename__ = "item_queue_counts"
 
     is_gold: Mapped[bool] = mapped_column(Boolean, primary_key=True)
     n_rankings: Mapped[int] = mapped_column(primary_key=True)
+    n_held: Mapped[int] = mapped_column(primary_key=True)
+    items: Mapped[int]
+
+
+class LabelerCount(Base):
+    """A labeler's done items (ranked, or skipped) by the items' state in the queue, as ``QueueCount`` counts the
+    queue: moved with every change of a done item's (n_rankings, n_held), so a labeler's progress is a few rows,
+    not a pass over their history and the others' leases."""
+
+    __tablename__ = "labeler_counts"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    is_gold: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    n_rankings: Mapped[int] = mapped_column(primary_key=True)
+    n_held: Mapped[int] = mapped_column(primary_key=True)
+    ranked: Mapped[bool] = mapped_column(Boolean, primary_key=True)  # False: skipped
     items: Mapped[int]
 
 
@@ -197,6 +217,8 @@ class Review(Base):
 # Lookups by labeler: a labeler's skips, and their one item in hand.
 Index("ix_skips_user_id", Skip.user_id)
 Index("uq_assignments_user_id", Assignment.user_id, unique=True)
+# The leases whose counting is out of date: counted and run out, or live and not counted (both usually none).
+Index("ix_assignments_counted", Assignment.counted, Assignment.assigned_at)
 
 
 def default_db_path(run: str, runs_dir: str | Path = "runs") -> Path:

@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import time
 import uuid
+from collections import Counter
 
 import pytest
 import sqlalchemy as sa
@@ -22,6 +23,7 @@ from labeling_ui.export import export_preferences
 from labeling_ui.rules import RankingError, Submission
 from labeling_ui.service import LabelingService
 from labeling_ui.storage import ALREADY_RANKED, NOT_IN_HAND, LabelStore, StaleForm
+from labeling_ui.storage.assign import _NEXT_REGULAR
 from tests.labeling_server import ApiClient, LabelingServer, question_rows, store_config
 
 
@@ -274,10 +276,10 @@ def test_planned_remaining_agrees_with_the_plan_item_by_item():
 # --- B7: assignment by index --------------------------------------------------------------------------------------
 
 
-def query_plan(store: LabelStore, query: sa.Select) -> str:
-    """The database's plan for ``query`` (the bound values do not change it; datetimes are passed as text)."""
+def query_plan(store: LabelStore, query: sa.Select, values: dict) -> str:
+    """The database's plan for ``query`` with ``values`` (they do not change it; datetimes are passed as text)."""
     compiled = query.compile(store.engine)
-    params = {k: str(v) if isinstance(v, dt.datetime) else v for k, v in compiled.params.items()}
+    params = {k: str(v) if isinstance(v, dt.datetime) else v for k, v in (compiled.params | values).items()}
     with store.engine.connect() as connection:
         if store.engine.dialect.name == "sqlite":
             values = tuple(params[name] for name in compiled.positiontup)
@@ -292,7 +294,8 @@ def test_the_next_item_is_found_by_index_not_by_a_pass_over_every_item(store):
     users(store, "ana")
     with store.engine.connect() as connection:
         user_id = connection.execute(sa.text("SELECT id FROM users WHERE username = 'ana'")).scalar_one()
-    plan = query_plan(store, store._open(user_id, dt.datetime.now(dt.UTC), gold=False).limit(1))
+    values = {"user": user_id, "cutoff": dt.datetime.now(dt.UTC), "overlap": store.config.overlap}
+    plan = query_plan(store, _NEXT_REGULAR, values)
     if store.engine.dialect.name == "sqlite":
         # The queue is read in index order and stops at the first open item; each check is one index lookup.
         assert "SEARCH item_queue USING INDEX ix_item_queue_next (is_gold=? AND n_rankings<?)" in plan, plan
@@ -393,6 +396,154 @@ def test_the_migration_fills_the_queue_from_the_rankings_already_stored(tmp_path
         with store.engine.connect() as connection:
             counts = connection.exec_driver_sql("SELECT is_gold, n_rankings, items FROM item_queue_counts").all()
         assert sorted(counts) == [(0, 1, 1), (0, 2, 1), (1, 0, 1)]
+        # The counters are filled from the rows: the queue's by state, each labeler's done items; the lease kept
+        # is counted until the store settles it (it ran out long ago).
+        assert_counters_hold_the_rows(store)
+        for name in ("ana", "ben"):
+            assert store.progress(name) == recount_progress(store, name)[:2]
+        with store.engine.connect() as connection:
+            done = connection.exec_driver_sql("SELECT user_id, n_rankings, ranked, items FROM labeler_counts").all()
+        assert sorted(done) == [(1, 2, 1, 1), (2, 1, 1, 1), (2, 2, 1, 1)]
+    finally:
+        store.close()
+
+
+# --- progress from counters kept with the queue -------------------------------------------------------------------
+
+
+def recount_progress(store: LabelStore, username: str) -> tuple[int, int, int]:
+    """(ranked, ranked + still to be given, open items held by others), counted from the rows themselves: the
+    labeler's rankings and skips, every item's current rankings and the live leases of the others."""
+    overlap, cutoff = store.config.overlap, dt.datetime.now(dt.UTC) - store.lease
+    with store.engine.connect() as connection:
+        user_id, active = connection.execute(
+            sa.text("SELECT id, active FROM users WHERE username = :u"), {"u": username}
+        ).one()
+        gold = dict(connection.execute(sa.text("SELECT id, is_gold FROM items")).tuples().all())
+        current = connection.execute(sa.text("SELECT item_id, user_id FROM rankings WHERE is_current")).all()
+        ranked = {item for item, user in current if user == user_id}
+        skipped = {
+            item
+            for (item,) in connection.execute(sa.text("SELECT item_id FROM skips WHERE user_id = :u"), {"u": user_id})
+        }
+        leases = connection.execute(sa.select(Assignment.item_id, Assignment.user_id, Assignment.assigned_at)).all()
+    if not active:
+        return len(ranked), len(ranked), 0
+    n = {item: sum(i == item for i, _ in current) for item in gold}
+    others = {
+        item: sum(i == item and u != user_id and at.replace(tzinfo=dt.UTC) > cutoff for i, u, at in leases)
+        for item in gold
+    }
+    done = ranked | skipped
+    regular_open = {item for item in gold if not gold[item] and n[item] < overlap}
+    held = {item for item in regular_open - done if n[item] + others[item] >= overlap}
+    open_regular = len(regular_open - done - held)
+    gold_left = sum(is_gold and item not in done for item, is_gold in gold.items())
+    phase = assignment.gold_phase(username, store.config.seed)
+    remaining = assignment.planned_remaining(len(done), open_regular, gold_left, store.config.gold_rate, phase)
+    return len(ranked), len(ranked) + remaining, len(held)
+
+
+def assert_counters_hold_the_rows(store: LabelStore) -> None:
+    """Every counter equals a count of the rows it stands for: rankings and counted leases per item, the queue's
+    items by state, and each labeler's ranked and skipped items by state."""
+    q = sa.text
+    with store.engine.connect() as connection:
+        queue = {
+            i: (bool(g), n, h)
+            for i, g, n, h in connection.execute(q("SELECT item_id, is_gold, n_rankings, n_held FROM item_queue"))
+        }
+        current = connection.execute(q("SELECT item_id, user_id FROM rankings WHERE is_current")).all()
+        skips = connection.execute(q("SELECT item_id, user_id FROM skips")).all()
+        counted = [i for (i,) in connection.execute(q("SELECT item_id FROM assignments WHERE counted"))]
+        queue_counts = connection.execute(q("SELECT is_gold, n_rankings, n_held, items FROM item_queue_counts")).all()
+        labeler_counts = connection.execute(
+            q("SELECT user_id, is_gold, n_rankings, n_held, ranked, items FROM labeler_counts")
+        ).all()
+    for item, (_, n, h) in queue.items():
+        assert n == sum(i == item for i, _ in current) and h == counted.count(item), item
+    by_state = Counter(queue.values())
+    assert {(bool(g), n, h): c for g, n, h, c in queue_counts if c} == by_state
+    assert all(c >= 0 for *_, c in queue_counts)
+    done = Counter((u, *queue[i], True) for i, u in current) + Counter((u, *queue[i], False) for i, u in skips)
+    assert {(u, bool(g), n, h, bool(r)): c for u, g, n, h, r, c in labeler_counts if c} == done
+    assert all(c >= 0 for *_, c in labeler_counts)
+
+
+def assert_settled(store: LabelStore, before: dt.datetime, after: dt.datetime) -> None:
+    """The leases counted are those live when the store settled them, some time between ``before`` and ``after``."""
+    with store.engine.connect() as connection:
+        leases = connection.execute(sa.select(Assignment.assigned_at, Assignment.counted)).all()
+    for at, counted in leases:
+        at = at.replace(tzinfo=dt.UTC)
+        assert at > before - store.lease if counted else at <= after - store.lease
+
+
+def test_progress_from_the_counters_equals_a_recount_from_the_rows(db_url):
+    """Assignments, submits, skips, edits, gold items, released, renewed and expired leases: after each step the
+    counters equal a count of the rows, and progress (read, or with an item handed out) equals a recount."""
+    store = open_store(db_url, overlap=2, gold_rate=0.3, lease_seconds=1.0)
+    names = ["ana", "ben", "cem", "dan", "eve", "fay"]
+    try:
+        store.import_candidates(question_rows(2))  # 4 slots for 6 labelers: the leases fill items
+        store.add_gold_items([{**row, "gold_ranking": [1, 2, 3, 4]} for row in question_rows(3, prefix="g")])
+        users(store, *names)
+
+        def assign(name):
+            before = dt.datetime.now(dt.UTC)
+            got = store.assign(name)
+            assert_settled(store, before, dt.datetime.now(dt.UTC))
+            return got
+
+        def check(got=None, username=None):
+            assert_counters_hold_the_rows(store)
+            if got is not None:
+                assert (got.done, got.total, got.held_by_others) == recount_progress(store, username), username
+            for name in names:
+                assert store.progress(name) == recount_progress(store, name)[:2], name
+
+        held = {name: assign(name) for name in names}
+        check()
+        assert {name: got.view.prompt for name, got in held.items()} == {
+            "ana": "Question q0?",
+            "ben": "Question g0?",  # a gold turn (their phase), as for cem and eve
+            "cem": "Question g0?",
+            "dan": "Question q1?",
+            "eve": "Question g0?",
+            "fay": "Question q0?",  # q0's last slot: others see it held
+        }
+        assert recount_progress(store, "ben")[2] == 1
+        assert rank(store, "ana", held["ana"].view).created
+        store.skip("ben", uuid.uuid4().hex, held["ben"].view.item_id, "unsure")
+        check()
+        store.release_lease("dan", held["dan"].view.item_id)  # counted until the next assignment settles it
+        check()
+        got = assign("ana")
+        check(got, "ana")
+        first = store.recent_submissions("ana")[0]
+        view = store.item_for_edit("ana", first["item_id"])[0]
+        assert rank(store, "ana", view, edits=first["version"]).version == 2  # an edit: no count moves
+        check()
+        assert recount_progress(store, "cem")[2] == 1
+        time.sleep(1.3)  # every lease runs out: progress settles them in what it reads, writing nothing
+        check()
+        assert recount_progress(store, "cem")[2] == 0
+        check(assign("ben"), "ben")  # ...and an assignment settles them in the tables
+        assert store.renew_lease("cem", held["cem"].view.item_id)  # live again, not counted yet
+        check()
+        for step in range(40):  # everyone works the queue dry: rank mostly, skip now and then
+            name = names[step % len(names)]
+            got = assign(name)
+            check(got, name)
+            if got.view is not None:
+                if step % 5 == 3:
+                    store.skip(name, uuid.uuid4().hex, got.view.item_id, "no")
+                else:
+                    assert rank(store, name, got.view).created
+            check()
+        assert all(store.assign(name).view is None for name in names)
+        store.set_active("dan", False)
+        check()
     finally:
         store.close()
 

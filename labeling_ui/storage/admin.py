@@ -34,11 +34,15 @@ class Admin(StoreBase):
 
     def rankings_per_item(self) -> dict[int, int]:
         """{number of current rankings: regular items with that many} (none left out: no zero counts)."""
-        query = sa.select(QueueCount.n_rankings, QueueCount.items).where(
-            QueueCount.is_gold == sa.false(), QueueCount.items > 0
+        items = sa.func.sum(QueueCount.items)
+        query = (
+            sa.select(QueueCount.n_rankings, items)
+            .where(QueueCount.is_gold == sa.false())
+            .group_by(QueueCount.n_rankings)
+            .having(items > 0)
         )
         with self._read() as session:
-            return dict(sorted(session.execute(query).tuples().all()))
+            return {n: int(items) for n, items in sorted(session.execute(query).tuples().all())}
 
     def import_batches(self) -> list[dict[str, Any]]:
         """Per import of regular items (the pipeline imports once per round), oldest first: when, how many items,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,9 +13,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from labeling_ui import assignment
-from labeling_ui.db import Assignment, Draft, Item, QueueCount, QueueEntry, Ranking, Skip, User, advisory_lock, utcnow
+from labeling_ui.db import Assignment, Draft, Item, LabelerCount, QueueCount, QueueEntry, Ranking, Skip, User, utcnow
 from labeling_ui.rules import FLAGS, MAX_TEXT, RankingError
-from labeling_ui.storage.base import ItemView, StoreBase
+from labeling_ui.storage.base import DONE_BY, ITEM_STATE, ItemView, StoreBase
 
 MAX_DRAFT = 2 * MAX_TEXT  # characters of a draft's JSON: a comment of MAX_TEXT and the ranks and flags of 8 replies
 
@@ -48,64 +49,106 @@ def _checked_draft(raw: dict[str, Any], item: Item) -> dict[str, Any]:
     }
 
 
-class Assigning(StoreBase):
-    @staticmethod
-    def _done(user_id: int, item_id: Any) -> sa.ColumnElement[bool]:
-        """Whether the labeler ranked or skipped the item: two index lookups ((item_id, user_id, ...) keys)."""
-        return sa.or_(
-            sa.exists().where(Ranking.item_id == item_id, Ranking.user_id == user_id),
-            sa.exists().where(Skip.item_id == item_id, Skip.user_id == user_id),
-        )
+# The statements of assignment and progress, built once with their values as parameters (``user``, ``cutoff``: the
+# start of the live leases, ``overlap``, ``item``): building a statement and its cache key costs SQLAlchemy more
+# than SQLite takes to run it.
+_USER_ID = sa.bindparam("user")
+_CUTOFF = sa.bindparam("cutoff", type_=Assignment.assigned_at.type)
+_OVERLAP = sa.bindparam("overlap")
 
-    def _live(self, now: dt.datetime) -> sa.ColumnElement[bool]:
-        """A lease given or renewed less than ``lease_seconds`` ago (``assigned_at`` is its last renewal)."""
-        return Assignment.assigned_at > now - self.lease
 
-    def _open(self, user_id: int, now: dt.datetime, gold: bool, unheld: bool = False) -> sa.Select:
-        """The queue rows this labeler may be given now, in the order they are given (``ix_item_queue_next``);
-        ``unheld``: only the regular items no other labeler holds."""
-        query = sa.select(QueueEntry.item_id).where(
-            QueueEntry.is_gold == gold, ~self._done(user_id, QueueEntry.item_id)
-        )
-        if not gold:
-            held = (
-                sa.select(sa.func.count())
-                .where(Assignment.item_id == QueueEntry.item_id, Assignment.user_id != user_id, self._live(now))
-                .scalar_subquery()
+def _open(gold: bool, unheld: bool = False) -> sa.Select:
+    """The queue rows the labeler ``user`` may be given now, in the order they are given (``ix_item_queue_next``);
+    ``unheld``: only the regular items no other labeler holds."""
+    # Whether the labeler ranked or skipped the item: two index lookups ((item_id, user_id, ...) keys).
+    done = sa.or_(
+        sa.exists().where(Ranking.item_id == QueueEntry.item_id, Ranking.user_id == _USER_ID),
+        sa.exists().where(Skip.item_id == QueueEntry.item_id, Skip.user_id == _USER_ID),
+    )
+    query = sa.select(QueueEntry.item_id).where(QueueEntry.is_gold == gold, ~done)
+    if not gold:
+        # Live leases (given or renewed since ``cutoff``) of the others.
+        held = (
+            sa.select(sa.func.count())
+            .where(
+                Assignment.item_id == QueueEntry.item_id,
+                Assignment.user_id != _USER_ID,
+                Assignment.assigned_at > _CUTOFF,
             )
-            free = held == 0 if unheld else QueueEntry.n_rankings + held < self.config.overlap
-            query = query.where(QueueEntry.n_rankings < self.config.overlap, free)
-        return query.order_by(QueueEntry.n_rankings, QueueEntry.sort_key, QueueEntry.seq)
+            .scalar_subquery()
+        )
+        free = held == 0 if unheld else QueueEntry.n_rankings + held < _OVERLAP
+        query = query.where(QueueEntry.n_rankings < _OVERLAP, free)
+    return query.order_by(QueueEntry.n_rankings, QueueEntry.sort_key, QueueEntry.seq)
 
+
+# The first open item: unheld regular, any regular, gold; and whether the item in hand (``item``) is still open.
+_NEXT_UNHELD, _NEXT_REGULAR, _NEXT_GOLD = (
+    _open(False, unheld=True).limit(1),
+    _open(False).limit(1),
+    _open(True).limit(1),
+)
+_STILL_OPEN = {gold: _open(gold).where(QueueEntry.item_id == sa.bindparam("item")) for gold in (False, True)}
+_IN_HAND = sa.select(Assignment).where(Assignment.user_id == _USER_ID)
+_DROP_LEASE = (
+    sa.delete(Assignment)
+    .where(Assignment.user_id == _USER_ID)
+    .returning(Assignment.item_id, Assignment.counted)
+    .execution_options(synchronize_session=False)
+)
+_DROP_DRAFT = sa.delete(Draft).where(Draft.user_id == _USER_ID).execution_options(synchronize_session=False)
+_LEASE = sa.insert(Assignment).values(
+    item_id=sa.bindparam("item"), user_id=_USER_ID, assigned_at=sa.bindparam("at"), counted=False
+)
+# A lease renewed (``at``: now) or released (``at``: a lease's length ago, so it no longer counts).
+_SET_LEASE = (
+    sa.update(Assignment)
+    .where(Assignment.user_id == _USER_ID, Assignment.item_id == sa.bindparam("item"))
+    .values(assigned_at=sa.bindparam("at"))
+    .execution_options(synchronize_session=False)
+)
+_N_DONE = sa.select(sa.func.coalesce(sa.func.sum(LabelerCount.items), 0)).where(LabelerCount.user_id == _USER_ID)
+_MY_COUNTS = sa.select(
+    LabelerCount.is_gold, LabelerCount.n_rankings, LabelerCount.n_held, LabelerCount.ranked, LabelerCount.items
+).where(LabelerCount.user_id == _USER_ID, LabelerCount.items != 0)
+_QUEUE_COUNTS = sa.select(QueueCount.is_gold, QueueCount.n_rankings, QueueCount.n_held, QueueCount.items).where(
+    QueueCount.items != 0
+)
+_OWN_LEASE = (
+    sa.select(
+        Assignment.item_id,
+        QueueEntry.is_gold,
+        QueueEntry.n_rankings,
+        QueueEntry.n_held,
+        (Assignment.assigned_at > _CUTOFF).label("live"),
+    )
+    .join(QueueEntry, QueueEntry.item_id == Assignment.item_id)
+    .where(Assignment.user_id == _USER_ID)
+)
+
+
+class Assigning(StoreBase):
     def _in_hand(self, session: Session, user: User) -> Assignment | None:
-        return session.scalars(sa.select(Assignment).where(Assignment.user_id == user.id)).one_or_none()
-
-    def _n_done(self, session: Session, user_id: int) -> int:
-        """Items the labeler ranked or skipped."""
-        done = sa.union(
-            sa.select(Ranking.item_id).where(Ranking.user_id == user_id),
-            sa.select(Skip.item_id).where(Skip.user_id == user_id),
-        ).subquery()
-        return session.scalar(sa.select(sa.func.count()).select_from(done))
+        return session.scalars(_IN_HAND, {"user": user.id}).one_or_none()
 
     def _choose(self, session: Session, user: User, own: Assignment | None, now: dt.datetime) -> str | None:
         """The item in hand again while it is still open for the labeler (a reload, a new login), else the next."""
+        values = {"user": user.id, "cutoff": now - self.lease, "overlap": self.config.overlap}
         if own is not None:
             entry = session.get(QueueEntry, own.item_id)
             if entry is not None:
-                mine = self._open(user.id, now, entry.is_gold).where(QueueEntry.item_id == own.item_id)
-                if session.scalar(mine) is not None:
+                if session.scalar(_STILL_OPEN[entry.is_gold], values | {"item": own.item_id}) is not None:
                     return own.item_id
         # Items nobody holds first, so labelers who start together spread over the items (and meet in different
         # pairs); then the ones others hold a slot of. Both scans stop at the first match.
-        regular = session.scalar(self._open(user.id, now, gold=False, unheld=True).limit(1))
+        regular = session.scalar(_NEXT_UNHELD, values)
         if regular is None:
-            regular = session.scalar(self._open(user.id, now, gold=False).limit(1))
+            regular = session.scalar(_NEXT_REGULAR, values)
         if regular is None:
             return None
         phase = assignment.gold_phase(user.username, self.config.seed)
-        if assignment.is_gold_turn(self._n_done(session, user.id), self.config.gold_rate, phase):
-            gold = session.scalar(self._open(user.id, now, gold=True).limit(1))
+        if assignment.is_gold_turn(session.scalar(_N_DONE, values), self.config.gold_rate, phase):
+            gold = session.scalar(_NEXT_GOLD, values)
             if gold is not None:
                 return gold
         return regular
@@ -119,34 +162,37 @@ class Assigning(StoreBase):
         progress.
 
         The item stays theirs (a reload or a new login gets it again, with its draft) until they rank or skip it, or
-        until its lease ran out and other labelers filled its slots. Progress is read just after, in its own
-        snapshot: on SQLite the write lock is then held only for the choice itself.
+        until its lease ran out and other labelers filled its slots. Progress is read from the counters in the same
+        transaction: a few rows, consistent with the choice.
         """
         with self._begin() as session:
-            view, draft = self._assign(session, username)
-        return Assigned(view, *self._progress(username), draft)
+            return self._assign(session, username)
 
-    def _assign(self, session: Session, username: str) -> tuple[ItemView | None, dict[str, Any] | None]:
-        """``assign``'s choice and lease, in the caller's transaction: the item's view and its draft."""
+    def _assign(self, session: Session, username: str) -> Assigned:
+        """``assign`` in the caller's transaction."""
         now = utcnow()
-        advisory_lock(session.connection(), "labeling_ui.assign")  # two labelers must not take one last slot
+        self._counting(session)  # also: two labelers must not take one last slot
         user = self._labeler(session, username)
         own = self._in_hand(session, user)
         chosen = self._choose(session, user, own, now) if user.active else None
-        if own is not None and own.item_id == chosen:
-            own.assigned_at = now
+        kept = own is not None and own.item_id == chosen
+        if kept:
+            session.execute(_SET_LEASE, {"user": user.id, "item": chosen, "at": now})
         else:
-            session.execute(sa.delete(Assignment).where(Assignment.user_id == user.id))
-            session.execute(sa.delete(Draft).where(Draft.user_id == user.id))
+            for item_id, counted in session.execute(_DROP_LEASE, {"user": user.id}).all():
+                if counted:
+                    self._change(session, item_id, held=-1)
+            session.execute(_DROP_DRAFT, {"user": user.id})
             if chosen is not None:
-                session.add(Assignment(item_id=chosen, user_id=user.id, assigned_at=now))
+                session.execute(_LEASE, {"item": chosen, "user": user.id, "at": now})
         item = None if chosen is None else session.get(Item, chosen)
         view = None if item is None else self._view(item, username)
         draft = None
-        if own is not None and own.item_id == chosen:  # a new item's drafts were deleted above
+        if kept:  # a new item's drafts were deleted above
             row = session.get(Draft, user.id)
             draft = _checked_draft(row.draft, item) if row is not None and row.item_id == chosen else None
-        return view, draft
+        self._settle(session, now)
+        return Assigned(view, *self._progress(session, user, now), draft)
 
     def view_in_hand(self, username: str, item_id: str) -> ItemView | None:
         """The item as the labeler's page shows it, if it is still their item in hand (its lease is not touched)."""
@@ -161,12 +207,7 @@ class Assigning(StoreBase):
         """The page still shows the item: hold it ``lease_seconds`` longer. False when it is not in hand (any more)."""
         with self._begin() as session:
             user = self._labeler(session, username)
-            renewed = session.execute(
-                sa.update(Assignment)
-                .where(Assignment.user_id == user.id, Assignment.item_id == item_id)
-                .values(assigned_at=utcnow())
-            )
-            return renewed.rowcount > 0
+            return session.execute(_SET_LEASE, {"user": user.id, "item": item_id, "at": utcnow()}).rowcount > 0
 
     def release_lease(self, username: str, item_id: str) -> None:
         """The page closed (or logged out): the item no longer counts as held, so others may be given it at once.
@@ -175,11 +216,7 @@ class Assigning(StoreBase):
         gets it again."""
         with self._begin() as session:
             user = self._labeler(session, username)
-            session.execute(
-                sa.update(Assignment)
-                .where(Assignment.user_id == user.id, Assignment.item_id == item_id)
-                .values(assigned_at=utcnow() - self.lease)
-            )
+            session.execute(_SET_LEASE, {"user": user.id, "item": item_id, "at": utcnow() - self.lease})
 
     def save_draft(self, username: str, item_id: str, draft: dict[str, Any]) -> bool:
         """Keep what the labeler entered so far for their item in hand ({ranks, flags, none_acceptable, comment}),
@@ -207,67 +244,56 @@ class Assigning(StoreBase):
 
     def progress(self, username: str) -> tuple[int, int]:
         """(items this labeler ranked, items they ranked plus those they will still be given)."""
-        return self._progress(username)[:2]
-
-    def _progress(self, username: str) -> tuple[int, int, int]:
-        """(ranked, ranked + still to be given, open items held by others), from the labeler's own history, the
-        live leases and the queue's counts: nothing here reads every item."""
-        now = utcnow()
-        regular, below = QueueEntry.is_gold == sa.false(), QueueEntry.n_rankings < self.config.overlap
         with self._read() as session:
-            user = self._labeler(session, username)
-            count = sa.select(sa.func.count())
-            n_ranked = session.scalar(count.where(Ranking.user_id == user.id, Ranking.is_current))
-            if not user.active:
-                return n_ranked, n_ranked, 0
-            done = sa.union(
-                sa.select(Ranking.item_id).where(Ranking.user_id == user.id),
-                sa.select(Skip.item_id).where(Skip.user_id == user.id),
-            ).subquery()
-            n_done, done_open, done_gold = session.execute(
-                sa.select(
-                    sa.func.count(),
-                    sa.func.count().filter(regular & below),
-                    sa.func.count().filter(QueueEntry.is_gold == sa.true()),
-                ).select_from(done.join(QueueEntry, QueueEntry.item_id == done.c.item_id))
-            ).one()
-            # From the live leases of others (one per labeler at most) to their queue rows, by key only: given any
-            # other condition on the queue, SQLite reads its index range instead (56 ms at 100k items, not 0.3 ms).
-            holders = dict(
-                session.execute(
-                    sa.select(Assignment.item_id, sa.func.count())
-                    .where(Assignment.user_id != user.id, self._live(now))
-                    .group_by(Assignment.item_id)
-                )
-                .tuples()
-                .all()
-            )
-            full = set()
-            if holders:  # (an empty IN makes SQLite read the whole queue)
-                entries = session.execute(
-                    sa.select(QueueEntry.item_id, QueueEntry.is_gold, QueueEntry.n_rankings).where(
-                        QueueEntry.item_id.in_(holders)
-                    )
-                ).tuples()
-                full = {i for i, gold, n in entries if not gold and n < self.config.overlap <= n + holders[i]}
-            if full:
-                mine = sa.union(
-                    sa.select(Ranking.item_id).where(Ranking.user_id == user.id, Ranking.item_id.in_(full)),
-                    sa.select(Skip.item_id).where(Skip.user_id == user.id, Skip.item_id.in_(full)),
-                )
-                full -= set(session.scalars(mine))
-            held = len(full)
-            totals = dict(
-                session.execute(
-                    sa.select(QueueCount.is_gold, sa.func.sum(QueueCount.items))
-                    .where(sa.or_(QueueCount.is_gold == sa.true(), QueueCount.n_rankings < self.config.overlap))
-                    .group_by(QueueCount.is_gold)
-                )
-                .tuples()
-                .all()
-            )
-            open_regular = int(totals.get(False) or 0) - done_open - held
-            gold = int(totals.get(True) or 0)
-        phase = assignment.gold_phase(username, self.config.seed)
+            return self._progress(session, self._labeler(session, username), utcnow())[:2]
+
+    def _progress(self, session: Session, user: User, now: dt.datetime) -> tuple[int, int, int]:
+        """(ranked, ranked + still to be given, open items held by others) at ``now``, from the counters: the
+        labeler's done items and the queue, each by (is_gold, n_rankings, n_held), a few rows. Leases whose
+        counting is out of date (usually none; none after ``_settle``) are settled here in what was read only, so
+        a reader writes nothing and waits for no writer."""
+        mine = Counter()
+        for *key, items in session.execute(_MY_COUNTS, {"user": user.id}):
+            mine[tuple(key)] += items
+        n_ranked = sum(items for (*_, ranked), items in mine.items() if ranked)
+        if not user.active:
+            return n_ranked, n_ranked, 0
+        queue = Counter()
+        for *key, items in session.execute(_QUEUE_COUNTS):
+            queue[tuple(key)] += items
+        own = session.execute(_OWN_LEASE, {"user": user.id, "cutoff": now - self.lease}).one_or_none()
+        own_held = None if own is None else own.n_held
+        changes = Counter()
+        for item_id, _, counted in self._unsettled(session, now):
+            changes[item_id] += -1 if counted else 1
+        for item_id, change in changes.items():
+            gold, n, held = session.execute(ITEM_STATE, {"item": item_id}).one()
+            queue[gold, n, held] -= 1
+            queue[gold, n, held + change] += 1
+            for user_id, ranked in session.execute(DONE_BY, {"item": item_id}):
+                if user_id == user.id:
+                    mine[gold, n, held, ranked] -= 1
+                    mine[gold, n, held + change, ranked] += 1
+            if own is not None and own.item_id == item_id:
+                own_held += change
+
+        overlap = self.config.overlap
+
+        def full(n: int, held: int) -> bool:  # a regular item with slots left, all of them held
+            return n < overlap <= n + held
+
+        n_done = sum(mine.values())
+        done_gold = sum(items for (gold, *_), items in mine.items() if gold)
+        done_open = sum(items for (gold, n, *_), items in mine.items() if not gold and n < overlap)
+        done_full = sum(items for (gold, n, held, _), items in mine.items() if not gold and full(n, held))
+        gold = sum(items for (is_gold, *_), items in queue.items() if is_gold)
+        open_regular = sum(items for (is_gold, n, _), items in queue.items() if not is_gold and n < overlap)
+        held = sum(items for (is_gold, n, n_held), items in queue.items() if not is_gold and full(n, n_held))
+        # The labeler's own live lease is not one of the others': it may fill its item's last slot.
+        if own is not None and own.live and not own.is_gold and full(own.n_rankings, own_held):
+            held -= not full(own.n_rankings, own_held - 1)
+        held -= done_full  # none of them the item in hand, which goes as it is done
+        open_regular -= done_open + held
+        phase = assignment.gold_phase(user.username, self.config.seed)
         remaining = assignment.planned_remaining(n_done, open_regular, gold - done_gold, self.config.gold_rate, phase)
         return n_ranked, n_ranked + remaining, held

@@ -1,5 +1,11 @@
 """What every part of ``LabelStore`` stands on: the database and its transactions, the user lookup, the item as a
-labeler sees it (``ItemView``), a ranking as the store hands it out, and the queue's counts."""
+labeler sees it (``ItemView``), a ranking as the store hands it out, and the counters kept with the queue.
+
+The counters: ``QueueCount`` counts the items by (is_gold, n_rankings, n_held) and ``LabelerCount`` each labeler's
+done items by the same state, so a labeler's progress reads a few rows. Whatever changes an item's state moves its
+counts in the same transaction (``_change``), under the one lock all counting transactions take on PostgreSQL
+(``_counting``): every count moves by ``items = items + change``, and no two of them wait on each other crosswise.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +22,20 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from labeling_ui import assignment, timing
 from labeling_ui.config import LabelingConfig
-from labeling_ui.db import READ_ONLY, Item, QueueCount, Ranking, User, make_engine, migrate
+from labeling_ui.db import (
+    READ_ONLY,
+    Assignment,
+    Item,
+    LabelerCount,
+    QueueCount,
+    QueueEntry,
+    Ranking,
+    Skip,
+    User,
+    advisory_lock,
+    make_engine,
+    migrate,
+)
 from labeling_ui.rules import RankingError
 
 
@@ -33,6 +52,53 @@ class ItemView:
 # spends longer building a statement and its cache key than SQLite spends running it.
 _USER = sa.select(User).where(User.username == sa.bindparam("username"))
 _USER_LOCKED = _USER.with_for_update()
+
+# An item's state moves by the given numbers of rankings and counted leases; the new state comes back.
+_CHANGE = (
+    sa.update(QueueEntry)
+    .where(QueueEntry.item_id == sa.bindparam("item"))
+    .values(
+        n_rankings=QueueEntry.n_rankings + sa.bindparam("rankings"), n_held=QueueEntry.n_held + sa.bindparam("held")
+    )
+    .returning(QueueEntry.is_gold, QueueEntry.n_rankings, QueueEntry.n_held)
+    .execution_options(synchronize_session=False)
+)
+ITEM_STATE = sa.select(QueueEntry.is_gold, QueueEntry.n_rankings, QueueEntry.n_held).where(
+    QueueEntry.item_id == sa.bindparam("item")
+)
+# Who is done with an item (ranked = True: a current ranking; False: a skip), whose counts move with it.
+DONE_BY = sa.union_all(
+    sa.select(Ranking.user_id, sa.true().label("ranked")).where(
+        Ranking.item_id == sa.bindparam("item"), Ranking.is_current
+    ),
+    sa.select(Skip.user_id, sa.false().label("ranked")).where(Skip.item_id == sa.bindparam("item")),
+)
+# The leases whose counting is out of date at ``now``: counted and run out, live and not counted. Two index ranges
+# of ``ix_assignments_counted``, both usually empty.
+_UNSETTLED = sa.union_all(
+    sa.select(Assignment.item_id, Assignment.user_id, Assignment.counted).where(
+        Assignment.counted, Assignment.assigned_at <= sa.bindparam("cutoff", type_=Assignment.assigned_at.type)
+    ),
+    sa.select(Assignment.item_id, Assignment.user_id, Assignment.counted).where(
+        ~Assignment.counted, Assignment.assigned_at > sa.bindparam("cutoff", type_=Assignment.assigned_at.type)
+    ),
+)
+_SET_COUNTED = (
+    sa.update(Assignment)
+    .where(Assignment.item_id == sa.bindparam("item"), Assignment.user_id == sa.bindparam("user"))
+    .values(counted=sa.bindparam("counted"))
+    .execution_options(synchronize_session=False)
+)
+COUNTS_LOCK = "labeling_ui.assign"  # also what keeps two labelers from taking one last slot
+
+
+@dataclass(frozen=True)
+class State:
+    """An item's place in the counters."""
+
+    is_gold: bool
+    n_rankings: int
+    n_held: int  # counted leases
 
 
 def iso(value: dt.datetime) -> str:
@@ -59,6 +125,19 @@ class StoreBase:
         # lock of their own instead and hand the database over without sleeping; other processes still wait on
         # SQLite's busy timeout. PostgreSQL locks rows, not the database: nothing to queue for there.
         self._writer = threading.Lock() if self.engine.dialect.name == "sqlite" else nullcontext()
+        # The dialect's upserts of the counters, built once: ``items = items + change`` for the row of a state.
+        dialect = {"sqlite": sqlite, "postgresql": postgresql}[self.engine.dialect.name]
+        self._dialect = dialect
+        queue = dialect.insert(QueueCount)
+        self._count_queue = queue.on_conflict_do_update(
+            index_elements=["is_gold", "n_rankings", "n_held"],
+            set_={"items": QueueCount.items + queue.excluded["items"]},
+        )
+        labeler = dialect.insert(LabelerCount)
+        self._count_labeler = labeler.on_conflict_do_update(
+            index_elements=["user_id", "is_gold", "n_rankings", "n_held", "ranked"],
+            set_={"items": LabelerCount.items + labeler.excluded["items"]},
+        )
 
     def close(self) -> None:
         self.engine.dispose()
@@ -76,17 +155,9 @@ class StoreBase:
         with timing.store_time(), self._read_sessions.begin() as session:
             yield session
 
-    @staticmethod
-    def _insert_ignore(session: Session, model: type, conflict_columns: list[str] | None = None) -> sa.Insert:
-        """INSERT ... ON CONFLICT [(columns)] DO NOTHING, in this database's dialect."""
-        dialect = {"sqlite": sqlite, "postgresql": postgresql}[session.get_bind().dialect.name]
-        return dialect.insert(model).on_conflict_do_nothing(index_elements=conflict_columns)
-
-    @staticmethod
-    def _upsert(session: Session, model: type, key: str, values: dict[str, Any]) -> None:
+    def _upsert(self, session: Session, model: type, key: str, values: dict[str, Any]) -> None:
         """INSERT ... ON CONFLICT (key) DO UPDATE SET the other values, in this database's dialect."""
-        dialect = {"sqlite": sqlite, "postgresql": postgresql}[session.get_bind().dialect.name]
-        insert = dialect.insert(model).values(**values)
+        insert = self._dialect.insert(model).values(**values)
         session.execute(
             insert.on_conflict_do_update(index_elements=[key], set_={k: v for k, v in values.items() if k != key})
         )
@@ -106,13 +177,46 @@ class StoreBase:
         order = assignment.display_order(list(texts), username, item.id, self.config.seed)
         return ItemView(item_id=item.id, prompt=item.prompt, candidates=[(cid, texts[cid]) for cid in order])
 
-    def _count(self, session: Session, gold: bool, n_rankings: int, change: int) -> None:
-        """Add ``change`` to the items of (gold, n_rankings) in ``item_queue_counts``."""
-        if change:
-            dialect = {"sqlite": sqlite, "postgresql": postgresql}[session.get_bind().dialect.name]
-            insert = dialect.insert(QueueCount).values(is_gold=gold, n_rankings=n_rankings, items=change)
-            update = {"items": QueueCount.items + change}
-            session.execute(insert.on_conflict_do_update(index_elements=["is_gold", "n_rankings"], set_=update))
+    @staticmethod
+    def _counting(session: Session) -> None:
+        """Take the counters' lock (PostgreSQL; SQLite's writers are one at a time already) before changing them."""
+        advisory_lock(session.connection(), COUNTS_LOCK)
+
+    def _count(self, session: Session, state: State, change: int) -> None:
+        """Add ``change`` items of ``state`` to the queue's counts."""
+        row = {"is_gold": state.is_gold, "n_rankings": state.n_rankings, "n_held": state.n_held, "items": change}
+        session.execute(self._count_queue, row)
+
+    def _count_done(self, session: Session, user_id: int, state: State, ranked: bool, change: int = 1) -> None:
+        """Add ``change`` to the labeler's done items of ``state``, ranked or skipped."""
+        row = {"user_id": user_id, "ranked": ranked, "items": change}
+        row |= {"is_gold": state.is_gold, "n_rankings": state.n_rankings, "n_held": state.n_held}
+        session.execute(self._count_labeler, row)
+
+    def _change(self, session: Session, item_id: str, rankings: int = 0, held: int = 0) -> State:
+        """Move the item by ``rankings`` current rankings and ``held`` counted leases, and its counts with it: the
+        queue's and those of every labeler done with it. Returns its state now."""
+        if not rankings and not held:
+            return State(*session.execute(ITEM_STATE, {"item": item_id}).one())
+        after = State(*session.execute(_CHANGE, {"item": item_id, "rankings": rankings, "held": held}).one())
+        before = State(after.is_gold, after.n_rankings - rankings, after.n_held - held)
+        self._count(session, before, -1)
+        self._count(session, after, 1)
+        for user_id, ranked in session.execute(DONE_BY, {"item": item_id}):
+            self._count_done(session, user_id, before, ranked, -1)
+            self._count_done(session, user_id, after, ranked, 1)
+        return after
+
+    def _unsettled(self, session: Session, now: dt.datetime) -> list[tuple[str, int, bool]]:
+        """(item, user, counted) of the leases whose counting is out of date at ``now``: one ran out or was released
+        (its time set back), or was given or renewed since the counters were last settled."""
+        return session.execute(_UNSETTLED, {"cutoff": now - self.lease}).tuples().all()
+
+    def _settle(self, session: Session, now: dt.datetime) -> None:
+        """Count the leases live at ``now``, and only them."""
+        for item_id, user_id, counted in self._unsettled(session, now):
+            session.execute(_SET_COUNTED, {"item": item_id, "user": user_id, "counted": not counted})
+            self._change(session, item_id, held=-1 if counted else 1)
 
     @staticmethod
     def _ranking_dict(ranking: Ranking) -> dict[str, Any]:

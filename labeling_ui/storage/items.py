@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from labeling_ui.config import PAGE_SLOTS
 from labeling_ui.db import Item, QueueEntry, advisory_lock, utcnow
 from labeling_ui.rules import candidate_list, gold_ranking, item_id
-from labeling_ui.storage.base import StoreBase
+from labeling_ui.storage.base import State, StoreBase
 from pipeline.lib.prompts import prompt_messages, user_message
 
 
@@ -82,6 +82,8 @@ class Items(StoreBase):
                 session.add(queued)
                 added += 1
             new = [item for item in items if item.seq is not None]
+            self._counting(session)
             for gold in (False, True):
-                self._count(session, gold, 0, sum(item.is_gold == gold for item in new))
+                if n_new := sum(item.is_gold == gold for item in new):
+                    self._count(session, State(is_gold=gold, n_rankings=0, n_held=0), n_new)
         return added

@@ -3,13 +3,15 @@ and their own current rankings."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from labeling_ui import assignment
-from labeling_ui.db import Assignment, Draft, Item, QueueEntry, Ranking, Skip, User, utcnow
+from labeling_ui.db import Assignment, Draft, Item, Ranking, Skip, User, utcnow
 from labeling_ui.rules import (
     RELOAD,
     RankingError,
@@ -46,6 +48,37 @@ class SubmitResult:
     created: bool  # False when this submission_id was already stored (a retry): nothing new was written
 
 
+# The submit's statements, built once with their values as parameters (see ``labeling_ui.storage.assign``).
+_RANKING_BY_SUBMISSION = sa.select(Ranking).where(Ranking.submission_id == sa.bindparam("submission"))
+_SKIP_BY_SUBMISSION = sa.select(Skip).where(Skip.submission_id == sa.bindparam("submission"))
+_MINE = (Ranking.item_id == sa.bindparam("item")) & (Ranking.user_id == sa.bindparam("user"))
+_CURRENT_VERSION = sa.select(Ranking.version).where(_MINE & Ranking.is_current)
+_RANKED = sa.select(Ranking.id).where(_MINE).limit(1)
+_SKIPPED = sa.select(Skip.id).where(Skip.item_id == sa.bindparam("item"), Skip.user_id == sa.bindparam("user"))
+_NOT_CURRENT = (sa.update(Ranking).where(_MINE & Ranking.is_current).values(is_current=False)).execution_options(
+    synchronize_session=False
+)
+_MAKE_CURRENT = (
+    sa.update(Ranking).where(Ranking.id == sa.bindparam("ranking")).values(is_current=True)
+).execution_options(synchronize_session=False)
+_DROP_LEASE = (
+    sa.delete(Assignment)
+    .where(Assignment.user_id == sa.bindparam("user"), Assignment.item_id == sa.bindparam("item"))
+    .returning(Assignment.counted)
+    .execution_options(synchronize_session=False)
+)
+_DROP_DRAFT = (
+    sa.delete(Draft).where(Draft.user_id == sa.bindparam("user"), Draft.item_id == sa.bindparam("item"))
+).execution_options(synchronize_session=False)
+
+
+@functools.cache
+def _insert_ranking(dialect: str) -> sa.Insert:
+    """INSERT a ranking ... ON CONFLICT (submission_id) DO NOTHING RETURNING its id, in the dialect."""
+    insert = {"sqlite": sqlite, "postgresql": postgresql}[dialect].insert(Ranking.__table__)
+    return insert.on_conflict_do_nothing(index_elements=["submission_id"]).returning(Ranking.__table__.c.id)
+
+
 class Submitting(Assigning):
     """Built on ``Assigning``: a new ranking or a skip is taken only for the item in hand, and ``submit_and_assign``
     hands out the next item in the Submit's own transaction."""
@@ -73,8 +106,7 @@ class Submitting(Assigning):
         check_submission_id(submission.submission_id)
         with self._begin() as session:
             result = self._submit(session, username, submission, guidelines_version, edits)
-            view, draft = self._assign(session, username)
-        return result, Assigned(view, *self._progress(username), draft)
+            return result, self._assign(session, username)
 
     def _submit(
         self, session: Session, username: str, submission: Submission, guidelines_version: str, edits: int | None
@@ -83,8 +115,9 @@ class Submitting(Assigning):
         submission_id, item_id = submission.submission_id, submission.item_id
         # Locking the user row serialises one labeler's submits on PostgreSQL (a double click sends two):
         # versions are then numbered without gaps or clashes. SQLite's BEGIN IMMEDIATE already serialises.
+        self._counting(session)
         user = self._labeler(session, username, lock=True)
-        stored = session.scalars(sa.select(Ranking).where(Ranking.submission_id == submission_id)).one_or_none()
+        stored = session.scalars(_RANKING_BY_SUBMISSION, {"submission": submission_id}).one_or_none()
         if stored is not None:
             if (stored.user_id, stored.item_id) != (user.id, item_id):
                 raise RankingError(f"This submission id was already used for another item. {RELOAD}")
@@ -92,8 +125,8 @@ class Submitting(Assigning):
         item = session.get(Item, item_id)
         if item is None:
             raise RankingError(f"This item does not exist (any more). {RELOAD}")
-        where = (Ranking.item_id == item_id) & (Ranking.user_id == user.id)
-        current = session.scalar(sa.select(Ranking.version).where(where & Ranking.is_current))
+        mine = {"item": item_id, "user": user.id}
+        current = session.scalar(_CURRENT_VERSION, mine)
         if edits is None:
             own = self._in_hand(session, user)
             if current is not None:
@@ -125,39 +158,30 @@ class Submitting(Assigning):
         version = (current or 0) + 1
         # Inserted as not current first: if a concurrent retry stored this submission_id after our check, the
         # insert does nothing and this transaction has changed nothing, so that stored row is the answer.
-        inserted = session.execute(
-            self._insert_ignore(session, Ranking, ["submission_id"])
-            .values(
-                submission_id=submission_id,
-                item_id=item_id,
-                user_id=user.id,
-                version=version,
-                is_current=False,
-                created_at=utcnow(),
-                **row,
-            )
-            .returning(Ranking.id)
-        ).scalar_one_or_none()
+        values = {"submission_id": submission_id, "item_id": item_id, "user_id": user.id, "version": version}
+        values |= {"is_current": False, "created_at": utcnow(), **row}
+        inserted = session.execute(_insert_ranking(self.engine.dialect.name), values).scalar_one_or_none()
         if inserted is None:
-            stored = session.scalars(sa.select(Ranking).where(Ranking.submission_id == submission_id)).one()
+            stored = session.scalars(_RANKING_BY_SUBMISSION, {"submission": submission_id}).one()
             return SubmitResult(ranking_id=stored.id, version=stored.version, created=False)
-        session.execute(sa.update(Ranking).where(where & Ranking.is_current).values(is_current=False))
-        session.execute(sa.update(Ranking).where(Ranking.id == inserted).values(is_current=True))
         if version == 1:  # one more labeler ranked it; their hands are free for the next item
-            entry = sa.update(QueueEntry).where(QueueEntry.item_id == item_id)
-            entry = entry.values(n_rankings=QueueEntry.n_rankings + 1).returning(QueueEntry.n_rankings)
-            n_rankings = session.execute(entry).scalar_one()
-            # The lower count first, in every transaction: two submits never wait on each other crosswise.
-            self._count(session, item.is_gold, n_rankings - 1, -1)
-            self._count(session, item.is_gold, n_rankings, 1)
-            self._let_go(session, user, item_id)
+            # Counted before the ranking is current: the labelers done with the item move, and then they join.
+            released = self._let_go(session, user, item_id)
+            state = self._change(session, item_id, rankings=1, held=-released)
+            self._count_done(session, user.id, state, ranked=True)
+        else:
+            session.execute(_NOT_CURRENT, mine)
+        session.execute(_MAKE_CURRENT, {"ranking": inserted})
         return SubmitResult(ranking_id=inserted, version=version, created=True)
 
     @staticmethod
-    def _let_go(session: Session, user: User, item_id: str) -> None:
-        """The item is done with: its lease and draft go (only its own: a new item handed out meanwhile stays)."""
-        session.execute(sa.delete(Assignment).where(Assignment.user_id == user.id, Assignment.item_id == item_id))
-        session.execute(sa.delete(Draft).where(Draft.user_id == user.id, Draft.item_id == item_id))
+    def _let_go(session: Session, user: User, item_id: str) -> int:
+        """The item is done with: its lease and draft go (only its own: a new item handed out meanwhile stays).
+        Returns the counted leases that went (0 or 1)."""
+        mine = {"item": item_id, "user": user.id}
+        released = sum(session.execute(_DROP_LEASE, mine).scalars().all())
+        session.execute(_DROP_DRAFT, mine)
+        return released
 
     def skip(self, username: str, submission_id: str, item_id: str, reason: str) -> None:
         """The labeler passes on their item in hand: it is not offered to them again and goes to others. Idempotent;
@@ -165,25 +189,30 @@ class Submitting(Assigning):
         check_submission_id(submission_id)
         check_text(reason, "reason")
         with self._begin() as session:
-            user = self._labeler(session, username)
-            stored = session.scalars(sa.select(Skip).where(Skip.submission_id == submission_id)).one_or_none()
+            self._counting(session)
+            # Locked as a submit locks it: a skip and a submit of one item cannot both pass their checks.
+            user = self._labeler(session, username, lock=True)
+            stored = session.scalars(_SKIP_BY_SUBMISSION, {"submission": submission_id}).one_or_none()
             if stored is not None:
                 if (stored.user_id, stored.item_id) != (user.id, item_id):
                     raise RankingError(f"This submission id was already used for another item. {RELOAD}")
                 return  # a retry
             if session.get(Item, item_id) is None:
                 raise RankingError(f"This item does not exist (any more). {RELOAD}")
-            if session.scalar(sa.select(Skip.id).where(Skip.item_id == item_id, Skip.user_id == user.id)):
+            mine = {"item": item_id, "user": user.id}
+            if session.scalar(_SKIPPED, mine):
                 return  # skipped before, from another tab
-            if session.scalar(sa.select(Ranking.id).where(Ranking.item_id == item_id, Ranking.user_id == user.id)):
+            if session.scalar(_RANKED, mine):
                 raise StaleForm(ALREADY_RANKED.replace("nothing was saved", "it cannot be skipped now"))
             own = self._in_hand(session, user)
             if own is None or own.item_id != item_id:
                 raise StaleForm(NOT_IN_HAND)
+            released = self._let_go(session, user, item_id)
+            state = self._change(session, item_id, held=-released)  # before the skip: the labeler joins after
             session.add(
                 Skip(submission_id=submission_id, item_id=item_id, user_id=user.id, reason=reason, created_at=utcnow())
             )
-            self._let_go(session, user, item_id)
+            self._count_done(session, user.id, state, ranked=False)
 
     @staticmethod
     def _current_of(user: User) -> sa.Select:
