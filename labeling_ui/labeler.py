@@ -89,18 +89,25 @@ class LabelerEvents:
         held_by_others: int = 0,
         progress: tuple[int, int] | None = None,
         restored: bool = False,
+        shown: dict | None = None,
     ) -> dict:
         """The form showing ``view``, prefilled with ``ranking`` (the version being edited, or the labeler's draft:
-        ``restored``), or saying why there is nothing to rank. The draft note is the shown item's own."""
-        form, ranking = self.form, ranking or {}
+        ``restored``), or saying why there is nothing to rank. The draft note is the shown item's own.
+
+        ``shown``: what the page shows now, as far as the event's inputs tell ({component: value}, its state among
+        them). What would be set to what it shows already is left out of the answer: the next item of as many
+        responses keeps its cards, key hint and rank choices, and the empty cards stay as they are."""
+        form, ranking, shown = self.form, ranking or {}, shown or {}
         candidates = view.candidates if view is not None else []
         k = len(candidates)
         too_many = k > self.slots
+        before = shown.get(form.state)  # an item on the page: its cards and key hint are as it set them
+        cards_before = None if not before else len(before["order"]) if len(before["order"]) <= self.slots else 0
         done, total = progress or self.service.progress(username)
         updates: dict[gr.blocks.Block, Any] = {
             form.status: message,
             form.progress: f"**{done} done** of {total}",
-            form.hint: shortcuts_html(0 if too_many else k),
+            form.hint: shortcuts_html(0 if too_many else k),  # left out below for as many cards as before
             form.none_ok: bool(ranking.get("none_acceptable")),
             form.comment: ranking.get("comment", ""),
             form.skip_reason: "",
@@ -129,9 +136,11 @@ class LabelerEvents:
             updates |= {
                 form.state: state,
                 # Bidirectional controls shown as [U+202E] and the like: no invisible character reorders the text.
-                form.prompt: gr.Textbox(value=show_bidi_controls(view.prompt), label=label),
+                form.prompt: show_bidi_controls(view.prompt),
                 form.item_key: f"edit:{view.item_id}" if edits else view.item_id,
             }
+            if not before or before.get("edits") != edits:  # the label says which version is being edited
+                updates[form.prompt] = gr.Textbox(value=updates[form.prompt], label=label)
             if too_many:
                 updates[form.status] = (
                     f"**This item has {k} responses; this page shows at most {self.slots}.** Skip it (the reason "
@@ -139,23 +148,41 @@ class LabelerEvents:
                 )
                 updates[form.skip_reason] = f"The page cannot show {k} responses (at most {self.slots})."
         ranks, flags = ranking.get("ranks", {}), ranking.get("flags", {})
-        shown = 0 if too_many else k
+        cards = 0 if too_many else k
+        same_cards = cards == cards_before
         for i, slot in enumerate(form.slots):
-            cid, text = candidates[i] if i < shown else (None, "")
-            updates[slot.column] = gr.Column(visible=i < shown)
-            updates[slot.text] = show_bidi_controls(text)
-            updates[slot.rank] = gr.Radio(choices=list(range(1, shown + 1)), value=ranks.get(cid))
+            cid, text = candidates[i] if i < cards else (None, "")
+            if not same_cards:
+                updates[slot.column] = gr.Column(visible=i < cards)
+            rank = ranks.get(cid)
+            updates[slot.rank] = rank if same_cards else gr.Radio(choices=list(range(1, cards + 1)), value=rank)
+            if i < cards or cards_before is None or i < cards_before:  # an empty card stays empty
+                updates[slot.text] = show_bidi_controls(text)
             updates[slot.flags] = flags.get(cid, [])
-        return updates
+        # The Submit button is set even so: drawn anew, it lets go of the focus a Submit left on it, which would
+        # otherwise hold the page down where the last item was scrolled to (the next item starts at the top).
+        if same_cards:
+            del updates[form.hint]
+        if before and not updates[form.wait_timer].active:  # it stopped when the item before came
+            del updates[form.wait_timer]
+        return {c: value for c, value in updates.items() if c not in shown or shown[c] != value}
 
-    def show_next(self, username: str, message: str, got: Assigned | None = None) -> dict:
-        """The labeler's item in hand (with its draft), or why there is none; ``got``: handed out already."""
+    def show_next(self, username: str, message: str, got: Assigned | None = None, shown: dict | None = None) -> dict:
+        """The labeler's item in hand (with its draft), or why there is none; ``got``: handed out already; ``shown``:
+        what the page shows now (``render``)."""
         got = got or self.service.assign(username)
         draft = got.draft
         progress = (got.done, got.total)
         restored = bool(draft and (draft["ranks"] or draft["flags"] or draft["comment"] or draft["none_acceptable"]))
         return self.render(
-            username, got.view, message, draft, held_by_others=got.held_by_others, progress=progress, restored=restored
+            username,
+            got.view,
+            message,
+            draft,
+            held_by_others=got.held_by_others,
+            progress=progress,
+            restored=restored,
+            shown=shown,
         )
 
     def recent_choices(self, username: str) -> dict:
@@ -253,7 +280,8 @@ class LabelerEvents:
         if not result["ok"] and not result["stale"]:  # keep the form (and its submission id): fix and resubmit
             return {form.status: f"**Not saved.** {result['message']}"}
         if not result["ok"]:  # out of date: never turned into an edit; show what the labeler holds now
-            return {**self.show_next(username, f"**Not saved.** {result['message']}"), **self.recent_choices(username)}
+            current = self.show_next(username, f"**Not saved.** {result['message']}", shown=values)
+            return {**current, **self.recent_choices(username)}
         message = result["message"]
         undo = {}
         if result["created"] and not edits:
@@ -264,7 +292,7 @@ class LabelerEvents:
                 form.undo_btn: gr.Button(interactive=True),
                 form.undo_timer: gr.Timer(active=True),
             }
-        return {**self.show_next(username, message, got), **self.recent_choices(username), **undo}
+        return {**self.show_next(username, message, got, shown=values), **self.recent_choices(username), **undo}
 
     def on_undo(self, last: dict | None, request: gr.Request) -> dict:
         """Reopen the ranking just submitted, to edit: what the labeler saves then is a new version of it."""
@@ -303,7 +331,8 @@ class LabelerEvents:
         if not result["ok"] and not result["stale"]:
             return {self.form.status: f"**Not skipped.** {result['message']}"}
         prefix = "" if result["ok"] else "**Not skipped.** "
-        return self.show_next(username, prefix + result["message"])
+        shown = {self.form.state: state, self.form.skip_reason: reason}
+        return self.show_next(username, prefix + result["message"], shown=shown)
 
     def on_draft(self, values: dict, request: gr.Request) -> dict:
         """Keep the labeler's unfinished ranks, flags and comment (static/page.js sends them after a pause)."""

@@ -8,6 +8,7 @@ import random
 import re
 import stat
 import uuid
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -137,6 +138,44 @@ def test_skip_needs_a_reason_and_passes_the_item_on(service):
     assert service.skip("alice", "k-1", item["item_id"], "I cannot judge this")["ok"]
     assert service.next_item("alice")["item_id"] != item["item_id"]
     assert service.next_item("boss")["item_id"] == item["item_id"]  # still open for the others
+
+
+def test_the_pages_submit_sends_only_what_changes(service):
+    """The next item of as many responses keeps its cards, key hint and rank choices, the empty cards stay empty,
+    and what the labeler left as it was is not set again; an item of another size redraws them."""
+    import gradio as gr
+
+    from labeling_ui.labeler import LabelerEvents
+    from labeling_ui.layout import build_layout
+
+    with gr.Blocks():
+        page = build_layout("g-7", "", 8, 5.0)
+    events, form, alice = LabelerEvents(service, page), page.form, SimpleNamespace(username="alice")
+    submitted = [*form.shown(), page.mine.recent, form.last, form.undo_btn, form.undo_timer]
+
+    def submit(shown: dict) -> dict:
+        state = shown[form.state]
+        values = {form.state: state, form.item_key: state["item_id"], form.none_ok: False, form.comment: ""}
+        for i, slot in enumerate(form.slots):
+            values |= {slot.rank: i + 1 if i < len(state["order"]) else None, slot.flags: []}
+        return events.on_submit(values, alice)
+
+    shown = events.on_load(alice)
+    assert set(form.shown()) <= set(shown)  # the first answer sets everything
+    service.store.import_candidates([{**row, "priority": 1.0} for row in question_rows(1, k=2, prefix="two")])
+    shown = submit(shown)  # the next item has 2 responses, the one before 4: the cards and the hint change
+    assert len(shown[form.state]["order"]) == 2
+    assert {form.hint, *(slot.column for slot in form.slots)} <= set(shown)
+    shown = submit(shown)  # 2 responses, then 4
+    assert {form.hint, *(slot.column for slot in form.slots)} <= set(shown)
+    shown = submit(shown)  # 4 and 4
+    assert "Saved" in shown[form.status] and shown[form.prompt].startswith("Question")
+    left_out = {form.hint, form.wait_timer, form.none_ok, form.comment}
+    left_out |= {slot.column for slot in form.slots} | {slot.flags for slot in form.slots}
+    left_out |= {part for slot in form.slots[4:] for part in (slot.text, slot.rank)}
+    assert not left_out & set(shown)
+    assert [shown[slot.rank] for slot in form.slots[:4]] == [None] * 4  # the ranks just given are cleared
+    assert len(shown) == 20 and len(submitted) == 48
 
 
 def test_only_admins_get_the_admin_report_and_the_export(service, tmp_path):
