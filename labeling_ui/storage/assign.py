@@ -247,6 +247,27 @@ class Assigning(StoreBase):
         with self._read() as session:
             return self._progress(session, self._labeler(session, username), utcnow())[:2]
 
+    def _settle_read(
+        self, session: Session, user: User, now: dt.datetime, mine: Counter, queue: Counter, own: Any
+    ) -> int | None:
+        """Move the counts read in ``mine`` and ``queue`` to where the leases out of date at ``now`` put them, in
+        what was read only; returns the held count of the item in the labeler's own hand (None: no item)."""
+        own_held = None if own is None else own.n_held
+        changes: Counter = Counter()
+        for item_id, _, counted in self._unsettled(session, now):
+            changes[item_id] += -1 if counted else 1
+        for item_id, change in changes.items():
+            gold, n, held = session.execute(ITEM_STATE, {"item": item_id}).one()
+            queue[gold, n, held] -= 1
+            queue[gold, n, held + change] += 1
+            for user_id, ranked in session.execute(DONE_BY, {"item": item_id}):
+                if user_id == user.id:
+                    mine[gold, n, held, ranked] -= 1
+                    mine[gold, n, held + change, ranked] += 1
+            if own is not None and own.item_id == item_id:
+                own_held += change
+        return own_held
+
     def _progress(self, session: Session, user: User, now: dt.datetime) -> tuple[int, int, int]:
         """(ranked, ranked + still to be given, open items held by others) at ``now``, from the counters: the
         labeler's done items and the queue, each by (is_gold, n_rankings, n_held), a few rows. Leases whose
@@ -262,20 +283,7 @@ class Assigning(StoreBase):
         for *key, items in session.execute(_QUEUE_COUNTS):
             queue[tuple(key)] += items
         own = session.execute(_OWN_LEASE, {"user": user.id, "cutoff": now - self.lease}).one_or_none()
-        own_held = None if own is None else own.n_held
-        changes = Counter()
-        for item_id, _, counted in self._unsettled(session, now):
-            changes[item_id] += -1 if counted else 1
-        for item_id, change in changes.items():
-            gold, n, held = session.execute(ITEM_STATE, {"item": item_id}).one()
-            queue[gold, n, held] -= 1
-            queue[gold, n, held + change] += 1
-            for user_id, ranked in session.execute(DONE_BY, {"item": item_id}):
-                if user_id == user.id:
-                    mine[gold, n, held, ranked] -= 1
-                    mine[gold, n, held + change, ranked] += 1
-            if own is not None and own.item_id == item_id:
-                own_held += change
+        own_held = self._settle_read(session, user, now, mine, queue, own)
 
         overlap = self.config.overlap
 

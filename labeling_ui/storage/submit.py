@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -79,6 +80,16 @@ def _insert_ranking(dialect: str) -> sa.Insert:
     return insert.on_conflict_do_nothing(index_elements=["submission_id"]).returning(Ranking.__table__.c.id)
 
 
+def retried(stored: Any, user: User, item_id: str) -> bool:
+    """Whether a submission id stored before (``stored``, or None) makes this call a retry of that same labeler's
+    answer for that same item; the id used for another item is refused."""
+    if stored is None:
+        return False
+    if (stored.user_id, stored.item_id) != (user.id, item_id):
+        raise RankingError(f"This submission id was already used for another item. {RELOAD}")
+    return True
+
+
 class Submitting(Assigning):
     """Built on ``Assigning``: a new ranking or a skip is taken only for the item in hand, and ``submit_and_assign``
     hands out the next item in the Submit's own transaction."""
@@ -118,9 +129,7 @@ class Submitting(Assigning):
         self._counting(session)
         user = self._labeler(session, username, lock=True)
         stored = session.scalars(_RANKING_BY_SUBMISSION, {"submission": submission_id}).one_or_none()
-        if stored is not None:
-            if (stored.user_id, stored.item_id) != (user.id, item_id):
-                raise RankingError(f"This submission id was already used for another item. {RELOAD}")
+        if retried(stored, user, item_id):
             return SubmitResult(ranking_id=stored.id, version=stored.version, created=False)
         item = session.get(Item, item_id)
         if item is None:
@@ -193,10 +202,8 @@ class Submitting(Assigning):
             # Locked as a submit locks it: a skip and a submit of one item cannot both pass their checks.
             user = self._labeler(session, username, lock=True)
             stored = session.scalars(_SKIP_BY_SUBMISSION, {"submission": submission_id}).one_or_none()
-            if stored is not None:
-                if (stored.user_id, stored.item_id) != (user.id, item_id):
-                    raise RankingError(f"This submission id was already used for another item. {RELOAD}")
-                return  # a retry
+            if retried(stored, user, item_id):
+                return
             if session.get(Item, item_id) is None:
                 raise RankingError(f"This item does not exist (any more). {RELOAD}")
             mine = {"item": item_id, "user": user.id}
